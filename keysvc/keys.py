@@ -1,0 +1,134 @@
+"""Key format: generate, checksum, parse, hash. Pure, no I/O.
+
+A key reads `<prefix>_<body><checksum>`: `body` is 32 random bytes in
+fixed-width base62 (43 chars) and `checksum` is the CRC32 of
+`<prefix>_<body>` in 6 base62 chars. A typo or garbage is rejected here,
+offline, without a store round trip, and secret scanners can match the shape.
+Only the SHA-256 of the whole key is ever kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import zlib
+from dataclasses import dataclass, field
+
+from keysvc.errors import MalformedKeyError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "KEY_PATTERN",
+    "GeneratedKey",
+    "ParsedKey",
+    "generate",
+    "hash_key",
+    "new_key_id",
+    "parse",
+    "validate_prefix",
+]
+
+DEFAULT_PREFIX = "ks"
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BODY_BYTES = 32
+_BODY_LEN = 43  # ceil(256 / log2(62))
+_CHECK_LEN = 6  # 62**6 > 2**32
+_HINT_LEN = 4
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
+_MAX_KEY_LEN = 16 + 1 + _BODY_LEN + _CHECK_LEN
+# Anything shaped like a key; also used by the log redaction processor.
+KEY_PATTERN = re.compile(r"([a-z][a-z0-9]{0,15})_[0-9A-Za-z]{%d}" % (_BODY_LEN + _CHECK_LEN))
+
+
+def _b62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        chars.append(_ALPHABET[rem])
+    if number:
+        raise ValueError("number does not fit the width")
+    return "".join(reversed(chars))
+
+
+def _checksum(head: str) -> str:
+    return _b62(zlib.crc32(head.encode("ascii")), _CHECK_LEN)
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it is a valid key prefix.
+
+    Raises:
+        ValueError: not 1-16 chars of lower-case letters and digits, starting
+            with a letter.
+    """
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(
+            f"invalid key prefix {prefix!r}: want 1-16 lower-case letters or digits, "
+            "starting with a letter"
+        )
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedKey:
+    """A freshly made key. `secret` must leave the process only in a response."""
+
+    secret: str = field(repr=False)
+    key_hash: str
+    hint: str
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """A key whose shape and checksum are right (it may still be unknown)."""
+
+    prefix: str
+    key_hash: str
+
+
+def hash_key(secret: str) -> str:
+    """Return the hex SHA-256 of a key, the only form keysvc stores."""
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _hint(prefix: str, body: str) -> str:
+    return f"{prefix}_{body[:_HINT_LEN]}"
+
+
+def generate(prefix: str = DEFAULT_PREFIX) -> GeneratedKey:
+    """Make a new random key with `prefix`.
+
+    Raises:
+        ValueError: the prefix is invalid.
+    """
+    validate_prefix(prefix)
+    body = _b62(int.from_bytes(secrets.token_bytes(_BODY_BYTES), "big"), _BODY_LEN)
+    head = f"{prefix}_{body}"
+    secret = head + _checksum(head)
+    return GeneratedKey(secret=secret, key_hash=hash_key(secret), hint=_hint(prefix, body), prefix=prefix)
+
+
+def parse(secret: str) -> ParsedKey:
+    """Check a presented key's shape and checksum and hash it.
+
+    Raises:
+        MalformedKeyError: wrong length, characters, prefix or checksum. The
+            message never contains the key.
+    """
+    if len(secret) > _MAX_KEY_LEN:
+        raise MalformedKeyError("key is too long")
+    match = KEY_PATTERN.fullmatch(secret)
+    if match is None:
+        raise MalformedKeyError("key does not have the form <prefix>_<base62 body><checksum>")
+    head_len = len(secret) - _CHECK_LEN
+    if _checksum(secret[:head_len]) != secret[head_len:]:
+        raise MalformedKeyError("key checksum does not match (typo or truncated key?)")
+    prefix = match.group(1)
+    return ParsedKey(prefix=prefix, key_hash=hash_key(secret))
+
+
+def new_key_id() -> str:
+    """Return a new public key id (random, unrelated to the secret)."""
+    return "key_" + _b62(int.from_bytes(secrets.token_bytes(12), "big"), 17)

@@ -1,0 +1,188 @@
+"""Domain types shared by every layer. Pure: no I/O, no protobuf.
+
+Times are float seconds since the epoch; `None` means "never".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ADMIN_SCOPE",
+    "Code",
+    "CounterResult",
+    "Decision",
+    "Event",
+    "EventType",
+    "KeyRecord",
+    "KeyStatus",
+    "Policy",
+    "QuotaRefill",
+    "RateLimit",
+    "RateLimitState",
+    "key_status",
+]
+
+ADMIN_SCOPE = "keysvc:admin"
+
+
+class Code(enum.IntEnum):
+    """Outcome of a validation; numbers match keysvc.v1.Code."""
+
+    VALID = 1
+    MALFORMED = 2
+    NOT_FOUND = 3
+    DISABLED = 4
+    EXPIRED = 5
+    REVOKED = 6
+    INSUFFICIENT_SCOPE = 7
+    IP_NOT_ALLOWED = 8
+    RATE_LIMITED = 9
+    QUOTA_EXHAUSTED = 10
+    UNAVAILABLE = 11
+
+
+class KeyStatus(enum.IntEnum):
+    """Lifecycle state at a given time; numbers match keysvc.v1.KeyStatus."""
+
+    ACTIVE = 1
+    DISABLED = 2
+    EXPIRED = 3
+    REVOKING = 4
+    REVOKED = 5
+
+
+class EventType(enum.StrEnum):
+    """Kinds of lifecycle events in the store's event log."""
+
+    KEY_CREATED = "key.created"
+    KEY_UPDATED = "key.updated"
+    KEY_REVOKED = "key.revoked"
+    KEY_ROTATED = "key.rotated"
+    POLICY_CREATED = "policy.created"
+    POLICY_UPDATED = "policy.updated"
+    POLICY_ROLLED_BACK = "policy.rolled_back"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`requests` allowed per fixed window of `window_s` seconds."""
+
+    requests: int
+    window_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRefill:
+    """A key's quota is reset to `amount` every `interval_s` seconds."""
+
+    amount: int
+    interval_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A key as stored: everything but the secret, which is kept only as a hash."""
+
+    key_id: str
+    key_hash: str
+    hint: str
+    owner_id: str
+    created_at: float
+    updated_at: float
+    name: str = ""
+    policy_id: str = ""
+    scopes: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    enabled: bool = True
+    expires_at: float | None = None
+    revoke_at: float | None = None
+    rotated_from: str = ""
+    rotated_to: str = ""
+    has_quota: bool = False
+    revision: int = 1
+
+
+def key_status(record: KeyRecord, now: float) -> KeyStatus:
+    """Return the record's lifecycle state at `now` (revocation wins over expiry)."""
+    if record.revoke_at is not None:
+        return KeyStatus.REVOKED if record.revoke_at <= now else KeyStatus.REVOKING
+    if record.expires_at is not None and record.expires_at <= now:
+        return KeyStatus.EXPIRED
+    if not record.enabled:
+        return KeyStatus.DISABLED
+    return KeyStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One version of a named policy."""
+
+    policy_id: str
+    version: int
+    created_at: float
+    updated_at: float
+    description: str = ""
+    scopes: tuple[str, ...] = ()
+    allowed_cidrs: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+    quota_refill: QuotaRefill | None = None
+    max_key_ttl_s: int | None = None
+    updated_by: str = ""
+    change_note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """A key's rate-limit window as seen by one call."""
+
+    limit: int
+    remaining: int
+    reset_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CounterResult:
+    """Outcome of one atomic take from a key's rate limit and quota.
+
+    `allowed` is False when either refused; nothing is taken then.
+    """
+
+    allowed: bool
+    rate_limit: RateLimitState | None = None
+    quota_remaining: int | None = None
+    rate_limited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one Validate call."""
+
+    code: Code
+    record: KeyRecord | None = None
+    policy: Policy | None = None
+    scopes: tuple[str, ...] = ()
+    message: str = ""
+    rate_limit: RateLimitState | None = None
+    quota_remaining: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True when the call may go ahead."""
+        return self.code is Code.VALID
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the store's event log. Carries ids and hashes, never secrets."""
+
+    type: EventType
+    at: float
+    actor: str = ""
+    key_id: str = ""
+    key_hash: str = ""
+    policy_id: str = ""
+    policy_version: int = 0
+    cursor: str = ""

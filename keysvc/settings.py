@@ -1,0 +1,129 @@
+"""Settings: parsed once at start-up from flags and KEYSVC_* variables.
+
+Every field has a default and a one-line docstring (in `doc` metadata); the
+README's configuration table is tested against this dataclass. Nothing reads
+the environment after `load()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from keysvc.errors import ConfigError
+from keysvc.keys import validate_prefix
+
+__all__ = ["Settings", "env_name", "load"]
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything keysvc can be told at start-up."""
+
+    listen: str = _f("127.0.0.1:50051", "gRPC address for Validate, ext_authz, health (host:port or unix:/path).")
+    admin_listen: str = _f("", "Separate gRPC address for admin RPCs; empty serves them on `listen`.")
+    store: str = _f("sqlite:///keysvc.db", "Store URL: sqlite:///path/to/file.db or redis://host:port/db.")
+    store_timeout_ms: int = _f(100, "Timeout of one store call, in milliseconds.")
+    store_retries: int = _f(1, "Retries of a failed idempotent store read before giving up.")
+    redis_namespace: str = _f("keysvc", "Prefix of every Redis key (and the Cluster hash tag).")
+    key_prefix: str = _f("ks", "Default prefix of new keys.")
+    cache_size: int = _f(100_000, "Most keys held in the in-process cache.")
+    cache_ttl_s: float = _f(30.0, "Safety-net lifetime of a cached key or policy, in seconds.")
+    negative_cache_size: int = _f(10_000, "Most unknown key hashes remembered (bounded against floods).")
+    negative_ttl_s: float = _f(2.0, "How long an unknown key is remembered, in seconds.")
+    stale_window_s: float = _f(60.0, "How long past its TTL a cached key still answers while the store is down.")
+    fail_open: bool = _f(False, "Answer VALID for uncached keys when the store is down (default: fail closed).")
+    event_poll_ms: int = _f(50, "How often the SQLite store's event log is polled, in milliseconds.")
+    event_retention: int = _f(100_000, "Events kept in the store's event log.")
+    log_format: str = _f("auto", "Log format: auto (JSON unless on a terminal), json or console.")
+    log_level: str = _f("info", "Lowest log level written: debug, info, warning or error.")
+    shutdown_grace_s: float = _f(5.0, "How long SIGTERM waits for in-flight calls before exiting.")
+    max_request_bytes: int = _f(65_536, "Largest gRPC request accepted, in bytes.")
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+_LOG_FORMATS = ("auto", "json", "console")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def env_name(name: str) -> str:
+    """Return the environment variable for a settings field."""
+    return "KEYSVC_" + name.upper()
+
+
+def _check(s: Settings) -> None:
+    def bad(name: str, why: str) -> ConfigError:
+        return ConfigError(f"{env_name(name)} (--{name.replace('_', '-')}): {why}")
+
+    if not s.listen:
+        raise bad("listen", "must not be empty")
+    if not (s.store.startswith("sqlite://") or s.store.startswith(("redis://", "rediss://", "unix://"))):
+        raise bad("store", f"unsupported store URL {s.store!r}; use sqlite:///file.db or redis://host:port/db")
+    for name in ("store_timeout_ms", "cache_size", "negative_cache_size", "event_poll_ms",
+                 "event_retention", "max_request_bytes"):
+        if getattr(s, name) <= 0:
+            raise bad(name, "must be > 0")
+    for name in ("store_retries",):
+        if getattr(s, name) < 0:
+            raise bad(name, "must be >= 0")
+    for name in ("cache_ttl_s", "negative_ttl_s", "stale_window_s", "shutdown_grace_s"):
+        if getattr(s, name) < 0:
+            raise bad(name, "must be >= 0")
+    if s.log_format not in _LOG_FORMATS:
+        raise bad("log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    if s.log_level not in _LOG_LEVELS:
+        raise bad("log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    try:
+        validate_prefix(s.key_prefix)
+    except ValueError as exc:
+        raise bad("key_prefix", str(exc)) from None
+
+
+def _convert(name: str, kind: type, raw: str) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(name)}: cannot read {raw!r} as {kind.__name__}") from None
+
+
+def _field_types() -> dict[str, type]:
+    kinds = {"str": str, "int": int, "float": float, "bool": bool}
+    return {f.name: kinds[str(f.type)] for f in dataclasses.fields(Settings)}
+
+
+def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from KEYSVC_* variables, then explicit overrides (flags).
+
+    Raises:
+        ConfigError: a value cannot be read or is out of range; the message
+            names the variable.
+    """
+    env = os.environ if env is None else env
+    types = _field_types()
+    values: dict[str, Any] = {}
+    for name, kind in types.items():
+        raw = env.get(env_name(name))
+        if raw is not None:
+            values[name] = _convert(name, kind, raw)
+    for name, value in (overrides or {}).items():
+        if name not in types:
+            raise ConfigError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = _convert(name, types[name], value) if isinstance(value, str) else value
+    return Settings(**values)

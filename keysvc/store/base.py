@@ -1,0 +1,194 @@
+"""The one Protocol every store backend implements.
+
+Failure behaviour, for every method unless it says otherwise:
+
+- Raises `StoreUnavailableError` when the backend does not answer within its
+  configured timeout (after its retry budget) or refuses the connection.
+  A write that raises it has either fully happened or not at all (each write
+  is one transaction), never half.
+- Never returns stale data: reads go to the backend (caching is the
+  service layer's job).
+- Every lifecycle write appends exactly one `Event` to the event log in the
+  same transaction as the change, so a follower never sees a change without
+  its event or an event without its change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+
+__all__ = ["KeyPage", "PolicyPage", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of keys, ordered by key_id; `next_token` is "" on the last page."""
+
+    keys: Sequence[KeyRecord]
+    next_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPage:
+    """One page of policies (or of one policy's versions); "" ends it."""
+
+    policies: Sequence[Policy]
+    next_token: str
+
+
+class Store(Protocol):
+    """Durable keys, policies, counters and the event log."""
+
+    async def ping(self) -> None:
+        """Return when the backend answers.
+
+        Raises:
+            StoreUnavailableError: it does not.
+        """
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    # -- keys -------------------------------------------------------------
+
+    async def create_key(self, record: KeyRecord, quota: int | None, event: Event) -> None:
+        """Insert a new key (and its quota counter when `quota` is not None).
+
+        Raises:
+            AlreadyExistsError: the key_id or key_hash exists already.
+        """
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """Return the key with this public id, or None."""
+
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        """Return the key whose secret hashes to `key_hash`, or None (the hot-path read)."""
+
+    async def list_keys(self, owner_id: str, page_size: int, page_token: str) -> KeyPage:
+        """Page through keys ordered by key_id, optionally only `owner_id`'s ("" = all).
+
+        `page_token` is "" or a `next_token` from an earlier page.
+
+        Raises:
+            InvalidArgumentError: the page token is not one this store issued.
+        """
+
+    async def keys_with_policy(self, policy_id: str, limit: int) -> tuple[int, Sequence[str]]:
+        """Return how many keys reference `policy_id` and the first `limit` of their ids."""
+
+    async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
+        """Replace a key's record; `record.revision` must be `expected_revision + 1`.
+
+        Raises:
+            NotFoundError: no such key.
+            ConflictError: the stored revision is not `expected_revision`.
+        """
+
+    async def rotate_key(
+        self,
+        old: KeyRecord,
+        expected_revision: int,
+        new: KeyRecord,
+        quota: int | None,
+        event: Event,
+    ) -> None:
+        """Atomically replace `old` (revision-checked, as update_key) and insert `new`.
+
+        Raises:
+            NotFoundError, ConflictError: as update_key.
+            AlreadyExistsError: as create_key, for `new`.
+        """
+
+    # -- counters (hot path for keys with a rate limit or quota) ------------
+
+    async def take(
+        self,
+        key_id: str,
+        cost: int,
+        rate_limit: RateLimit | None,
+        quota: bool,
+        refill: QuotaRefill | None,
+        now: float,
+    ) -> CounterResult:
+        """Atomically take one request from the rate limit and `cost` from the quota.
+
+        Fixed windows aligned to multiples of `window_s` since the epoch. Nothing
+        is taken when either would be exceeded. With `refill`, the quota is reset
+        to `refill.amount` when `refill.interval_s` has passed since its last reset.
+        One round trip (one Lua call in Redis; one transaction in SQLite).
+        """
+
+    async def set_quota(self, key_id: str, remaining: int | None) -> None:
+        """Set (or with None, remove) a key's remaining quota."""
+
+    async def get_quota(self, key_id: str) -> int | None:
+        """Return a key's remaining quota, or None when it has none."""
+
+    async def touch(self, last_used: Mapping[str, float]) -> None:
+        """Record last-use times (key_id -> time); an older time never wins."""
+
+    async def last_used(self, key_ids: Sequence[str]) -> dict[str, float]:
+        """Return the known last-use times of these keys."""
+
+    # -- policies -----------------------------------------------------------
+
+    async def create_policy(self, policy: Policy, event: Event) -> None:
+        """Insert version 1 of a new policy.
+
+        Raises:
+            AlreadyExistsError: the policy_id exists already.
+        """
+
+    async def get_policy(self, policy_id: str, version: int = 0) -> Policy | None:
+        """Return the current version (version=0) or a given version, or None."""
+
+    async def list_policies(self, page_size: int, page_token: str) -> PolicyPage:
+        """Page through the current version of every policy, ordered by policy_id."""
+
+    async def put_policy_version(self, policy: Policy, event: Event) -> None:
+        """Append `policy` as the new current version; it must be current + 1.
+
+        Raises:
+            NotFoundError: no such policy.
+            ConflictError: the current version is not `policy.version - 1`.
+        """
+
+    async def list_policy_versions(
+        self, policy_id: str, page_size: int, page_token: str
+    ) -> PolicyPage:
+        """Page through one policy's versions, newest first.
+
+        Raises:
+            NotFoundError: no such policy.
+        """
+
+    # -- meta -----------------------------------------------------------------
+
+    async def get_meta(self, name: str) -> str | None:
+        """Return a small named value (e.g. the bootstrap marker), or None."""
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Set a small named value."""
+
+    # -- event log ------------------------------------------------------------
+
+    async def append_event(self, event: Event) -> str:
+        """Append an event on its own (for changes with no record write); return its cursor."""
+
+    async def read_events(self, after: str, limit: int, block_s: float) -> Sequence[Event]:
+        """Return up to `limit` events after cursor `after` ("" = from the oldest retained).
+
+        Waits up to `block_s` for the first one when there is none yet.
+
+        Raises:
+            CursorExpiredError: `after` is older than the oldest retained event,
+                or newer than the log's end (the log was reset): the caller
+                must resynchronise.
+        """
+
+    async def last_cursor(self) -> str:
+        """Return the cursor of the newest event ("" when the log is empty)."""
