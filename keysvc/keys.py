@@ -38,7 +38,7 @@ _HINT_LEN = 4
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
 _MAX_KEY_LEN = 16 + 1 + _BODY_LEN + _CHECK_LEN
 # Anything shaped like a key; also used by the log redaction processor.
-KEY_PATTERN = re.compile(r"([a-z][a-z0-9]{0,15})_[0-9A-Za-z]{%d}" % (_BODY_LEN + _CHECK_LEN))
+KEY_PATTERN = re.compile(rf"([a-z][a-z0-9]{{0,15}})_[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}")
 
 
 def _b62(number: int, width: int) -> str:

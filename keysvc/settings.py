@@ -27,7 +27,7 @@ def _f(default: Any, doc: str) -> Any:
 class Settings:
     """Everything keysvc can be told at start-up."""
 
-    listen: str = _f("127.0.0.1:50051", "gRPC address for Validate, ext_authz, health (host:port or unix:/path).")
+    listen: str = _f("127.0.0.1:50051", "gRPC address of Validate and ext_authz: host:port or unix:/path.")
     admin_listen: str = _f("", "Separate gRPC address for admin RPCs; empty serves them on `listen`.")
     store: str = _f("sqlite:///keysvc.db", "Store URL: sqlite:///path/to/file.db or redis://host:port/db.")
     store_timeout_ms: int = _f(100, "Timeout of one store call, in milliseconds.")
@@ -38,8 +38,8 @@ class Settings:
     cache_ttl_s: float = _f(30.0, "Safety-net lifetime of a cached key or policy, in seconds.")
     negative_cache_size: int = _f(10_000, "Most unknown key hashes remembered (bounded against floods).")
     negative_ttl_s: float = _f(2.0, "How long an unknown key is remembered, in seconds.")
-    stale_window_s: float = _f(60.0, "How long past its TTL a cached key still answers while the store is down.")
-    fail_open: bool = _f(False, "Answer VALID for uncached keys when the store is down (default: fail closed).")
+    stale_window_s: float = _f(60.0, "Seconds past its TTL a cached key answers while the store is down.")
+    fail_open: bool = _f(False, "Answer VALID for uncached keys when the store is down (else fail closed).")
     event_poll_ms: int = _f(50, "How often the SQLite store's event log is polled, in milliseconds.")
     event_retention: int = _f(100_000, "Events kept in the store's event log.")
     log_format: str = _f("auto", "Log format: auto (JSON unless on a terminal), json or console.")

@@ -1,0 +1,1 @@
+"""Services: validation hot path, admin lifecycle, event following. No protobuf."""

@@ -1,0 +1,205 @@
+"""Pure policy evaluation and policy diffs. No I/O.
+
+`evaluate` turns a key record, its policy, the request and the clock into a
+Decision (before any rate limit or quota, which need the store's counters).
+`diff` compares two policy versions and says whether the change is breaking:
+whether some request allowed before could be refused after.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from keysvc.model import Code, Decision, KeyRecord, KeyStatus, Policy, key_status
+
+__all__ = ["PolicyDiff", "diff", "effective_scopes", "evaluate", "ip_allowed", "parse_cidrs"]
+
+_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=1024)
+def parse_cidrs(cidrs: tuple[str, ...]) -> tuple[_IPNetwork, ...]:
+    """Parse CIDR strings (a bare address means one host).
+
+    Raises:
+        ValueError: one is not an address or network.
+    """
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+@lru_cache(maxsize=65536)
+def ip_allowed(client_ip: str, cidrs: tuple[str, ...]) -> bool:
+    """True when `client_ip` is in one of `cidrs` (memoised: callers repeat)."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in parse_cidrs(cidrs))
+
+
+def effective_scopes(record: KeyRecord, policy: Policy | None) -> tuple[str, ...]:
+    """Policy scopes narrowed by the key's own scopes when it has any."""
+    if policy is None:
+        return record.scopes
+    if not record.scopes:
+        return policy.scopes
+    own = set(record.scopes)
+    return tuple(s for s in policy.scopes if s in own)
+
+
+_STATUS_CODES = {
+    KeyStatus.REVOKED: (Code.REVOKED, "key is revoked"),
+    KeyStatus.EXPIRED: (Code.EXPIRED, "key has expired"),
+    KeyStatus.DISABLED: (Code.DISABLED, "key is disabled"),
+}
+
+
+def evaluate(
+    record: KeyRecord,
+    policy: Policy | None,
+    required_scopes: Sequence[str],
+    client_ip: str,
+    now: float,
+) -> Decision:
+    """Decide a call for a known key, before rate limits and quotas.
+
+    Order: lifecycle state (revoked, expired, disabled), then scopes, then
+    client address. A REVOKING key (revocation scheduled) is still valid.
+    A policy with CIDRs refuses a call that gives no client address.
+    """
+    status = key_status(record, now)
+    denial = _STATUS_CODES.get(status)
+    if denial is not None:
+        return Decision(denial[0], record, policy, message=denial[1])
+    scopes = effective_scopes(record, policy)
+    for scope in required_scopes:
+        if scope not in scopes:
+            return Decision(
+                Code.INSUFFICIENT_SCOPE, record, policy, scopes, f"key lacks scope {scope!r}"
+            )
+    if policy is not None and policy.allowed_cidrs and not ip_allowed(client_ip, policy.allowed_cidrs):
+        return Decision(Code.IP_NOT_ALLOWED, record, policy, scopes, "client address not allowed")
+    return Decision(Code.VALID, record, policy, scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDiff:
+    """What changes between two versions of a policy."""
+
+    scopes_added: tuple[str, ...] = ()
+    scopes_removed: tuple[str, ...] = ()
+    cidrs_added: tuple[str, ...] = ()
+    cidrs_removed: tuple[str, ...] = ()
+    limits_tightened: tuple[str, ...] = ()
+    limits_loosened: tuple[str, ...] = ()
+    cidrs_narrowed: bool = False
+
+    @property
+    def breaking(self) -> bool:
+        """True when a request allowed before could be refused after."""
+        return bool(self.scopes_removed or self.limits_tightened or self.cidrs_narrowed)
+
+    @property
+    def changed(self) -> bool:
+        """True when anything that affects decisions differs."""
+        return bool(
+            self.scopes_added or self.scopes_removed or self.cidrs_added or self.cidrs_removed
+            or self.limits_tightened or self.limits_loosened
+        )
+
+
+def _narrowed(before: tuple[str, ...], after: tuple[str, ...]) -> bool:
+    """True when some address allowed by `before` is refused by `after`.
+
+    An empty list allows every address. Compared as address ranges, not
+    strings: replacing 10.0.0.0/16 by 10.0.0.0/8 widens. An old network split
+    across several new ones counts as narrowed (conservative).
+    """
+    if not after:
+        return False
+    if not before:
+        return True
+    new = parse_cidrs(after)
+    return not all(
+        any(old.version == n.version and old.subnet_of(n) for n in new)  # type: ignore[arg-type]
+        for old in parse_cidrs(before)
+    )
+
+
+def _rate(p: Policy) -> float | None:
+    return None if p.rate_limit is None else p.rate_limit.requests / p.rate_limit.window_s
+
+
+def _describe_rate(p: Policy) -> str:
+    return "none" if p.rate_limit is None else f"{p.rate_limit.requests}/{p.rate_limit.window_s}s"
+
+
+def _describe_ttl(p: Policy) -> str:
+    return "none" if p.max_key_ttl_s is None else f"{p.max_key_ttl_s}s"
+
+
+def _describe_refill(p: Policy) -> str:
+    r = p.quota_refill
+    return "none" if r is None else f"{r.amount} every {r.interval_s}s"
+
+
+def _compare(
+    before: float | None, after: float | None, label: str, text: tuple[str, str],
+    tightened: list[str], loosened: list[str],
+) -> None:
+    """Record a numeric limit change; None means unlimited."""
+    if before == after:
+        return
+    line = f"{label} {text[0]} -> {text[1]}"
+    if after is None or (before is not None and after > before):
+        loosened.append(line)
+    else:
+        tightened.append(line)
+
+
+def diff(before: Policy, after: Policy) -> PolicyDiff:
+    """Compare two versions of a policy (only what affects decisions)."""
+    old_scopes, new_scopes = set(before.scopes), set(after.scopes)
+    old_cidrs, new_cidrs = set(before.allowed_cidrs), set(after.allowed_cidrs)
+    tightened: list[str] = []
+    loosened: list[str] = []
+    _compare(_rate(before), _rate(after), "rate limit",
+             (_describe_rate(before), _describe_rate(after)), tightened, loosened)
+    if before.rate_limit and after.rate_limit and _rate(before) == _rate(after) and (
+        before.rate_limit != after.rate_limit
+    ):
+        # Same average rate, different window: a burst allowed before may not be.
+        shrink = after.rate_limit.requests < before.rate_limit.requests
+        (tightened if shrink else loosened).append(
+            f"rate limit {_describe_rate(before)} -> {_describe_rate(after)}"
+        )
+    _compare(
+        None if before.max_key_ttl_s is None else float(before.max_key_ttl_s),
+        None if after.max_key_ttl_s is None else float(after.max_key_ttl_s),
+        "max key TTL", (_describe_ttl(before), _describe_ttl(after)), tightened, loosened,
+    )
+    if before.quota_refill != after.quota_refill:
+        old_rate = None if before.quota_refill is None else (
+            before.quota_refill.amount / before.quota_refill.interval_s)
+        new_rate = None if after.quota_refill is None else (
+            after.quota_refill.amount / after.quota_refill.interval_s)
+        line = f"quota refill {_describe_refill(before)} -> {_describe_refill(after)}"
+        # Losing a refill, or refilling less, can exhaust keys that would not have been.
+        if new_rate is None or (old_rate is not None and new_rate < old_rate):
+            tightened.append(line)
+        else:
+            loosened.append(line)
+    return PolicyDiff(
+        scopes_added=tuple(sorted(new_scopes - old_scopes)),
+        scopes_removed=tuple(sorted(old_scopes - new_scopes)),
+        cidrs_added=tuple(sorted(new_cidrs - old_cidrs)),
+        cidrs_removed=tuple(sorted(old_cidrs - new_cidrs)),
+        limits_tightened=tuple(tightened),
+        limits_loosened=tuple(loosened),
+        cidrs_narrowed=_narrowed(before.allowed_cidrs, after.allowed_cidrs),
+    )

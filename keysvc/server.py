@@ -1,0 +1,213 @@
+"""Wires keysvc together: the only module that builds concrete classes.
+
+Listeners, health, reflection, the event follower, the last-used writer,
+and graceful shutdown (SIGTERM: health NOT_SERVING, drain, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from keysvc.api.auth import AdminAuthInterceptor
+from keysvc.api.keyservice import KeyServiceServicer
+from keysvc.cache import KeyCache
+from keysvc.errors import StoreUnavailableError
+from keysvc.service.admin import AdminService
+from keysvc.service.events import EventFollower
+from keysvc.service.validator import Validator
+from keysvc.settings import Settings
+from keysvc.store.base import Store
+from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+__all__ = ["App", "build", "make_store", "serve"]
+
+log = structlog.get_logger("keysvc.server")
+
+KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+_LAST_USED_FLUSH_S = 1.0
+_HEALTH_PROBE_S = 2.0
+
+
+def make_store(settings: Settings) -> Store:
+    """Build the store the settings name (the one place a backend is chosen)."""
+    timeout_s = settings.store_timeout_ms / 1000
+    if settings.store.startswith("sqlite://"):
+        from keysvc.store.sqlite import SqliteStore
+
+        path = settings.store.removeprefix("sqlite://").removeprefix("/") or "keysvc.db"
+        # sqlite:///rel.db -> rel.db ; sqlite:////abs/path.db -> /abs/path.db
+        return SqliteStore(
+            path, event_retention=settings.event_retention,
+            poll_interval_s=settings.event_poll_ms / 1000,
+        )
+    from keysvc.store.redis import RedisStore
+
+    return RedisStore(
+        settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
+        retries=settings.store_retries, event_retention=settings.event_retention,
+    )
+
+
+@dataclass
+class App:
+    """A built, not yet started, keysvc process."""
+
+    settings: Settings
+    store: Store
+    cache: KeyCache
+    validator: Validator
+    admin: AdminService
+    follower: EventFollower
+    health: Any
+    servers: list[aio.Server] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build(settings: Settings, store: Store | None = None) -> App:
+    """Assemble the objects of one process (no I/O yet)."""
+    store = store or make_store(settings)
+    cache = KeyCache(
+        max_keys=settings.cache_size, ttl_s=settings.cache_ttl_s,
+        negative_max=settings.negative_cache_size, negative_ttl_s=settings.negative_ttl_s,
+        stale_window_s=settings.stale_window_s,
+    )
+    validator = Validator(store, cache, fail_open=settings.fail_open)
+    follower = EventFollower(
+        store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
+    )
+    admin = AdminService(store, default_prefix=settings.key_prefix)
+    return App(settings, store, cache, validator, admin, follower, health_aio.HealthServicer())
+
+
+def _server(app: App, *, admin_enabled: bool) -> aio.Server:
+    options = [
+        ("grpc.max_receive_message_length", app.settings.max_request_bytes),
+        ("grpc.so_reuseport", 1),
+    ]
+    server = aio.server(
+        interceptors=[AdminAuthInterceptor(app.validator, admin_enabled=admin_enabled)],
+        options=options,
+    )
+    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        KeyServiceServicer(app.validator, app.admin, app.store), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    reflection.enable_server_reflection(
+        (KEYSERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    return server
+
+
+def _bind(server: aio.Server, address: str) -> int:
+    port = server.add_insecure_port(address)
+    if port == 0 and not address.startswith("unix:"):
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+async def _set_health(app: App, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", KEYSERVICE):
+        await app.health.set(service, status)
+
+
+async def _probe_store(app: App) -> None:
+    """NOT_SERVING until the store answers; then follow its reachability."""
+    serving: bool | None = None
+    while True:
+        try:
+            await app.store.ping()
+            ok = True
+        except StoreUnavailableError:
+            ok = False
+        if ok != serving:
+            serving = ok
+            await _set_health(app, ok)
+            log.info("store reachable" if ok else "store unreachable", store=_store_kind(app.settings))
+        await asyncio.sleep(_HEALTH_PROBE_S if ok else 0.25)
+
+
+async def _write_last_used(app: App) -> None:
+    """Write-behind of last-use times, off the hot path, one batch a second."""
+    while True:
+        await asyncio.sleep(_LAST_USED_FLUSH_S)
+        batch = app.validator.drain_last_used()
+        if batch:
+            try:
+                await app.store.touch(batch)
+            except StoreUnavailableError:
+                log.warning("could not record last use", keys=len(batch))
+
+
+def _store_kind(settings: Settings) -> str:
+    return settings.store.split(":", 1)[0]
+
+
+async def start(app: App) -> None:
+    """Bind listeners and start background work."""
+    s = app.settings
+    await _set_health(app, serving=False)
+    main = _server(app, admin_enabled=not s.admin_listen)
+    app.ports.append(_bind(main, s.listen))
+    app.servers.append(main)
+    if s.admin_listen:
+        admin = _server(app, admin_enabled=True)
+        app.ports.append(_bind(admin, s.admin_listen))
+        app.servers.append(admin)
+    with contextlib.suppress(StoreUnavailableError):
+        await app.follower.start()
+    for server in app.servers:
+        await server.start()
+    app.tasks += [
+        asyncio.create_task(_probe_store(app), name="health"),
+        asyncio.create_task(app.follower.run(), name="events"),
+        asyncio.create_task(_write_last_used(app), name="last-used"),
+    ]
+    log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen,
+             ports=app.ports, store=_store_kind(s))
+
+
+async def stop(app: App) -> None:
+    """Flip health, drain in-flight calls within the grace period, release the store."""
+    await _set_health(app, serving=False)
+    grace = app.settings.shutdown_grace_s
+    await asyncio.gather(*(server.stop(grace) for server in app.servers))
+    for task in app.tasks:
+        task.cancel()
+    await asyncio.gather(*app.tasks, return_exceptions=True)
+    batch = app.validator.drain_last_used()
+    with contextlib.suppress(StoreUnavailableError):
+        if batch:
+            await app.store.touch(batch)
+    await app.store.close()
+    log.info("keysvc stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = build(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await start(app)
+    await stopping.wait()
+    log.info("shutting down", grace_s=settings.shutdown_grace_s)
+    await stop(app)
+
+

@@ -1,0 +1,499 @@
+"""Key and policy lifecycle.
+
+Each change is one store transaction with one Event, wrapped in one audit
+span. Knows no protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from keysvc import keys
+from keysvc.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from keysvc.model import ADMIN_SCOPE, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
+from keysvc.policy import PolicyDiff, diff
+from keysvc.service import _checks as check
+from keysvc.store.base import Store
+from keysvc.telemetry import audit_span
+
+__all__ = ["UPDATABLE_KEY_FIELDS", "AdminService", "KeyView", "PolicyImpact"]
+
+UPDATABLE_KEY_FIELDS = frozenset(
+    {"name", "metadata", "scopes", "expires_at", "enabled", "policy_id", "quota_remaining"}
+)
+_SAMPLE_KEYS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """A key record with its counters, as admins see it."""
+
+    record: KeyRecord
+    status: KeyStatus
+    last_used_at: float | None = None
+    quota_remaining: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyImpact:
+    """What a policy change does to the keys that follow it."""
+
+    diff: PolicyDiff
+    keys_affected: int
+    sample_key_ids: Sequence[str]
+
+
+class AdminService:
+    """Admin operations. `actor` is the key_id of the authenticated admin key.
+
+    Args:
+        store: the backend.
+        default_prefix: prefix of new keys when the request names none.
+        clock: wall clock.
+    """
+
+    def __init__(
+        self, store: Store, *, default_prefix: str = keys.DEFAULT_PREFIX,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._prefix = default_prefix
+        self._clock = clock
+
+    # -- keys -------------------------------------------------------------
+
+    async def create_key(
+        self,
+        actor: str,
+        *,
+        owner_id: str,
+        name: str = "",
+        policy_id: str = "",
+        scopes: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        expires_at: float | None = None,
+        ttl_s: float | None = None,
+        prefix: str = "",
+        quota: int | None = None,
+    ) -> tuple[KeyView, str]:
+        """Make a key; return it and its plaintext secret (the only copy).
+
+        Raises:
+            InvalidArgumentError: a field is invalid, or the lifetime exceeds
+                the policy's max key TTL.
+            NotFoundError: the policy does not exist.
+        """
+        with audit_span("key.create", actor=actor, target_policy_id=policy_id) as span:
+            now = self._clock()
+            owner_id = check.owner_id(owner_id)
+            name = check.text("name", name)
+            check.policy_id(policy_id, required=False)
+            own_scopes = check.scopes("scopes", scopes)
+            meta = check.metadata(metadata or {})
+            if quota is not None and quota < 0:
+                raise InvalidArgumentError("quota: must be >= 0")
+            try:
+                generated = keys.generate(prefix or self._prefix)
+            except ValueError as exc:
+                raise InvalidArgumentError(f"prefix: {exc}") from None
+            if ttl_s is not None:
+                if expires_at is not None:
+                    raise InvalidArgumentError("give expires_at or ttl, not both")
+                expires_at = now + check.duration("ttl", ttl_s, maximum=100 * 365 * 86400)
+            policy = await self._policy(policy_id) if policy_id else None
+            expires_at = self._within_max_ttl(expires_at, policy, now)
+            record = KeyRecord(
+                key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
+                owner_id=owner_id, created_at=now, updated_at=now, name=name, policy_id=policy_id,
+                scopes=own_scopes, metadata=meta, expires_at=expires_at, has_quota=quota is not None,
+            )
+            await self._store.create_key(record, quota, self._event(EventType.KEY_CREATED, actor, record))
+            span.set("target.key_id", record.key_id)
+            return KeyView(record, key_status(record, now), None, quota), generated.secret
+
+    @staticmethod
+    def _within_max_ttl(expires_at: float | None, policy: Policy | None, now: float) -> float | None:
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgumentError("expires_at: must be in the future")
+        if policy is None or policy.max_key_ttl_s is None:
+            return expires_at
+        latest = now + policy.max_key_ttl_s
+        if expires_at is None:
+            return latest
+        if expires_at > latest + 1:
+            raise InvalidArgumentError(
+                f"expires_at: policy {policy.policy_id!r} allows keys of at most "
+                f"{policy.max_key_ttl_s} seconds"
+            )
+        return expires_at
+
+    async def get_key(self, key_id: str) -> KeyView:
+        """Return one key with its counters.
+
+        Raises:
+            NotFoundError: no such key.
+        """
+        record = await self._record(key_id)
+        return (await self._views([record]))[0]
+
+    async def list_keys(
+        self,
+        *,
+        owner_id: str = "",
+        status: KeyStatus | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        unused_for_s: float | None = None,
+    ) -> tuple[list[KeyView], str]:
+        """Page through keys; status and unused filters are applied to each page.
+
+        A filtered page may hold fewer than `page_size` keys while more follow.
+        """
+        if owner_id:
+            check.owner_id(owner_id)
+        page = await self._store.list_keys(owner_id, check.page_size(page_size), page_token)
+        views = await self._views(page.keys)
+        if status is not None:
+            views = [v for v in views if v.status is status]
+        if unused_for_s is not None:
+            cutoff = self._clock() - unused_for_s
+            views = [v for v in views if v.last_used_at is None or v.last_used_at <= cutoff]
+        return views, page.next_token
+
+    async def update_key(
+        self, actor: str, key_id: str, changes: Mapping[str, Any], expected_revision: int = 0
+    ) -> KeyView:
+        """Apply `changes` (field name -> new value) to a key.
+
+        Raises:
+            InvalidArgumentError: an unknown field or a bad value.
+            NotFoundError: no such key (or policy).
+            FailedPreconditionError: the key is revoked.
+            ConflictError: `expected_revision` is set and stale, or a concurrent
+                change won.
+        """
+        with audit_span("key.update", actor=actor, target_key_id=key_id,
+                        fields=",".join(sorted(changes))):
+            unknown = set(changes) - UPDATABLE_KEY_FIELDS
+            if unknown or not changes:
+                raise InvalidArgumentError(
+                    f"update_mask: name some of {', '.join(sorted(UPDATABLE_KEY_FIELDS))}"
+                    + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
+                )
+            record = await self._record(key_id)
+            now = self._clock()
+            if key_status(record, now) is KeyStatus.REVOKED:
+                raise FailedPreconditionError(f"key {key_id} is revoked")
+            if expected_revision and expected_revision != record.revision:
+                raise ConflictError(
+                    f"key {key_id} is at revision {record.revision}, not {expected_revision}"
+                )
+            fields: dict[str, Any] = {}
+            if "name" in changes:
+                fields["name"] = check.text("name", changes["name"])
+            if "metadata" in changes:
+                fields["metadata"] = check.metadata(changes["metadata"])
+            if "scopes" in changes:
+                fields["scopes"] = check.scopes("scopes", changes["scopes"])
+            if "enabled" in changes:
+                fields["enabled"] = bool(changes["enabled"])
+            policy = None
+            if "policy_id" in changes:
+                fields["policy_id"] = check.policy_id(changes["policy_id"], required=False)
+                policy = await self._policy(fields["policy_id"]) if fields["policy_id"] else None
+            if "expires_at" in changes:
+                fields["expires_at"] = self._within_max_ttl(changes["expires_at"], policy, now)
+            quota = changes.get("quota_remaining")
+            if "quota_remaining" in changes:
+                if quota is not None and quota < 0:
+                    raise InvalidArgumentError("quota_remaining: must be >= 0")
+                fields["has_quota"] = quota is not None
+            updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
+            await self._store.update_key(
+                updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record)
+            )
+            if "quota_remaining" in changes:
+                # After the revision-checked write, so a lost race changes nothing.
+                await self._store.set_quota(key_id, quota)
+            return (await self._views([updated]))[0]
+
+    async def revoke_key(self, actor: str, key_id: str, grace_s: float = 0.0, reason: str = "") -> KeyView:
+        """Revoke a key now, or schedule it `grace_s` from now.
+
+        A scheduled revocation may be brought forward, never pushed back.
+
+        Raises:
+            NotFoundError: no such key.
+            FailedPreconditionError: already revoked.
+        """
+        with audit_span("key.revoke", actor=actor, target_key_id=key_id,
+                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)):
+            grace_s = check.duration("grace_period", grace_s)
+            record = await self._record(key_id)
+            now = self._clock()
+            revoke_at = now + grace_s
+            if key_status(record, now) is KeyStatus.REVOKED:
+                raise FailedPreconditionError(f"key {key_id} is already revoked")
+            if record.revoke_at is not None and record.revoke_at <= revoke_at:
+                raise FailedPreconditionError(
+                    f"key {key_id} is already being revoked sooner; revocation is never postponed"
+                )
+            updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1)
+            await self._store.update_key(
+                updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record)
+            )
+            return (await self._views([updated]))[0]
+
+    async def rotate_key(self, actor: str, key_id: str, grace_s: float = 0.0) -> tuple[KeyView, str, KeyView]:
+        """Issue a new key with the same owner, policy, scopes and metadata.
+
+        The old key is revoked `grace_s` from now. Its remaining quota moves to
+        the new key. Returns (new key, its secret, old key).
+
+        Raises:
+            NotFoundError: no such key.
+            FailedPreconditionError: the key is revoked, being revoked or expired.
+        """
+        with audit_span("key.rotate", actor=actor, target_key_id=key_id, grace_s=int(grace_s)) as span:
+            grace_s = check.duration("grace_period", grace_s)
+            old = await self._record(key_id)
+            now = self._clock()
+            status = key_status(old, now)
+            if status in (KeyStatus.REVOKED, KeyStatus.REVOKING, KeyStatus.EXPIRED):
+                raise FailedPreconditionError(f"key {key_id} is {status.name.lower()}; cannot rotate")
+            generated = keys.generate(old.hint.rpartition("_")[0] or self._prefix)
+            new = replace(
+                old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
+                created_at=now, updated_at=now, revoke_at=None, rotated_from=old.key_id,
+                rotated_to="", revision=1,
+            )
+            retired = replace(
+                old, revoke_at=now + grace_s, rotated_to=new.key_id, updated_at=now,
+                revision=old.revision + 1,
+            )
+            quota = await self._store.get_quota(old.key_id) if old.has_quota else None
+            await self._store.rotate_key(
+                retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old)
+            )
+            span.set("new.key_id", new.key_id)
+            views = await self._views([new, retired])
+            return views[0], generated.secret, views[1]
+
+    # -- policies -----------------------------------------------------------
+
+    async def create_policy(self, actor: str, policy: Policy) -> Policy:
+        """Make version 1 of a policy.
+
+        Raises:
+            InvalidArgumentError: a field is invalid.
+            AlreadyExistsError: the policy_id is taken.
+        """
+        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id):
+            now = self._clock()
+            created = replace(
+                _checked_policy(policy), version=1, created_at=now, updated_at=now, updated_by=actor,
+            )
+            await self._store.create_policy(
+                created, Event(EventType.POLICY_CREATED, now, actor, policy_id=created.policy_id,
+                               policy_version=1),
+            )
+            return created
+
+    async def get_policy(self, policy_id: str, version: int = 0) -> Policy:
+        """Return the current or a given version.
+
+        Raises:
+            NotFoundError: no such policy or version.
+        """
+        check.policy_id(policy_id)
+        policy = await self._store.get_policy(policy_id, version)
+        if policy is None:
+            what = f"policy {policy_id!r}" + (f" version {version}" if version else "")
+            raise NotFoundError(f"{what} not found")
+        return policy
+
+    async def list_policies(self, page_size: int = 0, page_token: str = "") -> tuple[list[Policy], str]:
+        """Page through policies (current versions)."""
+        page = await self._store.list_policies(check.page_size(page_size), page_token)
+        return list(page.policies), page.next_token
+
+    async def list_policy_versions(
+        self, policy_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Policy], str]:
+        """Page through one policy's versions, newest first."""
+        check.policy_id(policy_id)
+        page = await self._store.list_policy_versions(policy_id, check.page_size(page_size), page_token)
+        return list(page.policies), page.next_token
+
+    async def update_policy(
+        self,
+        actor: str,
+        proposed: Policy,
+        *,
+        expected_version: int,
+        dry_run: bool = False,
+        allow_breaking: bool = False,
+        change_note: str = "",
+    ) -> tuple[Policy | None, PolicyImpact]:
+        """Write version N+1, or only report its impact when `dry_run`.
+
+        Raises:
+            NotFoundError: no such policy.
+            ConflictError: `expected_version` is not the current version.
+            FailedPreconditionError: the change is breaking and not allowed.
+        """
+        with audit_span("policy.update", actor=actor, target_policy_id=proposed.policy_id,
+                        dry_run=dry_run) as span:
+            return await self._write_version(
+                actor, proposed, expected_version, dry_run, allow_breaking,
+                check.text("change_note", change_note, 256), EventType.POLICY_UPDATED, span,
+            )
+
+    async def rollback_policy(
+        self,
+        actor: str,
+        policy_id: str,
+        to_version: int,
+        *,
+        expected_version: int = 0,
+        dry_run: bool = False,
+        allow_breaking: bool = False,
+    ) -> tuple[Policy | None, PolicyImpact]:
+        """Make `to_version`'s content current as a new version.
+
+        Raises:
+            NotFoundError: no such policy or version.
+            ConflictError, FailedPreconditionError: as update_policy.
+        """
+        with audit_span("policy.rollback", actor=actor, target_policy_id=policy_id,
+                        to_version=to_version, dry_run=dry_run) as span:
+            target = await self.get_policy(policy_id, to_version) if to_version > 0 else None
+            if target is None:
+                raise InvalidArgumentError("to_version: must be an existing version (>= 1)")
+            if not expected_version:
+                expected_version = (await self.get_policy(policy_id)).version
+            return await self._write_version(
+                actor, target, expected_version, dry_run, allow_breaking,
+                f"rollback to version {to_version}", EventType.POLICY_ROLLED_BACK, span,
+            )
+
+    async def _write_version(
+        self, actor: str, proposed: Policy, expected_version: int, dry_run: bool,
+        allow_breaking: bool, note: str, event_type: EventType, span: Any,
+    ) -> tuple[Policy | None, PolicyImpact]:
+        current = await self.get_policy(proposed.policy_id)
+        if expected_version != current.version:
+            raise ConflictError(
+                f"policy {current.policy_id!r} is at version {current.version}, "
+                f"not {expected_version}"
+            )
+        checked = _checked_policy(proposed)
+        change = diff(current, checked)
+        count, sample = await self._store.keys_with_policy(current.policy_id, _SAMPLE_KEYS)
+        impact = PolicyImpact(change, count, sample)
+        span.set("breaking", change.breaking)
+        span.set("keys_affected", count)
+        span.set("diff", _describe(change))
+        if dry_run:
+            span.set("outcome", "dry_run")
+            return None, impact
+        if change.breaking and not allow_breaking:
+            raise FailedPreconditionError(
+                f"breaking change to policy {current.policy_id!r} ({_describe(change)}) affects "
+                f"{count} keys; set allow_breaking to apply it"
+            )
+        now = self._clock()
+        new = replace(
+            checked, version=current.version + 1, created_at=current.created_at, updated_at=now,
+            updated_by=actor, change_note=note,
+        )
+        await self._store.put_policy_version(
+            new, Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version)
+        )
+        span.set("new.version", new.version)
+        return new, impact
+
+    # -- bootstrap ------------------------------------------------------------
+
+    async def bootstrap(self, *, force: bool = False, owner_id: str = "keysvc-admin") -> tuple[KeyView, str]:
+        """Create the first admin key, once.
+
+        Raises:
+            AlreadyExistsError: bootstrap ran before and `force` is not set.
+        """
+        marker = await self._store.get_meta("bootstrap_key_id")
+        if marker and not force:
+            raise AlreadyExistsError(
+                f"bootstrap already made admin key {marker}; use --force to make another"
+            )
+        view, secret = await self.create_key(
+            "bootstrap", owner_id=owner_id, name="bootstrap admin key", scopes=[ADMIN_SCOPE]
+        )
+        await self._store.set_meta("bootstrap_key_id", view.record.key_id)
+        return view, secret
+
+    # -- helpers ----------------------------------------------------------------
+
+    async def _record(self, key_id: str) -> KeyRecord:
+        record = await self._store.get_key(check.key_id(key_id))
+        if record is None:
+            raise NotFoundError(f"key {key_id} not found")
+        return record
+
+    async def _policy(self, policy_id: str) -> Policy:
+        return await self.get_policy(policy_id)
+
+    async def _views(self, records: Sequence[KeyRecord]) -> list[KeyView]:
+        now = self._clock()
+        used = await self._store.last_used([r.key_id for r in records]) if records else {}
+        views = []
+        for r in records:
+            quota = await self._store.get_quota(r.key_id) if r.has_quota else None
+            views.append(KeyView(r, key_status(r, now), used.get(r.key_id), quota))
+        return views
+
+    def _event(self, kind: EventType, actor: str, record: KeyRecord) -> Event:
+        return Event(kind, self._clock(), actor, key_id=record.key_id, key_hash=record.key_hash,
+                     policy_id=record.policy_id)
+
+
+def _checked_policy(policy: Policy) -> Policy:
+    check.policy_id(policy.policy_id)
+    if policy.rate_limit is not None and (policy.rate_limit.requests <= 0 or policy.rate_limit.window_s <= 0):
+        raise InvalidArgumentError("rate_limit: requests and window must be > 0")
+    if policy.quota_refill is not None and (
+        policy.quota_refill.amount <= 0 or policy.quota_refill.interval_s <= 0
+    ):
+        raise InvalidArgumentError("quota_refill: amount and interval must be > 0")
+    if policy.max_key_ttl_s is not None and policy.max_key_ttl_s <= 0:
+        raise InvalidArgumentError("max_key_ttl: must be > 0 (or unset for none)")
+    return replace(
+        policy,
+        description=check.text("description", policy.description, 512),
+        scopes=check.scopes("scopes", policy.scopes),
+        allowed_cidrs=check.cidrs(policy.allowed_cidrs),
+    )
+
+
+def _describe(change: PolicyDiff) -> str:
+    parts = []
+    if change.scopes_added:
+        parts.append("scopes +" + ",".join(change.scopes_added))
+    if change.scopes_removed:
+        parts.append("scopes -" + ",".join(change.scopes_removed))
+    if change.cidrs_added:
+        parts.append("cidrs +" + ",".join(change.cidrs_added))
+    if change.cidrs_removed:
+        parts.append("cidrs -" + ",".join(change.cidrs_removed))
+    parts.extend(change.limits_tightened)
+    parts.extend(change.limits_loosened)
+    return "; ".join(parts) or "no change"

@@ -1,0 +1,212 @@
+"""The hot path: parse -> cache -> store -> policy -> counters -> Decision.
+
+`check_cached` is a plain synchronous function: it answers from process
+memory or returns None, and never awaits, locks or touches the network, so
+the gRPC stack under it is a choice made by measurement. `validate` adds the
+store round trips for misses and for keys with counters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from keysvc.cache import KeyCache
+from keysvc.errors import MalformedKeyError, StoreUnavailableError
+from keysvc.keys import parse
+from keysvc.model import Code, Decision, KeyRecord, Policy, RateLimitState
+from keysvc.policy import evaluate
+from keysvc.store.base import Store
+
+__all__ = ["ValidationRequest", "Validator"]
+
+_MALFORMED = Decision(Code.MALFORMED, message="key is malformed")
+_NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
+_UNAVAILABLE = Decision(Code.UNAVAILABLE, message="key store unavailable")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationRequest:
+    """One Validate call, transport-independent."""
+
+    key: str
+    required_scopes: Sequence[str] = ()
+    client_ip: str = ""
+    cost: int = 1
+
+
+class Validator:
+    """Answers validation requests from the cache, falling back to the store.
+
+    Args:
+        store: the backend.
+        cache: the process's key cache (shared with the event follower).
+        fail_open: answer VALID for uncached keys when the store is down.
+        clock: wall clock for expiry, revocation and windows.
+        monotonic: clock for cache ages.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        cache: KeyCache,
+        *,
+        fail_open: bool = False,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.cache = cache
+        self._fail_open = fail_open
+        self._clock = clock
+        self._monotonic = monotonic
+        # key_id -> (window reset time, state): keys known to be over their rate
+        # limit are refused locally until the window resets.
+        self._over_limit: dict[str, tuple[float, RateLimitState]] = {}
+        # key_id -> last use; drained by `drain_last_used` (write-behind).
+        self._last_used: dict[str, float] = {}
+
+    def check_cached(self, request: ValidationRequest) -> Decision | None:
+        """Answer from memory, or return None when the store must be asked."""
+        try:
+            key_hash = parse(request.key).key_hash
+        except MalformedKeyError:
+            return _MALFORMED
+        mono = self._monotonic()
+        cache = self.cache
+        record = cache.get(key_hash, mono)
+        if record is None:
+            return _NOT_FOUND if cache.is_unknown(key_hash, mono) else None
+        policy: Policy | None = None
+        if record.policy_id:
+            policy = cache.get_policy(record.policy_id, mono)
+            if policy is None:
+                return None
+        now = self._clock()
+        decision = evaluate(record, policy, request.required_scopes, request.client_ip, now)
+        if decision.code is not Code.VALID:
+            return decision
+        if record.has_quota or (policy is not None and policy.rate_limit is not None):
+            return self._over_limit_decision(decision, record.key_id, now)
+        self._last_used[record.key_id] = now
+        return decision
+
+    def _over_limit_decision(self, decision: Decision, key_id: str, now: float) -> Decision | None:
+        blocked = self._over_limit.get(key_id)
+        if blocked is None:
+            return None
+        if blocked[0] <= now:
+            del self._over_limit[key_id]
+            return None
+        return Decision(
+            Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
+            "rate limit exceeded", rate_limit=blocked[1],
+        )
+
+    async def validate(self, request: ValidationRequest) -> Decision:
+        """Answer one request; never raises for a bad key or an unavailable store."""
+        decision = self.check_cached(request)
+        if decision is not None:
+            return decision
+        return await self.validate_from_store(request)
+
+    async def validate_from_store(self, request: ValidationRequest) -> Decision:
+        """Answer a request that `check_cached` could not (it returned None)."""
+        key_hash = parse(request.key).key_hash  # check_cached proved it parses
+        try:
+            found = await self._fetch(key_hash)
+        except StoreUnavailableError:
+            found = self._stale(key_hash)
+            if found is None:
+                return Decision(Code.VALID, message="fail-open") if self._fail_open else _UNAVAILABLE
+        if found is None:
+            return _NOT_FOUND
+        record, policy = found
+        now = self._clock()
+        decision = evaluate(record, policy, request.required_scopes, request.client_ip, now)
+        if decision.code is not Code.VALID:
+            return decision
+        if record.has_quota or (policy is not None and policy.rate_limit is not None):
+            decision = await self._take(decision, record, policy, max(request.cost, 1), now)
+        if decision.code is Code.VALID:
+            self._last_used[record.key_id] = now
+        return decision
+
+    async def _fetch(self, key_hash: str) -> tuple[KeyRecord, Policy | None] | None:
+        """Read a record (and its policy) through the cache; None if unknown."""
+        cache = self.cache
+        epoch = cache.epoch
+        mono = self._monotonic()
+        record = cache.get(key_hash, mono)
+        if record is None:
+            record = await self._store.get_key_by_hash(key_hash)
+            if record is None:
+                cache.put_unknown(key_hash, mono, epoch)
+                return None
+            cache.put(record, mono, epoch)
+        policy: Policy | None = None
+        if record.policy_id:
+            policy = cache.get_policy(record.policy_id, mono)
+            if policy is None:
+                policy = await self._store.get_policy(record.policy_id)
+                if policy is not None:
+                    cache.put_policy(policy, mono, epoch)
+        return record, policy
+
+    def _stale(self, key_hash: str) -> tuple[KeyRecord, Policy | None] | None:
+        """The cached record and policy within the stale window, if any."""
+        mono = self._monotonic()
+        record = self.cache.get(key_hash, mono, stale_ok=True)
+        if record is None:
+            return None
+        policy = None
+        if record.policy_id:
+            policy = self.cache.get_policy(record.policy_id, mono, stale_ok=True)
+            if policy is None:
+                return None
+        return record, policy
+
+    async def _take(
+        self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float
+    ) -> Decision:
+        rate_limit = policy.rate_limit if policy is not None else None
+        refill = policy.quota_refill if policy is not None else None
+        try:
+            result = await self._store.take(
+                record.key_id, cost, rate_limit, record.has_quota, refill, now
+            )
+        except StoreUnavailableError:
+            # Counters live only in the store: without it, limits cannot be kept.
+            if self._fail_open:
+                return decision
+            return Decision(Code.UNAVAILABLE, record, policy, decision.scopes, "key store unavailable")
+        if result.allowed:
+            return Decision(
+                Code.VALID, record, policy, decision.scopes,
+                rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
+            )
+        if result.rate_limited:
+            if result.rate_limit is not None:
+                self._over_limit[record.key_id] = (result.rate_limit.reset_at, result.rate_limit)
+            return Decision(
+                Code.RATE_LIMITED, record, policy, decision.scopes, "rate limit exceeded",
+                rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
+            )
+        return Decision(
+            Code.QUOTA_EXHAUSTED, record, policy, decision.scopes, "quota exhausted",
+            rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
+        )
+
+    def forget_limits(self, key_id: str) -> None:
+        """Drop the local over-limit memo of a key (its policy or key changed)."""
+        self._over_limit.pop(key_id, None)
+
+    def forget_all_limits(self) -> None:
+        """Drop every local over-limit memo."""
+        self._over_limit.clear()
+
+    def drain_last_used(self) -> dict[str, float]:
+        """Take the last-use times gathered since the previous drain."""
+        drained, self._last_used = self._last_used, {}
+        return drained

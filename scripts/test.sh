@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one test command (README "Tests", and .ci/run): installs what the tests
+# need, starts redis-server on a free loopback port, runs lint, type checks,
+# buf lint and every test tier, and stops Redis after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if ((${#missing[@]})); then
+  echo "== installing ${missing[*]} from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+echo "== installing Python dependencies from pyproject.toml"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== lint: ruff, mypy, buf"
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/buf lint
+
+echo "== starting redis-server on loopback"
+redis_dir=$(mktemp -d)
+redis_port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$redis_dir" \
+  --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+stop_redis() {
+  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$redis_dir"
+}
+trap stop_redis EXIT
+for _ in $(seq 50); do
+  redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+export KEYSVC_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+
+echo "== tests"
+.venv/bin/pytest "$@"
