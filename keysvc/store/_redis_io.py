@@ -1,0 +1,89 @@
+"""Calls to Redis for `RedisStore`: clients with explicit timeouts, error mapping, read retries."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from keysvc.errors import StoreUnavailableError
+
+__all__ = ["Caller", "make_client", "text", "unavailable"]
+
+_T = TypeVar("_T")
+# Server answers that mean "not now" rather than "wrong request".
+_UNAVAILABLE_REPLIES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def make_client(
+    url: str, *, socket_timeout: float | None, connect_timeout: float, max_connections: int
+) -> Redis:
+    """Return a client whose every timeout is explicit (redis-py's defaults are seconds).
+
+    redis-py's own retries are off (`RedisStore` retries reads only). A burst
+    beyond `max_connections` waits up to `connect_timeout` for a free
+    connection instead of failing at once or opening sockets without bound.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        decode_responses=True,
+        protocol=2,  # the reply shapes RedisStore parses are RESP2's
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        timeout=connect_timeout,
+    )
+    return Redis.from_pool(pool)
+
+
+@contextlib.contextmanager
+def unavailable() -> Iterator[None]:
+    """Turn "Redis cannot answer now" errors into StoreUnavailableError."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError) as exc:
+        raise StoreUnavailableError(f"redis: {exc}") from exc
+    except ResponseError as exc:
+        if str(exc).startswith(_UNAVAILABLE_REPLIES):
+            raise StoreUnavailableError(f"redis: {exc}") from exc
+        raise
+
+
+def text(value: bytes | str) -> str:
+    """Return a reply as str (decode_responses makes it one; redis-py's types cannot know)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _ignore(_: Exception) -> None:
+    return None
+
+
+class Caller:
+    """Runs calls to Redis: reads retried, writes not, every failure mapped.
+
+    A write is never retried: after a timeout it may have been applied, and
+    applying it twice (a take, an XADD) would be wrong.
+    """
+
+    def __init__(self, retries: int) -> None:
+        # Backoff of a millisecond or so: sized for a sub-millisecond service.
+        self._retry = Retry(ExponentialWithJitterBackoff(base=0.0005, cap=0.005), retries)
+
+    async def read(self, op: Callable[[], Awaitable[_T]]) -> _T:
+        """Run an idempotent call, retrying connection errors and timeouts."""
+        with unavailable():
+            return await self._retry.call_with_retry(op, _ignore)
+
+    @staticmethod
+    async def write(op: Awaitable[_T]) -> _T:
+        """Await a call once."""
+        with unavailable():
+            return await op

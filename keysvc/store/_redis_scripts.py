@@ -1,0 +1,126 @@
+"""Lua scripts of `RedisStore`, each one atomic round trip.
+
+Every key a script touches is passed in KEYS (Redis Cluster routes on them);
+the lifecycle scripts only ever receive keys of the namespace's one hash tag,
+the counter scripts only keys of one key_id's tag. A script checks everything
+before its first write, because Redis does not roll back a script that fails
+half-way.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CREATE_QUOTA", "PUT_KEYS", "PUT_POLICY", "TAKE", "TOUCH"]
+
+# KEYS[1] event stream, KEYS[2] index of all key_ids, then 7 per record:
+#   record, new hash index, old hash index, new owner index, old owner index,
+#   new policy index, old policy index (old == new when creating).
+# ARGV[1] stream retention, ARGV[2] event JSON, then 3 per record:
+#   key_id, expected revision (0: must not exist yet), record JSON.
+# Returns {status} or {'OK', event id}.
+PUT_KEYS = """
+local n = (#KEYS - 2) / 7
+for i = 0, n - 1 do
+  local k, a = 3 + i * 7, 3 + i * 3
+  local expected = tonumber(ARGV[a + 1])
+  local current = redis.call('GET', KEYS[k])
+  if expected == 0 then
+    if current or redis.call('EXISTS', KEYS[k + 1]) == 1 then return {'EXISTS'} end
+  else
+    if not current then return {'NOT_FOUND'} end
+    if cjson.decode(current)['revision'] ~= expected then return {'CONFLICT'} end
+    if KEYS[k + 1] ~= KEYS[k + 2] and redis.call('EXISTS', KEYS[k + 1]) == 1 then
+      return {'EXISTS'}
+    end
+  end
+end
+for i = 0, n - 1 do
+  local k, a = 3 + i * 7, 3 + i * 3
+  local id = ARGV[a]
+  if KEYS[k + 2] ~= KEYS[k + 1] then redis.call('DEL', KEYS[k + 2]) end
+  if KEYS[k + 4] ~= KEYS[k + 3] then redis.call('ZREM', KEYS[k + 4], id) end
+  if KEYS[k + 6] ~= KEYS[k + 5] then redis.call('ZREM', KEYS[k + 6], id) end
+  redis.call('SET', KEYS[k], ARGV[a + 2])
+  redis.call('SET', KEYS[k + 1], id)
+  redis.call('ZADD', KEYS[2], 0, id)
+  redis.call('ZADD', KEYS[k + 3], 0, id)
+  redis.call('ZADD', KEYS[k + 5], 0, id)
+end
+return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])}
+"""
+
+# KEYS[1] event stream, KEYS[2] index of policy ids, KEYS[3] current version,
+# KEYS[4] hash of all versions.
+# ARGV[1] retention, ARGV[2] event JSON, ARGV[3] policy_id, ARGV[4] version,
+# ARGV[5] policy JSON, ARGV[6] 'create' or 'put'.
+PUT_POLICY = """
+local version = tonumber(ARGV[4])
+local current = redis.call('GET', KEYS[3])
+if ARGV[6] == 'create' then
+  if current then return {'EXISTS'} end
+else
+  if not current then return {'NOT_FOUND'} end
+  if cjson.decode(current)['version'] ~= version - 1 then return {'CONFLICT'} end
+end
+redis.call('SET', KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])}
+"""
+
+# The rules of keysvc.store._counters.plan_take, in Lua; keep the two in step.
+# KEYS[1] this window's request count, KEYS[2] quota hash {remaining, refilled_at}.
+# ARGV: cost, limit (-1: no rate limit), window TTL ms, quota ('1'/'0'),
+#   refill amount (-1: no refill), refill interval s, now.
+# Returns {allowed, rate ok, used in window, has quota, quota remaining}.
+TAKE = """
+local cost, limit, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[7])
+local used = 0
+if limit >= 0 then used = tonumber(redis.call('GET', KEYS[1]) or '0') end
+local rate_ok = limit < 0 or used + 1 <= limit
+local remaining, refilled_at, dirty = nil, nil, false
+if ARGV[4] == '1' then
+  local h = redis.call('HMGET', KEYS[2], 'remaining', 'refilled_at')
+  remaining, refilled_at = tonumber(h[1]), tonumber(h[2])
+  local amount, interval = tonumber(ARGV[5]), tonumber(ARGV[6])
+  if amount >= 0 then
+    if not remaining then
+      remaining, refilled_at, dirty = amount, now, true
+    elseif not refilled_at then
+      refilled_at, dirty = now, true
+    elseif now - refilled_at >= interval then
+      remaining, dirty = amount, true
+      refilled_at = refilled_at + math.floor((now - refilled_at) / interval) * interval
+    end
+  end
+end
+local allowed = rate_ok and (not remaining or remaining >= cost)
+if allowed then
+  if limit >= 0 then
+    used = redis.call('INCR', KEYS[1])
+    if used == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+  end
+  if remaining then remaining, dirty = remaining - cost, true end
+end
+if dirty then
+  redis.call('HSET', KEYS[2], 'remaining', string.format('%d', remaining))
+  if refilled_at then
+    redis.call('HSET', KEYS[2], 'refilled_at', string.format('%.17g', refilled_at))
+  end
+end
+return {allowed and 1 or 0, rate_ok and 1 or 0, used, remaining and 1 or 0, remaining or 0}
+"""
+
+# KEYS[1] quota hash; ARGV[1] remaining, ARGV[2] refill cadence start.
+# Creates the counter only when absent; returns 1 when it did.
+CREATE_QUOTA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'remaining', ARGV[1], 'refilled_at', ARGV[2])
+return 1
+"""
+
+# KEYS[1] last-use time; ARGV[1] a time. Keeps the later of the two.
+TOUCH = """
+local current = tonumber(redis.call('GET', KEYS[1]))
+if not current or current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""

@@ -1,0 +1,113 @@
+"""SQLite schema of `SqliteStore` and opening a database file.
+
+Records and policies are JSON bodies; the columns beside them exist only for
+uniqueness, indexes and revision checks. The events table uses AUTOINCREMENT
+so an id is never reused after trimming: a cursor (str(id)) stays meaningful
+across processes sharing the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from keysvc.errors import ConfigError
+
+__all__ = ["SCHEMA_VERSION", "connect"]
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS store_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    owner_id TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_by_owner ON keys (owner_id, key_id);
+CREATE INDEX IF NOT EXISTS keys_by_policy ON keys (policy_id, key_id);
+CREATE TABLE IF NOT EXISTS policies (
+    policy_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policy_versions (
+    policy_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (policy_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quotas (
+    key_id TEXT PRIMARY KEY,
+    remaining INTEGER NOT NULL,
+    refilled_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate_windows (
+    key_id TEXT PRIMARY KEY,
+    window_s INTEGER NOT NULL,
+    window_start INTEGER NOT NULL,
+    used INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_used (
+    key_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL
+);
+"""
+
+
+def connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open `path`, switch it to WAL and create or check the schema.
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or written.
+        ConfigError: the file was written by a newer keysvc.
+    """
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write
+    # takes the write lock up front instead of failing mid-transaction.
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a power loss may drop the last commits but never
+        # corrupts the file; an fsync per admin change is not worth it here.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _DDL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute(
+                "SELECT value FROM store_meta WHERE name = 'schema_version'"
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO store_meta (name, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"KEYSVC_STORE: {path} has schema version {row[0]}, newer than this "
+                    f"keysvc understands ({SCHEMA_VERSION}); upgrade keysvc"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn
