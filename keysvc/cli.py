@@ -32,10 +32,8 @@ def parse_duration(text: str) -> float:
         argparse.ArgumentTypeError: not a duration.
     """
     text = text.strip()
-    try:
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
-    except ValueError:
-        pass
     pos, total = 0, 0.0
     for match in _DURATION_RE.finditer(text):
         if match.start() != pos:

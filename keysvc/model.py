@@ -106,13 +106,19 @@ class KeyRecord:
 
 
 def key_status(record: KeyRecord, now: float) -> KeyStatus:
-    """Return the record's lifecycle state at `now` (revocation wins over expiry)."""
-    if record.revoke_at is not None:
-        return KeyStatus.REVOKED if record.revoke_at <= now else KeyStatus.REVOKING
+    """Return the record's lifecycle state at `now`.
+
+    Revoked beats expired beats disabled; a scheduled revocation (REVOKING)
+    never hides a key that is disabled or expired.
+    """
+    if record.revoke_at is not None and record.revoke_at <= now:
+        return KeyStatus.REVOKED
     if record.expires_at is not None and record.expires_at <= now:
         return KeyStatus.EXPIRED
     if not record.enabled:
         return KeyStatus.DISABLED
+    if record.revoke_at is not None:
+        return KeyStatus.REVOKING
     return KeyStatus.ACTIVE
 
 

@@ -9,11 +9,12 @@ whether some request allowed before could be refused after.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from keysvc.model import Code, Decision, KeyRecord, KeyStatus, Policy, key_status
+from keysvc.model import Code, Decision, KeyRecord, KeyStatus, Policy, RateLimit, key_status
 
 __all__ = ["PolicyDiff", "diff", "effective_scopes", "evaluate", "ip_allowed", "parse_cidrs"]
 
@@ -131,8 +132,20 @@ def _narrowed(before: tuple[str, ...], after: tuple[str, ...]) -> bool:
     )
 
 
-def _rate(p: Policy) -> float | None:
-    return None if p.rate_limit is None else p.rate_limit.requests / p.rate_limit.window_s
+def _rate_narrowed(before: RateLimit | None, after: RateLimit | None) -> bool:
+    """True when some burst allowed under `before` is refused under `after`.
+
+    Windows are aligned to the epoch, so one new window can overlap several old
+    ones: 100/60s -> 150/90s refuses calls that were allowed (up to 200 could
+    fall in one 90 s window before), and 100/60s -> 60/30s refuses a burst.
+    """
+    if after is None:
+        return False
+    if before is None:
+        return True
+    step = math.gcd(before.window_s, after.window_s)
+    overlapped = 1 + -(-(after.window_s - step) // before.window_s)
+    return before.requests * overlapped > after.requests
 
 
 def _describe_rate(p: Policy) -> str:
@@ -168,14 +181,8 @@ def diff(before: Policy, after: Policy) -> PolicyDiff:
     old_cidrs, new_cidrs = set(before.allowed_cidrs), set(after.allowed_cidrs)
     tightened: list[str] = []
     loosened: list[str] = []
-    _compare(_rate(before), _rate(after), "rate limit",
-             (_describe_rate(before), _describe_rate(after)), tightened, loosened)
-    if before.rate_limit and after.rate_limit and _rate(before) == _rate(after) and (
-        before.rate_limit != after.rate_limit
-    ):
-        # Same average rate, different window: a burst allowed before may not be.
-        shrink = after.rate_limit.requests < before.rate_limit.requests
-        (tightened if shrink else loosened).append(
+    if before.rate_limit != after.rate_limit:
+        (tightened if _rate_narrowed(before.rate_limit, after.rate_limit) else loosened).append(
             f"rate limit {_describe_rate(before)} -> {_describe_rate(after)}"
         )
     _compare(
@@ -183,17 +190,16 @@ def diff(before: Policy, after: Policy) -> PolicyDiff:
         None if after.max_key_ttl_s is None else float(after.max_key_ttl_s),
         "max key TTL", (_describe_ttl(before), _describe_ttl(after)), tightened, loosened,
     )
-    if before.quota_refill != after.quota_refill:
-        old_rate = None if before.quota_refill is None else (
-            before.quota_refill.amount / before.quota_refill.interval_s)
-        new_rate = None if after.quota_refill is None else (
-            after.quota_refill.amount / after.quota_refill.interval_s)
+    old, new = before.quota_refill, after.quota_refill
+    if old != new:
         line = f"quota refill {_describe_refill(before)} -> {_describe_refill(after)}"
-        # Losing a refill, or refilling less, can exhaust keys that would not have been.
-        if new_rate is None or (old_rate is not None and new_rate < old_rate):
-            tightened.append(line)
-        else:
-            loosened.append(line)
+        # Losing a refill, refilling less often, or refilling to a smaller amount
+        # can exhaust keys that would not have been. Adding a refill where there
+        # was none caps keys at `amount` on their next refill: breaking too.
+        narrowed = new is None or old is None or (
+            new.amount / new.interval_s < old.amount / old.interval_s or new.amount < old.amount
+        )
+        (tightened if narrowed else loosened).append(line)
     return PolicyDiff(
         scopes_added=tuple(sorted(new_scopes - old_scopes)),
         scopes_removed=tuple(sorted(old_scopes - new_scopes)),

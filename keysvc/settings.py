@@ -8,6 +8,7 @@ the environment after `load()`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 from keysvc.errors import ConfigError
 from keysvc.keys import validate_prefix
 
-__all__ = ["Settings", "env_name", "load"]
+__all__ = ["Settings", "env_name", "load", "markdown_table"]
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -76,8 +77,9 @@ def _check(s: Settings) -> None:
         if getattr(s, name) < 0:
             raise bad(name, "must be >= 0")
     for name in ("cache_ttl_s", "negative_ttl_s", "stale_window_s", "shutdown_grace_s"):
-        if getattr(s, name) < 0:
-            raise bad(name, "must be >= 0")
+        value = getattr(s, name)
+        if not (value >= 0 and math.isfinite(value)):  # also refuses nan and inf
+            raise bad(name, "must be a finite number >= 0")
     if s.log_format not in _LOG_FORMATS:
         raise bad("log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if s.log_level not in _LOG_LEVELS:
@@ -127,3 +129,17 @@ def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | No
         if value is not None:
             values[name] = _convert(name, types[name], value) if isinstance(value, str) else value
     return Settings(**values)
+
+
+def markdown_table() -> str:
+    """Return the README's configuration table, generated from `Settings`."""
+    rows = [
+        "| Variable | Flag | Default | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default != "" else ""
+        rows.append(
+            f"| `{env_name(f.name)}` | `--{f.name.replace('_', '-')}` | `{default!r}` | {f.metadata['doc']} |"
+        )
+    return "\n".join(rows)

@@ -93,7 +93,7 @@ def cidrs(values: Iterable[str]) -> tuple[str, ...]:
     if len(result) > MAX_CIDRS:
         raise InvalidArgumentError(f"allowed_cidrs: at most {MAX_CIDRS}")
     try:
-        return tuple(str(n) for n in parse_cidrs(result))
+        return tuple(dict.fromkeys(str(n) for n in parse_cidrs(result)))
     except ValueError as exc:
         raise InvalidArgumentError(f"allowed_cidrs: {exc}") from None
 
@@ -107,6 +107,6 @@ def page_size(value: int) -> int:
 
 def duration(field: str, seconds: float, maximum: float = MAX_GRACE_S) -> float:
     """Return a non-negative duration within `maximum`."""
-    if seconds < 0 or seconds > maximum:
+    if not 0 <= seconds <= maximum:  # also refuses nan
         raise InvalidArgumentError(f"{field}: must be between 0 and {int(maximum)} seconds")
     return seconds

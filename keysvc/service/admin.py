@@ -268,8 +268,10 @@ class AdminService:
             old = await self._record(key_id)
             now = self._clock()
             status = key_status(old, now)
-            if status in (KeyStatus.REVOKED, KeyStatus.REVOKING, KeyStatus.EXPIRED):
-                raise FailedPreconditionError(f"key {key_id} is {status.name.lower()}; cannot rotate")
+            if status in (KeyStatus.REVOKED, KeyStatus.EXPIRED) or old.revoke_at is not None:
+                state = "being revoked" if status is not KeyStatus.REVOKED and old.revoke_at else (
+                    status.name.lower())
+                raise FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
             generated = keys.generate(old.hint.rpartition("_")[0] or self._prefix)
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,

@@ -1,0 +1,244 @@
+"""keysvc.cache: LRU of key records, negative cache, policies, epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from keysvc.cache import KeyCache
+from keysvc.model import KeyRecord, Policy
+
+pytestmark = pytest.mark.unit
+
+TTL = 10.0
+STALE = 5.0
+NEG_TTL = 2.0
+
+
+def make_cache(*, max_keys: int = 3, negative_max: int = 3, negative_ttl_s: float = NEG_TTL) -> KeyCache:
+    return KeyCache(
+        max_keys=max_keys,
+        ttl_s=TTL,
+        negative_max=negative_max,
+        negative_ttl_s=negative_ttl_s,
+        stale_window_s=STALE,
+    )
+
+
+def record(key_hash: str, *, name: str = "") -> KeyRecord:
+    return KeyRecord(
+        key_id=f"key_{key_hash}", key_hash=key_hash, hint="ks_abcd", owner_id="owner",
+        created_at=0.0, updated_at=0.0, name=name,
+    )
+
+
+def policy(policy_id: str, version: int = 1) -> Policy:
+    return Policy(policy_id=policy_id, version=version, created_at=0.0, updated_at=0.0)
+
+
+# -- LRU ---------------------------------------------------------------------------
+
+
+def test_get_returns_what_put_stored_and_counts_hits_and_misses() -> None:
+    cache = make_cache()
+    cache.put(record("h1"), 100.0, cache.epoch)
+    assert cache.get("h1", 100.0) == record("h1")
+    assert cache.get("nope", 100.0) is None
+    assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+
+
+def test_least_recently_used_goes_first_and_evictions_are_counted() -> None:
+    cache = make_cache(max_keys=3)
+    for h in ("a", "b", "c"):
+        cache.put(record(h), 100.0, cache.epoch)
+    assert cache.get("a", 100.0) is not None  # a is now the most recent; b is the oldest
+    cache.put(record("d"), 100.0, cache.epoch)
+    assert len(cache) == 3
+    assert cache.stats.evictions == 1
+    assert cache.get("b", 100.0) is None
+    assert all(cache.get(h, 100.0) is not None for h in ("a", "c", "d"))
+
+
+def test_bound_holds_under_many_inserts() -> None:
+    cache = make_cache(max_keys=3)
+    for i in range(50):
+        cache.put(record(f"h{i}"), 100.0, cache.epoch)
+        assert len(cache) <= 3
+    assert cache.stats.evictions == 47
+    assert [cache.get(f"h{i}", 100.0) is not None for i in (46, 47, 48, 49)] == [False, True, True, True]
+
+
+def test_put_again_replaces_and_refreshes_recency() -> None:
+    cache = make_cache(max_keys=2)
+    cache.put(record("a", name="old"), 100.0, cache.epoch)
+    cache.put(record("b"), 100.0, cache.epoch)
+    cache.put(record("a", name="new"), 100.0, cache.epoch)  # a becomes most recent
+    cache.put(record("c"), 100.0, cache.epoch)
+    assert cache.get("b", 100.0) is None
+    hit = cache.get("a", 100.0)
+    assert hit is not None
+    assert hit.name == "new"
+    assert cache.stats.evictions == 1
+
+
+# -- TTL and the stale window ------------------------------------------------------
+
+
+def test_entry_is_fresh_until_ttl() -> None:
+    cache = make_cache()
+    cache.put(record("h"), 100.0, cache.epoch)
+    assert cache.get("h", 100.0 + TTL - 0.001) is not None
+    assert cache.get("h", 100.0 + TTL) is None
+
+
+def test_reading_does_not_extend_freshness() -> None:
+    cache = make_cache()
+    cache.put(record("h"), 100.0, cache.epoch)
+    assert cache.get("h", 109.0) is not None
+    assert cache.get("h", 110.0) is None
+
+
+def test_stale_entry_is_served_only_with_stale_ok_within_the_window() -> None:
+    cache = make_cache()
+    cache.put(record("h"), 100.0, cache.epoch)
+    inside = 100.0 + TTL + STALE - 0.001
+    assert cache.get("h", inside) is None
+    assert cache.get("h", inside, stale_ok=True) == record("h")
+    assert cache.get("h", 100.0 + TTL + STALE, stale_ok=True) is None
+
+
+def test_put_refreshes_the_age() -> None:
+    cache = make_cache()
+    cache.put(record("h"), 100.0, cache.epoch)
+    cache.put(record("h"), 108.0, cache.epoch)
+    assert cache.get("h", 115.0) is not None
+
+
+# -- negative entries --------------------------------------------------------------
+
+
+def test_unknown_hash_is_remembered_until_negative_ttl() -> None:
+    cache = make_cache()
+    cache.put_unknown("h", 100.0, cache.epoch)
+    assert cache.is_unknown("h", 100.0 + NEG_TTL - 0.001)
+    assert cache.stats.negative_hits == 1
+    assert not cache.is_unknown("h", 100.0 + NEG_TTL)
+    assert not cache.is_unknown("h", 100.0)  # the expired entry was dropped
+    assert cache.stats.negative_hits == 1
+
+
+def test_negative_entries_are_bounded_oldest_first() -> None:
+    cache = make_cache(negative_max=3)
+    for i in range(10):
+        cache.put_unknown(f"h{i}", 100.0, cache.epoch)
+    assert [cache.is_unknown(f"h{i}", 100.5) for i in range(10)] == [False] * 7 + [True] * 3
+
+
+def test_zero_negative_ttl_remembers_nothing() -> None:
+    cache = make_cache(negative_ttl_s=0.0)
+    cache.put_unknown("h", 100.0, cache.epoch)
+    assert not cache.is_unknown("h", 100.0)
+
+
+def test_put_of_a_record_drops_its_negative_entry() -> None:
+    cache = make_cache()
+    cache.put_unknown("h", 100.0, cache.epoch)
+    cache.put(record("h"), 100.5, cache.epoch)
+    assert not cache.is_unknown("h", 100.5)
+    assert cache.get("h", 100.5) is not None
+
+
+# -- epochs: a read that raced an invalidation is not cached -----------------------
+
+
+def test_put_with_an_epoch_older_than_an_invalidation_is_dropped() -> None:
+    cache = make_cache()
+    seen = cache.epoch  # a reader notes the epoch, then goes to the store
+    cache.evict_key("h")  # the key changes meanwhile
+    cache.put(record("h", name="stale read"), 100.0, seen)
+    assert cache.get("h", 100.0) is None
+    assert len(cache) == 0
+    cache.put(record("h", name="fresh read"), 100.0, cache.epoch)
+    hit = cache.get("h", 100.0)
+    assert hit is not None
+    assert hit.name == "fresh read"
+
+
+@pytest.mark.parametrize("invalidate", ["evict_key", "evict_policy", "clear"])
+def test_every_invalidation_advances_the_epoch_and_drops_older_puts(invalidate: str) -> None:
+    cache = make_cache()
+    seen = cache.epoch
+    if invalidate == "clear":
+        cache.clear()
+    else:
+        getattr(cache, invalidate)("other")
+    assert cache.epoch > seen
+    cache.put(record("h"), 100.0, seen)
+    cache.put_unknown("u", 100.0, seen)
+    cache.put_policy(policy("p"), 100.0, seen)
+    assert cache.get("h", 100.0) is None
+    assert not cache.is_unknown("u", 100.0)
+    assert cache.get_policy("p", 100.0) is None
+
+
+# -- invalidation ------------------------------------------------------------------
+
+
+def test_evict_key_drops_the_record_and_a_negative_entry() -> None:
+    cache = make_cache()
+    cache.put(record("a"), 100.0, cache.epoch)
+    cache.put(record("b"), 100.0, cache.epoch)
+    cache.put_unknown("u", 100.0, cache.epoch)
+    cache.evict_key("a")
+    cache.evict_key("u")
+    assert cache.get("a", 100.0) is None
+    assert cache.get("b", 100.0) is not None
+    assert not cache.is_unknown("u", 100.0)
+    assert cache.stats.invalidations == 2
+
+
+def test_evict_policy_drops_only_that_policy() -> None:
+    cache = make_cache()
+    cache.put_policy(policy("p1"), 100.0, cache.epoch)
+    cache.put_policy(policy("p2"), 100.0, cache.epoch)
+    cache.put(record("h"), 100.0, cache.epoch)
+    cache.evict_policy("p1")
+    assert cache.get_policy("p1", 100.0) is None
+    assert cache.get_policy("p2", 100.0) == policy("p2")
+    assert cache.get("h", 100.0) is not None
+    assert cache.stats.invalidations == 1
+
+
+def test_clear_forgets_everything() -> None:
+    cache = make_cache()
+    cache.put(record("h"), 100.0, cache.epoch)
+    cache.put_unknown("u", 100.0, cache.epoch)
+    cache.put_policy(policy("p"), 100.0, cache.epoch)
+    cache.clear()
+    assert len(cache) == 0
+    assert cache.get("h", 100.0) is None
+    assert not cache.is_unknown("u", 100.0)
+    assert cache.get_policy("p", 100.0) is None
+    assert cache.stats.flushes == 1
+    assert cache.stats.invalidations == 0
+
+
+# -- policies ----------------------------------------------------------------------
+
+
+def test_policy_ttl_and_stale_window() -> None:
+    cache = make_cache()
+    cache.put_policy(policy("p"), 100.0, cache.epoch)
+    assert cache.get_policy("p", 100.0 + TTL - 0.001) == policy("p")
+    assert cache.get_policy("p", 100.0 + TTL) is None
+    assert cache.get_policy("p", 100.0 + TTL, stale_ok=True) == policy("p")
+    assert cache.get_policy("p", 100.0 + TTL + STALE, stale_ok=True) is None
+    assert cache.get_policy("missing", 100.0, stale_ok=True) is None
+
+
+def test_put_policy_replaces_the_cached_version() -> None:
+    cache = make_cache()
+    cache.put_policy(policy("p", 1), 100.0, cache.epoch)
+    cache.put_policy(policy("p", 2), 101.0, cache.epoch)
+    cached = cache.get_policy("p", 101.0)
+    assert cached is not None
+    assert cached.version == 2

@@ -1,0 +1,235 @@
+"""keysvc.keys: key format, checksum, parsing and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from keysvc import keys
+from keysvc.errors import MalformedKeyError
+
+pytestmark = pytest.mark.unit
+
+BAD_KEYS = Path(__file__).parent.parent / "data" / "bad_keys"
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+BODY_LEN = 43
+CHECK_LEN = 6
+# Why each data file must be refused, from the start of its name.
+REASONS = {
+    "form": "does not have the form",
+    "length": "too long",
+    "checksum": "checksum does not match",
+}
+
+
+def _split(secret: str) -> tuple[str, str, str]:
+    prefix, _, rest = secret.partition("_")
+    return prefix, rest[:BODY_LEN], rest[BODY_LEN:]
+
+
+def _bad_key_files() -> list[Path]:
+    files = sorted(BAD_KEYS.glob("*.key"))
+    assert files, f"no cases in {BAD_KEYS}"
+    return files
+
+
+# -- generate and parse ----------------------------------------------------------
+
+
+def test_generate_then_parse_round_trips() -> None:
+    generated = keys.generate()
+    parsed = keys.parse(generated.secret)
+    assert parsed.prefix == keys.DEFAULT_PREFIX == generated.prefix
+    assert parsed.key_hash == generated.key_hash
+
+
+def test_default_key_format() -> None:
+    secret = keys.generate().secret
+    prefix, body, checksum = _split(secret)
+    assert prefix == "ks"
+    assert len(body) == BODY_LEN
+    assert len(checksum) == CHECK_LEN
+    assert set(body + checksum) <= set(BASE62)
+    assert len(secret) == len("ks_") + BODY_LEN + CHECK_LEN == 52
+    assert re.fullmatch(r"ks_[0-9A-Za-z]{49}", secret)
+
+
+@pytest.mark.parametrize("prefix", ["a", "sk", "acme2", "p" * 16, "a1b2c3d4e5f6g7h8"])
+def test_custom_prefix_round_trips(prefix: str) -> None:
+    generated = keys.generate(prefix)
+    assert generated.prefix == prefix
+    assert generated.secret.startswith(prefix + "_")
+    assert len(generated.secret) == len(prefix) + 1 + BODY_LEN + CHECK_LEN
+    assert keys.parse(generated.secret).prefix == prefix
+    assert keys.validate_prefix(prefix) == prefix
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "A", "Ks", "1ks", "a" * 17, "k-s", "k_s", "k s", " ks", "ks\n", "\u00e9", "k\u0455"],
+)
+def test_invalid_prefix_raises_value_error(prefix: str) -> None:
+    with pytest.raises(ValueError, match="invalid key prefix"):
+        keys.validate_prefix(prefix)
+    with pytest.raises(ValueError, match="invalid key prefix"):
+        keys.generate(prefix)
+
+
+def test_secrets_and_hashes_differ() -> None:
+    generated = [keys.generate() for _ in range(200)]
+    assert len({g.secret for g in generated}) == 200
+    assert len({g.key_hash for g in generated}) == 200
+    assert len({_split(g.secret)[1] for g in generated}) == 200
+
+
+def test_hash_is_sha256_hex_of_the_whole_key() -> None:
+    generated = keys.generate("acme")
+    expected = hashlib.sha256(generated.secret.encode("ascii")).hexdigest()
+    assert generated.key_hash == expected
+    assert keys.hash_key(generated.secret) == expected
+    assert keys.parse(generated.secret).key_hash == expected
+    assert re.fullmatch(r"[0-9a-f]{64}", expected)
+
+
+def test_hint_is_prefix_and_first_four_body_chars() -> None:
+    generated = keys.generate("acme")
+    _, body, _ = _split(generated.secret)
+    assert generated.hint == f"acme_{body[:4]}"
+    assert generated.secret.startswith(generated.hint)
+    assert len(generated.hint) < len(generated.secret)
+
+
+def test_generated_key_repr_hides_the_secret() -> None:
+    generated = keys.generate()
+    _, body, _ = _split(generated.secret)
+    for text in (repr(generated), str(generated)):
+        assert generated.secret not in text
+        assert body not in text
+        assert body[4:] not in text  # only the hint's 4 chars may show
+        assert generated.key_hash in text
+
+
+def test_key_pattern_finds_a_key_inside_text() -> None:
+    secret = keys.generate("acme").secret
+    match = keys.KEY_PATTERN.search(f"authorization: Bearer {secret}, retry")
+    assert match is not None
+    assert match.group(0) == secret
+    assert match.group(1) == "acme"
+
+
+# -- the checksum catches typos ----------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["ks", "acme", "z" * 16])
+def test_every_single_character_substitution_is_rejected(prefix: str) -> None:
+    secret = keys.generate(prefix).secret
+    start = len(prefix) + 1
+    tried = 0
+    for position in range(start, len(secret)):
+        for char in BASE62:
+            if char == secret[position]:
+                continue
+            typo = secret[:position] + char + secret[position + 1 :]
+            with pytest.raises(MalformedKeyError, match="checksum"):
+                keys.parse(typo)
+            tried += 1
+    assert tried == (BODY_LEN + CHECK_LEN) * 61
+
+
+def test_substitution_in_the_prefix_is_rejected() -> None:
+    secret = keys.generate("acme").secret
+    for position in range(4):
+        for char in string.ascii_lowercase:
+            if char == secret[position]:
+                continue
+            with pytest.raises(MalformedKeyError, match="checksum"):
+                keys.parse(secret[:position] + char + secret[position + 1 :])
+
+
+def test_adjacent_transpositions_are_rejected() -> None:
+    secret = keys.generate().secret
+    swapped = 0
+    for position in range(3, len(secret) - 1):
+        a, b = secret[position], secret[position + 1]
+        if a == b:
+            continue
+        with pytest.raises(MalformedKeyError, match="checksum"):
+            keys.parse(secret[:position] + b + a + secret[position + 2 :])
+        swapped += 1
+    assert swapped > 40
+
+
+def test_every_truncation_is_rejected() -> None:
+    secret = keys.generate().secret
+    for length in range(len(secret)):
+        with pytest.raises(MalformedKeyError):
+            keys.parse(secret[:length])
+
+
+@pytest.mark.parametrize("char", list(BASE62[::7]))
+def test_extension_is_rejected(char: str) -> None:
+    secret = keys.generate().secret
+    with pytest.raises(MalformedKeyError):
+        keys.parse(secret + char)
+    # A longer prefix keeps the shape valid; the checksum still catches it.
+    with pytest.raises(MalformedKeyError, match="checksum"):
+        keys.parse(char.lower() + secret if char.isalpha() else "k" + secret)
+
+
+# -- bad keys from tests/data/bad_keys ---------------------------------------------
+
+
+@pytest.mark.parametrize("path", _bad_key_files(), ids=lambda p: p.stem)
+def test_bad_key_is_rejected_for_its_reason(path: Path) -> None:
+    reason = path.stem.split("_", 1)[0]
+    assert reason in REASONS, f"{path.name}: name must start with one of {sorted(REASONS)}"
+    presented = path.read_bytes().decode("utf-8")
+    with pytest.raises(MalformedKeyError) as caught:
+        keys.parse(presented)
+    assert REASONS[reason] in str(caught.value)
+    if len(presented.strip()) >= 8:
+        assert presented.strip() not in str(caught.value)
+        assert presented.strip() not in repr(caught.value.args)
+
+
+def _near_misses(secret: str) -> dict[str, str]:
+    return {
+        "checksum": secret[:-1] + ("0" if secret[-1] != "0" else "1"),
+        "form": secret[:-1],
+        "too long": secret + secret,
+        "space": secret + " ",
+    }
+
+
+def test_malformed_key_error_never_contains_the_presented_key() -> None:
+    secret = keys.generate().secret
+    _, body, checksum = _split(secret)
+    for case, presented in _near_misses(secret).items():
+        with pytest.raises(MalformedKeyError) as caught:
+            keys.parse(presented)
+        message = str(caught.value)
+        for secret_part in (presented, presented.strip(), body, body[:12], body[-12:], checksum):
+            assert secret_part not in message, case
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+
+
+# -- key ids ---------------------------------------------------------------------
+
+
+def test_new_key_id_shape() -> None:
+    key_id = keys.new_key_id()
+    assert re.fullmatch(r"key_[0-9A-Za-z]{17}", key_id)
+    assert len(key_id) == 21
+
+
+def test_new_key_ids_are_unique_and_not_keys() -> None:
+    ids = {keys.new_key_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for key_id in list(ids)[:50]:
+        with pytest.raises(MalformedKeyError):
+            keys.parse(key_id)
