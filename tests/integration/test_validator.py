@@ -1,0 +1,170 @@
+"""The hot path against real stores: what reaches the store, and what does not."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keysvc import keys
+from keysvc.cache import KeyCache
+from keysvc.model import Code, Policy, RateLimit
+from keysvc.service.admin import AdminService
+from keysvc.service.events import EventFollower
+from keysvc.service.validator import ValidationRequest, Validator
+from keysvc.store.base import Store
+from keysvc.store.redis import RedisStore
+from keysvc.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.integration
+
+
+class CountingStore:
+    """A real store that counts the calls made to it (not a mock: every call goes through)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CountingStore]:
+    inner: Store
+    if request.param == "sqlite":
+        inner = SqliteStore(str(tmp_path / "v.db"), poll_interval_s=0.01)
+    else:
+        inner = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0)
+    yield CountingStore(inner)
+    await inner.close()
+
+
+def make_cache(**overrides: Any) -> KeyCache:
+    settings: dict[str, Any] = {
+        "max_keys": 1000, "ttl_s": 30.0, "negative_max": 100, "negative_ttl_s": 2.0,
+        "stale_window_s": 60.0,
+    }
+    settings.update(overrides)
+    return KeyCache(**settings)
+
+
+async def test_malformed_keys_never_reach_the_store(store: CountingStore) -> None:
+    validator = Validator(store, make_cache())  # type: ignore[arg-type]
+    good = keys.generate().secret
+    garbage = ["", "ks_", "x" * 5000, good[:-1] + ("A" if good[-1] != "A" else "B"), good.upper(),
+               good + "0", "bearer " + good, "ks_" + "!" * 49]
+    for key in garbage * 50:
+        decision = await validator.validate(ValidationRequest(key))
+        assert decision.code is Code.MALFORMED
+    assert sum(store.calls.values()) == 0
+
+
+async def test_hit_skips_the_store_and_miss_reads_once(store: CountingStore) -> None:
+    admin = AdminService(store)  # type: ignore[arg-type]
+    _, secret = await admin.create_key("t", owner_id="o", scopes=["read"])
+    validator = Validator(store, make_cache())  # type: ignore[arg-type]
+    store.calls.clear()
+    first = await validator.validate(ValidationRequest(secret, ["read"]))
+    assert first.code is Code.VALID
+    assert store.calls == Counter({"get_key_by_hash": 1})
+    for _ in range(100):
+        assert (await validator.validate(ValidationRequest(secret, ["read"]))).code is Code.VALID
+    assert store.calls == Counter({"get_key_by_hash": 1}), "cache hits must not touch the store"
+
+
+async def test_cache_disabled_reads_once_per_call(store: CountingStore) -> None:
+    admin = AdminService(store)  # type: ignore[arg-type]
+    _, secret = await admin.create_key("t", owner_id="o")
+    validator = Validator(store, make_cache(ttl_s=0.0))  # type: ignore[arg-type]
+    store.calls.clear()
+    for _ in range(20):
+        assert (await validator.validate(ValidationRequest(secret))).code is Code.VALID
+    assert store.calls == Counter({"get_key_by_hash": 20})
+
+
+async def test_unknown_keys_are_remembered_briefly(store: CountingStore) -> None:
+    validator = Validator(store, make_cache())  # type: ignore[arg-type]
+    unknown = keys.generate().secret
+    for _ in range(50):
+        assert (await validator.validate(ValidationRequest(unknown))).code is Code.NOT_FOUND
+    assert store.calls == Counter({"get_key_by_hash": 1})
+
+
+async def test_negative_cache_is_bounded(store: CountingStore) -> None:
+    cache = make_cache(negative_max=10)
+    validator = Validator(store, cache)  # type: ignore[arg-type]
+    for _ in range(200):
+        await validator.validate(ValidationRequest(keys.generate().secret))
+    assert len(cache._negative) == 10
+
+
+async def test_policy_change_reaches_the_cache_through_events(store: CountingStore) -> None:
+    admin = AdminService(store)  # type: ignore[arg-type]
+    await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read", "write")))
+    _, secret = await admin.create_key("t", owner_id="o", policy_id="p")
+    cache = make_cache()
+    validator = Validator(store, cache)  # type: ignore[arg-type]
+    follower = EventFollower(store, cache)  # type: ignore[arg-type]
+    await follower.start()
+    assert (await validator.validate(ValidationRequest(secret, ["write"]))).code is Code.VALID
+    await admin.update_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read",)), expected_version=1,
+                              allow_breaking=True)
+    # Before the follower applies the event, the cached policy still answers.
+    assert (await validator.validate(ValidationRequest(secret, ["write"]))).code is Code.VALID
+    for event in await store.inner.read_events(follower.cursor, 100, 0.5):
+        follower.apply(event)
+    assert (await validator.validate(ValidationRequest(secret, ["write"]))).code is Code.INSUFFICIENT_SCOPE
+
+
+async def test_store_down_serves_cached_keys_within_the_stale_window(tmp_path: Path) -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.05, retries=0)
+    sqlite = SqliteStore(str(tmp_path / "s.db"))
+    admin = AdminService(sqlite)
+    _, cached_secret = await admin.create_key("t", owner_id="o")
+    record = await sqlite.get_key_by_hash(keys.hash_key(cached_secret))
+    assert record is not None
+    now = [1000.0]
+    cache = make_cache(ttl_s=1.0, stale_window_s=5.0)
+    cache.put(record, now[0], cache.epoch)
+    validator = Validator(store, cache, monotonic=lambda: now[0])
+    uncached = keys.generate().secret
+
+    now[0] += 2.0  # past the TTL: the validator tries the store, which is down
+    assert (await validator.validate(ValidationRequest(cached_secret))).code is Code.VALID
+    assert (await validator.validate(ValidationRequest(uncached))).code is Code.UNAVAILABLE
+    now[0] += 5.0  # past the stale window too: fail closed
+    assert (await validator.validate(ValidationRequest(cached_secret))).code is Code.UNAVAILABLE
+
+    open_validator = Validator(store, make_cache(), fail_open=True)
+    assert (await open_validator.validate(ValidationRequest(uncached))).code is Code.VALID
+    await store.close()
+    await sqlite.close()
+
+
+async def test_over_limit_keys_are_refused_locally_until_the_window_resets(store: CountingStore) -> None:
+    admin = AdminService(store)  # type: ignore[arg-type]
+    await admin.create_policy("t", Policy("lim", 0, 0.0, 0.0, rate_limit=RateLimit(3, 3600)))
+    _, secret = await admin.create_key("t", owner_id="o", policy_id="lim")
+    validator = Validator(store, make_cache())  # type: ignore[arg-type]
+    codes = [(await validator.validate(ValidationRequest(secret))).code for _ in range(10)]
+    assert codes == [Code.VALID] * 3 + [Code.RATE_LIMITED] * 7
+    # One store refusal, then local answers: 4 takes, not 10.
+    assert store.calls["take"] == 4
+    limited = await validator.validate(ValidationRequest(secret))
+    assert limited.rate_limit is not None
+    assert limited.rate_limit.remaining == 0
+    assert limited.rate_limit.reset_at > time.time()
