@@ -20,7 +20,7 @@ def test_cli_walkthrough(start_server: Callable[..., ServerProcess], sqlite_url:
     env = {**os.environ, "KEYSVC_ADMIN_KEY": admin_secret, "KEYSVC_ADDR": server.addr}
 
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(keysvc_cmd(*args), env=env, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(keysvc_cmd(*args), env=env, capture_output=True, text=True, timeout=30, check=False)
         if ok:
             assert result.returncode == 0, result.stderr
         return result
@@ -65,7 +65,7 @@ def test_cli_walkthrough(start_server: Callable[..., ServerProcess], sqlite_url:
     assert types[3:] == ["policy.updated", "policy.rolled_back", "key.rotated", "key.updated", "key.revoked"]
 
     no_key = subprocess.run(keysvc_cmd("keys", "list"), env={**env, "KEYSVC_ADMIN_KEY": ""},
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=30, check=False)
     assert no_key.returncode == 2 and "KEYSVC_ADMIN_KEY" in no_key.stderr
     for output in (server.logs(),):
         assert secret not in output and admin_secret not in output

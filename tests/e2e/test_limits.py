@@ -91,7 +91,7 @@ def test_rate_limit_holds_per_window_across_two_servers(
     replies = asyncio.run(overload(3.5))
     accepted = Counter(r.rate_limit.reset_at.seconds for r in replies if r.code == pb.CODE_VALID)
     refused = Counter(r.rate_limit.reset_at.seconds for r in replies if r.code == pb.CODE_RATE_LIMITED)
-    assert set(r.code for r in replies) == {pb.CODE_VALID, pb.CODE_RATE_LIMITED}
+    assert {r.code for r in replies} == {pb.CODE_VALID, pb.CODE_RATE_LIMITED}
     assert max(accepted.values()) <= 25, accepted
     # Windows under overload the whole time are filled exactly to the limit.
     full = [w for w in accepted if refused[w] > 0 and w != min(accepted) and w != max(accepted)]
