@@ -23,6 +23,7 @@ __all__ = [
     "RateLimit",
     "RateLimitState",
     "key_status",
+    "next_deadline",
 ]
 
 ADMIN_SCOPE = "keysvc:admin"
@@ -61,6 +62,8 @@ class EventType(enum.StrEnum):
     KEY_UPDATED = "key.updated"
     KEY_REVOKED = "key.revoked"
     KEY_ROTATED = "key.rotated"
+    KEY_EXPIRED = "key.expired"
+    KEY_REVOKED_BY_SCHEDULE = "key.revoked_by_schedule"
     POLICY_CREATED = "policy.created"
     POLICY_UPDATED = "policy.updated"
     POLICY_ROLLED_BACK = "policy.rolled_back"
@@ -103,6 +106,7 @@ class KeyRecord:
     rotated_to: str = ""
     has_quota: bool = False
     revision: int = 1
+    announced_through: float = 0.0
 
 
 def key_status(record: KeyRecord, now: float) -> KeyStatus:
@@ -120,6 +124,19 @@ def key_status(record: KeyRecord, now: float) -> KeyStatus:
     if record.revoke_at is not None:
         return KeyStatus.REVOKING
     return KeyStatus.ACTIVE
+
+
+def next_deadline(record: KeyRecord) -> float | None:
+    """The next scheduled change of state (expiry or revocation) not yet announced.
+
+    `announced_through` is the latest deadline an event was emitted for; once a
+    revocation has been announced nothing more is due.
+    """
+    done = record.announced_through
+    if record.revoke_at is not None and record.revoke_at <= done:
+        return None
+    due = [t for t in (record.revoke_at, record.expires_at) if t is not None and t > done]
+    return min(due) if due else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from keysvc.api.keyservice import KeyServiceServicer
 from keysvc.cache import KeyCache
 from keysvc.errors import StoreUnavailableError
 from keysvc.service.admin import AdminService
+from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.service.events import EventFollower
 from keysvc.service.validator import Validator
 from keysvc.settings import Settings
@@ -177,6 +178,7 @@ async def start(app: App) -> None:
         asyncio.create_task(_probe_store(app), name="health"),
         asyncio.create_task(app.follower.run(), name="events"),
         asyncio.create_task(_write_last_used(app), name="last-used"),
+        asyncio.create_task(DeadlineAnnouncer(app.store).run(), name="deadlines"),
     ]
     log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen,
              ports=app.ports, store=_store_kind(s))

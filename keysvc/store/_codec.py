@@ -73,6 +73,7 @@ def record_to_dict(record: KeyRecord) -> dict[str, Any]:
         "rotated_to": record.rotated_to,
         "has_quota": record.has_quota,
         "revision": record.revision,
+        "announced_through": record.announced_through,
     }
 
 
@@ -96,6 +97,7 @@ def record_from_dict(data: Mapping[str, Any]) -> KeyRecord:
         rotated_to=str(data.get("rotated_to", "")),
         has_quota=bool(data.get("has_quota", False)),
         revision=int(data.get("revision", 1)),
+        announced_through=float(data.get("announced_through", 0.0)),
     )
 
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 __all__ = ["CREATE_QUOTA", "PUT_KEYS", "PUT_POLICY", "TAKE", "TOUCH"]
 
-# KEYS[1] event stream, KEYS[2] index of all key_ids, then 7 per record:
+# KEYS[1] event stream, KEYS[2] index of all key_ids, KEYS[3] deadline index
+# (zset key_id -> next unannounced deadline), then 7 per record:
 #   record, new hash index, old hash index, new owner index, old owner index,
 #   new policy index, old policy index (old == new when creating).
-# ARGV[1] stream retention, ARGV[2] event JSON, then 3 per record:
-#   key_id, expected revision (0: must not exist yet), record JSON.
+# ARGV[1] stream retention, ARGV[2] event JSON, then 4 per record:
+#   key_id, expected revision (0: must not exist yet), record JSON,
+#   next deadline ('' when none).
 # Returns {status} or {'OK', event id}.
 PUT_KEYS = """
-local n = (#KEYS - 2) / 7
+local n = (#KEYS - 3) / 7
 for i = 0, n - 1 do
-  local k, a = 3 + i * 7, 3 + i * 3
+  local k, a = 4 + i * 7, 3 + i * 4
   local expected = tonumber(ARGV[a + 1])
   local current = redis.call('GET', KEYS[k])
   if expected == 0 then
@@ -34,7 +36,7 @@ for i = 0, n - 1 do
   end
 end
 for i = 0, n - 1 do
-  local k, a = 3 + i * 7, 3 + i * 3
+  local k, a = 4 + i * 7, 3 + i * 4
   local id = ARGV[a]
   if KEYS[k + 2] ~= KEYS[k + 1] then redis.call('DEL', KEYS[k + 2]) end
   if KEYS[k + 4] ~= KEYS[k + 3] then redis.call('ZREM', KEYS[k + 4], id) end
@@ -44,6 +46,11 @@ for i = 0, n - 1 do
   redis.call('ZADD', KEYS[2], 0, id)
   redis.call('ZADD', KEYS[k + 3], 0, id)
   redis.call('ZADD', KEYS[k + 5], 0, id)
+  if ARGV[a + 3] == '' then
+    redis.call('ZREM', KEYS[3], id)
+  else
+    redis.call('ZADD', KEYS[3], ARGV[a + 3], id)
+  end
 end
 return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])}
 """

@@ -16,7 +16,7 @@ from keysvc.errors import (
     CursorExpiredError,
     NotFoundError,
 )
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit, next_deadline
 from keysvc.store._codec import (
     dumps,
     event_from_dict,
@@ -125,10 +125,10 @@ def insert_key(conn: sqlite3.Connection, record: KeyRecord, quota: int | None) -
     """
     try:
         conn.execute(
-            "INSERT INTO keys (key_id, key_hash, owner_id, policy_id, revision, body) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO keys (key_id, key_hash, owner_id, policy_id, revision, due_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (record.key_id, record.key_hash, record.owner_id, record.policy_id,
-             record.revision, dumps(record_to_dict(record))),
+             record.revision, next_deadline(record), dumps(record_to_dict(record))),
         )
     except sqlite3.IntegrityError:
         raise AlreadyExistsError(f"key {record.key_id} (or its hash) exists already") from None
@@ -154,10 +154,10 @@ def replace_key(conn: sqlite3.Connection, record: KeyRecord, expected_revision: 
         raise ConflictError(f"key {record.key_id} is at revision {row[0]}, not {expected_revision}")
     try:
         conn.execute(
-            "UPDATE keys SET key_hash = ?, owner_id = ?, policy_id = ?, revision = ?, body = ? "
-            "WHERE key_id = ?",
+            "UPDATE keys SET key_hash = ?, owner_id = ?, policy_id = ?, revision = ?, due_at = ?, "
+            "body = ? WHERE key_id = ?",
             (record.key_hash, record.owner_id, record.policy_id, record.revision,
-             dumps(record_to_dict(record)), record.key_id),
+             next_deadline(record), dumps(record_to_dict(record)), record.key_id),
         )
     except sqlite3.IntegrityError:
         raise AlreadyExistsError(f"another key has the hash of {record.key_id}") from None
@@ -183,6 +183,15 @@ def keys_page(conn: sqlite3.Connection, owner_id: str, after: str, limit: int) -
         rows = conn.execute(
             "SELECT body FROM keys WHERE key_id > ? ORDER BY key_id LIMIT ?", (after, limit)
         ).fetchall()
+    return [record_from_dict(loads(row[0])) for row in rows]
+
+
+def due_keys(conn: sqlite3.Connection, now: float, limit: int) -> list[KeyRecord]:
+    """Return up to `limit` keys whose next unannounced deadline is <= `now`, soonest first."""
+    rows = conn.execute(
+        "SELECT body FROM keys WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+        (now, limit),
+    ).fetchall()
     return [record_from_dict(loads(row[0])) for row in rows]
 
 

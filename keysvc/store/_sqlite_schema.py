@@ -31,9 +31,11 @@ CREATE TABLE IF NOT EXISTS keys (
     owner_id TEXT NOT NULL,
     policy_id TEXT NOT NULL,
     revision INTEGER NOT NULL,
+    due_at REAL,
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_by_owner ON keys (owner_id, key_id);
+CREATE INDEX IF NOT EXISTS keys_by_due ON keys (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS keys_by_policy ON keys (policy_id, key_id);
 CREATE TABLE IF NOT EXISTS policies (
     policy_id TEXT PRIMARY KEY,

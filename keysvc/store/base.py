@@ -80,6 +80,12 @@ class Store(Protocol):
     async def keys_with_policy(self, policy_id: str, limit: int) -> tuple[int, Sequence[str]]:
         """Return how many keys reference `policy_id` and the first `limit` of their ids."""
 
+    async def due_keys(self, now: float, limit: int) -> Sequence[KeyRecord]:
+        """Return up to `limit` keys whose `next_deadline` is <= `now`, soonest first.
+
+        Backed by an index kept in the same transaction as every key write.
+        """
+
     async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
         """Replace a key's record; `record.revision` must be `expected_revision + 1`.
 

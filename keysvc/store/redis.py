@@ -11,6 +11,7 @@ Key schema (`ns` = namespace):
     {ns}:policy:<id>:versions  HASH    version -> Policy JSON, every version
     {ns}:policies              ZSET    every policy_id, score 0
     {ns}:meta                  HASH    name -> value
+    {ns}:due                   ZSET    key_id -> next unannounced expiry/revocation time
     {ns}:events                STREAM  event log, field `e` = Event JSON
     ns:c:{<key_id>}:q          HASH    quota {remaining, refilled_at}
     ns:c:{<key_id>}:rl:<w>:<t> STRING  requests in the window of w s starting at t
@@ -53,7 +54,15 @@ from keysvc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.model import (
+    CounterResult,
+    Event,
+    KeyRecord,
+    Policy,
+    QuotaRefill,
+    RateLimit,
+    next_deadline,
+)
 from keysvc.store import _redis_scripts as lua
 from keysvc.store._codec import (
     check_page_size,
@@ -165,11 +174,12 @@ class RedisStore:
         self, writes: Sequence[tuple[KeyRecord, KeyRecord | None, int]], event: Event
     ) -> str:
         """Run PUT_KEYS: (record, its stored version or None, expected revision) each."""
-        keys = [self._events, self._k("keys")]
+        keys = [self._events, self._k("keys"), self._k("due")]
         args: list[str | int] = [self._retention, dumps(event_to_dict(event))]
         for new, old, expected in writes:
             keys += self._record_keys(new, old)
-            args += [new.key_id, expected, dumps(record_to_dict(new))]
+            due = next_deadline(new)
+            args += [new.key_id, expected, dumps(record_to_dict(new)), "" if due is None else repr(due)]
         reply = await self._call.write(self._put_keys(keys=keys, args=args))
         if reply[0] != "OK":
             raise _refused(str(reply[0]), f"key {writes[0][0].key_id}")
@@ -215,6 +225,18 @@ class RedisStore:
         """Return the key with this public id, or None."""
         body = await self._call.read(lambda: self._client.get(self._k("key", key_id)))
         return None if body is None else record_from_dict(loads(body))
+
+    async def due_keys(self, now: float, limit: int) -> Sequence[KeyRecord]:
+        """Return keys whose next unannounced deadline has passed, soonest first."""
+        ids = await self._call.read(
+            lambda: self._client.zrangebyscore(self._k("due"), "-inf", now, start=0, num=max(1, limit))
+        )
+        if not ids:
+            return []
+        bodies = await self._call.read(
+            lambda: self._client.mget([self._k("key", text(i)  # type: ignore[arg-type]) for i in ids])
+        )
+        return [record_from_dict(loads(b)) for b in bodies if b is not None]
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
         """Return the key whose secret hashes to `key_hash`, or None.

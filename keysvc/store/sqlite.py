@@ -176,6 +176,10 @@ class SqliteStore:
         """Return how many keys reference `policy_id` and the first `limit` of their ids."""
         return await self._run(partial(ops.keys_with_policy, policy_id=policy_id, limit=limit))
 
+    async def due_keys(self, now: float, limit: int) -> Sequence[KeyRecord]:
+        """Return keys whose next unannounced deadline has passed, soonest first."""
+        return await self._run(partial(ops.due_keys, now=now, limit=max(1, limit)))
+
     async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
         """Replace a key's record if it is still at `expected_revision`."""
         check_revision(record.revision, expected_revision)
