@@ -233,9 +233,8 @@ class RedisStore:
         )
         if not ids:
             return []
-        bodies = await self._call.read(
-            lambda: self._client.mget([self._k("key", text(i)  # type: ignore[arg-type]) for i in ids])
-        )
+        names = [self._k("key", text(i)) for i in ids]  # type: ignore[arg-type]
+        bodies = await self._call.read(lambda: self._client.mget(names))
         return [record_from_dict(loads(b)) for b in bodies if b is not None]
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
