@@ -42,7 +42,8 @@ for i = 0, n - 1 do
   if KEYS[k + 4] ~= KEYS[k + 3] then redis.call('ZREM', KEYS[k + 4], id) end
   if KEYS[k + 6] ~= KEYS[k + 5] then redis.call('ZREM', KEYS[k + 6], id) end
   redis.call('SET', KEYS[k], ARGV[a + 2])
-  redis.call('SET', KEYS[k + 1], id)
+  -- The hash index holds the record itself: the hot-path read is one GET.
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
   redis.call('ZADD', KEYS[2], 0, id)
   redis.call('ZADD', KEYS[k + 3], 0, id)
   redis.call('ZADD', KEYS[k + 5], 0, id)

@@ -3,7 +3,7 @@
 Key schema (`ns` = namespace):
 
     {ns}:key:<key_id>          STRING  KeyRecord JSON
-    {ns}:hash:<key_hash>       STRING  key_id (the hot-path lookup)
+    {ns}:hash:<key_hash>       STRING  KeyRecord JSON again (the hot-path lookup: one GET)
     {ns}:keys                  ZSET    every key_id, score 0 (lexical paging)
     {ns}:owner:<owner_id>      ZSET    key_ids of one owner
     {ns}:policy_keys:<id>      ZSET    key_ids referencing one policy
@@ -238,12 +238,13 @@ class RedisStore:
         return [record_from_dict(loads(b)) for b in bodies if b is not None]
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        """Return the key whose secret hashes to `key_hash`, or None.
+        """Return the key whose secret hashes to `key_hash`, or None: one GET.
 
-        One round trip for an unknown hash, two for a known one.
+        The hash index holds a copy of the record (written by the same script
+        as the record), so a cache miss costs exactly one round trip.
         """
-        key_id = await self._call.read(lambda: self._client.get(self._k("hash", key_hash)))
-        return None if key_id is None else await self.get_key(text(key_id))
+        body = await self._call.read(lambda: self._client.get(self._k("hash", key_hash)))
+        return None if body is None else record_from_dict(loads(body))
 
     async def list_keys(self, owner_id: str, page_size: int, page_token: str) -> KeyPage:
         """Page through keys ordered by key_id, optionally only `owner_id`'s."""

@@ -168,3 +168,22 @@ async def test_over_limit_keys_are_refused_locally_until_the_window_resets(store
     assert limited.rate_limit is not None
     assert limited.rate_limit.remaining == 0
     assert limited.rate_limit.reset_at > time.time()
+
+
+async def test_redis_miss_is_exactly_one_round_trip(redis_url: str) -> None:
+    """Counted by Redis itself: every command the server executed, per Validate on a cold cache."""
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, timeout_s=1.0)
+    _, secret = await AdminService(store).create_key("t", owner_id="o")
+    validator = Validator(store, make_cache(ttl_s=0.0))
+    await validator.validate(ValidationRequest(secret))  # connect first
+    probe = aioredis.Redis.from_url(redis_url)
+    await probe.config_resetstat()
+    for _ in range(25):
+        assert (await validator.validate(ValidationRequest(secret))).code is Code.VALID
+    stats = await probe.info("commandstats")
+    await probe.aclose()
+    await store.close()
+    calls = {name: int(s["calls"]) for name, s in stats.items() if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    assert calls == {"cmdstat_get": 25}
