@@ -83,7 +83,7 @@ def build(settings: Settings, store: Store | None = None) -> App:
         negative_max=settings.negative_cache_size, negative_ttl_s=settings.negative_ttl_s,
         stale_window_s=settings.stale_window_s,
     )
-    validator = Validator(store, cache, fail_open=settings.fail_open)
+    validator = Validator(store, cache, fail_open=settings.fail_open, last_used_max=settings.cache_size)
     follower = EventFollower(
         store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
     )

@@ -45,6 +45,8 @@ class Validator:
         fail_open: answer VALID for uncached keys when the store is down.
         clock: wall clock for expiry, revocation and windows.
         monotonic: clock for cache ages.
+        last_used_max: most distinct keys whose last use is held between two
+            write-behind flushes (memory bound; later ones are counted and dropped).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Validator:
         fail_open: bool = False,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        last_used_max: int = 100_000,
     ) -> None:
         self._store = store
         self.cache = cache
@@ -64,8 +67,11 @@ class Validator:
         # key_id -> (window reset time, state): keys known to be over their rate
         # limit are refused locally until the window resets.
         self._over_limit: dict[str, tuple[float, RateLimitState]] = {}
-        # key_id -> last use; drained by `drain_last_used` (write-behind).
+        # key_id -> last use; drained by `drain_last_used` (write-behind),
+        # at most `last_used_max` keys between two drains.
         self._last_used: dict[str, float] = {}
+        self._last_used_max = last_used_max
+        self.last_used_dropped = 0
 
     def check_cached(self, request: ValidationRequest) -> Decision | None:
         """Answer from memory, or return None when the store must be asked."""
@@ -89,8 +95,15 @@ class Validator:
             return decision
         if record.has_quota or (policy is not None and policy.rate_limit is not None):
             return self._over_limit_decision(decision, record.key_id, now)
-        self._last_used[record.key_id] = now
+        self._note_use(record.key_id, now)
         return decision
+
+    def _note_use(self, key_id: str, now: float) -> None:
+        used = self._last_used
+        if len(used) < self._last_used_max or key_id in used:
+            used[key_id] = now
+        else:
+            self.last_used_dropped += 1
 
     def _over_limit_decision(self, decision: Decision, key_id: str, now: float) -> Decision | None:
         blocked = self._over_limit.get(key_id)
@@ -130,7 +143,7 @@ class Validator:
         if record.has_quota or (policy is not None and policy.rate_limit is not None):
             decision = await self._take(decision, record, policy, max(request.cost, 1), now)
         if decision.code is Code.VALID:
-            self._last_used[record.key_id] = now
+            self._note_use(record.key_id, now)
         return decision
 
     async def _fetch(self, key_hash: str) -> tuple[KeyRecord, Policy | None] | None:
@@ -209,4 +222,9 @@ class Validator:
     def drain_last_used(self) -> dict[str, float]:
         """Take the last-use times gathered since the previous drain."""
         drained, self._last_used = self._last_used, {}
+        # Over-limit memos of windows that have ended are dead weight: drop them here,
+        # off the hot path, so that map stays bounded too.
+        now = self._clock()
+        for key_id in [k for k, (reset_at, _) in self._over_limit.items() if reset_at <= now]:
+            del self._over_limit[key_id]
         return drained

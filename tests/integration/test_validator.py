@@ -187,3 +187,18 @@ async def test_redis_miss_is_exactly_one_round_trip(redis_url: str) -> None:
     await store.close()
     calls = {name: int(s["calls"]) for name, s in stats.items() if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
     assert calls == {"cmdstat_get": 25}
+
+
+async def test_last_used_is_write_behind_and_bounded(store: CountingStore) -> None:
+    admin = AdminService(store)  # type: ignore[arg-type]
+    secrets = [(await admin.create_key("t", owner_id="o"))[1] for _ in range(5)]
+    validator = Validator(store, make_cache(), last_used_max=3)  # type: ignore[arg-type]
+    store.calls.clear()
+    for secret in secrets * 3:
+        await validator.validate(ValidationRequest(secret))
+    assert "touch" not in store.calls, "last use is never written on the hot path"
+    batch = validator.drain_last_used()
+    assert len(batch) == 3 and validator.last_used_dropped == 6
+    await store.touch(batch)
+    assert set(await store.last_used(list(batch))) == set(batch)
+    assert validator.drain_last_used() == {}
