@@ -81,7 +81,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(server.serve(settings))
+    try:
+        asyncio.run(server.serve(settings))
+    finally:
+        telemetry.shutdown_tracing()  # flush spans still in the batch processor
     return 0
 
 
@@ -102,7 +105,10 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    view, secret = asyncio.run(run())
+    try:
+        view, secret = asyncio.run(run())
+    finally:
+        telemetry.shutdown_tracing()
     if args.json:
         _print_json({"key_id": view.record.key_id, "secret": secret})
     else:

@@ -195,7 +195,8 @@ def _build_providers(service_name: str, exporter: SpanExporter | None) -> _Pair:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         except ImportError as exc:  # e.g. xds-protos overwrote opentelemetry-proto (grpc#42926)
             raise ConfigError(f"OTEL_EXPORTER_OTLP_*ENDPOINT is set but the OTLP exporter "
-                              f"cannot be loaded: {exc}; reinstall opentelemetry-proto") from exc
+                              f"cannot be loaded: {exc}; pip install 'keysvc[otlp]', then run "
+                              "scripts/fix-otel-proto.sh") from exc
         processors.append(BatchSpanProcessor(OTLPSpanExporter()))  # reads OTEL_EXPORTER_OTLP_*
     if exporter is not None:
         processors.append(SimpleSpanProcessor(exporter))

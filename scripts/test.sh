@@ -21,6 +21,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "== installing Python dependencies from pyproject.toml"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+bash scripts/fix-otel-proto.sh .venv/bin/python
 
 echo "== lint: ruff, mypy, buf"
 .venv/bin/ruff check .
