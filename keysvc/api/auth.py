@@ -27,6 +27,16 @@ PUBLIC_METHODS = frozenset({"/keysvc.v1.KeyService/Validate", "/keysvc.v1.KeySer
 _ADMIN_SERVICE = "/keysvc.v1.KeyService/"
 
 _UNAUTHENTICATED = {Code.MALFORMED, Code.NOT_FOUND, Code.DISABLED, Code.EXPIRED, Code.REVOKED}
+# Admin reads are audited here (changes are audited by the service that makes them,
+# with their diff), so every admin call leaves exactly one audit record.
+_READ_ACTIONS = {
+    "GetKey": "key.get",
+    "ListKeys": "key.list",
+    "GetPolicy": "policy.get",
+    "ListPolicies": "policy.list",
+    "ListPolicyVersions": "policy.history",
+    "WatchEvents": "events.watch",
+}
 
 
 def _bearer(metadata: Any) -> str:
@@ -120,7 +130,12 @@ class AdminAuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             actor = await self._authenticate(token, action, context)
             reset = ACTOR.set(actor)
             try:
-                return await behaviour(request, context)
+                read = _READ_ACTIONS.get(action)
+                if read is None:
+                    return await behaviour(request, context)
+                with audit_span(read, actor=actor, target_key_id=getattr(request, "key_id", ""),
+                                target_policy_id=getattr(request, "policy_id", "")):
+                    return await behaviour(request, context)
             finally:
                 ACTOR.reset(reset)
 
@@ -132,7 +147,11 @@ class AdminAuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         async def authenticated(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             # Each RPC runs in its own task, so the value cannot leak to another call;
             # no reset, because a generator's cleanup may run in another context.
-            ACTOR.set(await self._authenticate(token, action, context))
+            actor = await self._authenticate(token, action, context)
+            ACTOR.set(actor)
+            with audit_span(_READ_ACTIONS.get(action, action), actor=actor,
+                            since=getattr(request, "since", "")):
+                pass  # the stream's start is the audited act; it may then run for hours
             async for response in behaviour(request, context):
                 yield response
 

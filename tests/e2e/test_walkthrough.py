@@ -170,6 +170,8 @@ def test_admin_auth_refusals_are_audited(
     assert code_of(admin_md(other.secret)) == grpc.StatusCode.UNAUTHENTICATED
     logs = server.logs()
     assert logs.count('"action": "auth.denied"') >= 5
+    # Reads are audited too: every admin call leaves one audit record.
+    assert logs.count('"action": "key.list"') == 1
     assert f'"actor": "{plain.key.key_id}"' in logs
     for secret in (admin_secret, plain.secret, other.secret):
         assert secret not in logs
