@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -15,25 +13,12 @@ from keysvc.model import Code, Policy, RateLimit
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
 from keysvc.testing import capture_spans
 
 pytestmark = pytest.mark.integration
 
 BASE = Policy("partners", 0, 0.0, 0.0, scopes=("read", "write"), allowed_cidrs=("10.0.0.0/8",),
               rate_limit=RateLimit(100, 1))
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    inner: Store
-    if request.param == "sqlite":
-        inner = SqliteStore(str(tmp_path / "p.db"))
-    else:
-        inner = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0)
-    yield inner
-    await inner.close()
 
 
 async def outcomes(store: Store, secrets: list[str]) -> list[tuple[Code, ...]]:

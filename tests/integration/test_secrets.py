@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,22 +12,9 @@ from keysvc.model import Code, Policy
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
 from keysvc.testing import capture_logs, capture_spans
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    inner: Store
-    if request.param == "sqlite":
-        inner = SqliteStore(str(tmp_path / "s.db"))
-    else:
-        inner = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0)
-    yield inner
-    await inner.close()
 
 
 def span_text(span: object) -> str:

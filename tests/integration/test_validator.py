@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +41,10 @@ class CountingStore:
         return counted
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CountingStore]:
-    inner: Store
-    if request.param == "sqlite":
-        inner = SqliteStore(str(tmp_path / "v.db"), poll_interval_s=0.01)
-    else:
-        inner = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0)
-    yield CountingStore(inner)
-    await inner.close()
+@pytest.fixture
+def store(store: Store) -> CountingStore:
+    """The backend-parametrized store, counting its calls."""
+    return CountingStore(store)
 
 
 def make_cache(**overrides: Any) -> KeyCache:

@@ -1,0 +1,24 @@
+"""Fixtures for integration tests: each store backend, on a real file or a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from keysvc.store.base import Store
+from keysvc.store.redis import RedisStore
+from keysvc.store.sqlite import SqliteStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store of each kind: a new SQLite file, or the test Redis after FLUSHALL."""
+    store: Store
+    if request.param == "sqlite":
+        store = SqliteStore(str(tmp_path / "keysvc.db"), poll_interval_s=0.01)
+    else:
+        store = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0)
+    yield store
+    await store.close()
