@@ -10,25 +10,32 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from keysvc.api._authz import Authorizer, AuthzConfig
 from keysvc.api.auth import AdminAuthInterceptor
+from keysvc.api.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
 from keysvc.api.keyservice import KeyServiceServicer
 from keysvc.cache import KeyCache
-from keysvc.errors import StoreUnavailableError
+from keysvc.errors import ConfigError, StoreUnavailableError
+from keysvc.routes import Routes, load_routes
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.service.events import EventFollower
 from keysvc.service.validator import Validator
-from keysvc.settings import Settings
+from keysvc.settings import Settings, env_name, header_names
 from keysvc.store.base import Store
 from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+if TYPE_CHECKING:
+    from keysvc.api.forward_auth import HttpListener
 
 __all__ = ["App", "build", "make_store", "serve"]
 
@@ -70,13 +77,31 @@ class App:
     admin: AdminService
     follower: EventFollower
     health: Any
+    authorizer: Authorizer
     servers: list[aio.Server] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    http: HttpListener | None = None  # forward-auth, when `http_listen` is set
+    serving: bool = False  # what health says, for the HTTP /healthz
+
+
+def _authz_config(settings: Settings) -> AuthzConfig:
+    """Routes (read once, here) and credential settings for ext_authz and forward-auth."""
+    routes = Routes()
+    if settings.authz_routes:
+        try:
+            routes = load_routes(settings.authz_routes)
+        except ConfigError as exc:
+            raise ConfigError(f"{env_name('authz_routes')}: {exc}") from None
+    return AuthzConfig(routes, header_names(settings.authz_key_headers), settings.authz_trusted_proxy_depth)
 
 
 def build(settings: Settings, store: Store | None = None) -> App:
-    """Assemble the objects of one process (no I/O yet)."""
+    """Assemble the objects of one process (no network I/O yet; reads the routes file).
+
+    Raises:
+        ConfigError: the routes file is missing or invalid.
+    """
     store = store or make_store(settings)
     cache = KeyCache(
         max_keys=settings.cache_size, ttl_s=settings.cache_ttl_s,
@@ -88,7 +113,8 @@ def build(settings: Settings, store: Store | None = None) -> App:
         store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
     )
     admin = AdminService(store, default_prefix=settings.key_prefix)
-    return App(settings, store, cache, validator, admin, follower, health_aio.HealthServicer())
+    return App(settings, store, cache, validator, admin, follower, health_aio.HealthServicer(),
+               Authorizer(validator, _authz_config(settings)))
 
 
 def _server(app: App, *, admin_enabled: bool) -> aio.Server:
@@ -103,9 +129,11 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server:
     keysvc_pb2_grpc.add_KeyServiceServicer_to_server(  # type: ignore[no-untyped-call]
         KeyServiceServicer(app.validator, app.admin, app.store), server
     )
+    # Public like Validate: the admin interceptor passes every non-KeyService method through.
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(app.authorizer), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
-        (KEYSERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
         server,
     )
@@ -123,7 +151,8 @@ async def _set_health(app: App, serving: bool) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for service in ("", KEYSERVICE):
+    app.serving = serving
+    for service in ("", KEYSERVICE, AUTHORIZATION_SERVICE):
         await app.health.set(service, status)
 
 
@@ -174,6 +203,7 @@ async def start(app: App) -> None:
         await app.follower.start()
     for server in app.servers:
         await server.start()
+    http_port = await _start_http(app) if s.http_listen else None
     app.tasks += [
         asyncio.create_task(_probe_store(app), name="health"),
         asyncio.create_task(app.follower.run(), name="events"),
@@ -181,14 +211,26 @@ async def start(app: App) -> None:
         asyncio.create_task(DeadlineAnnouncer(app.store).run(), name="deadlines"),
     ]
     log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen,
-             ports=app.ports, store=_store_kind(s))
+             ports=app.ports, store=_store_kind(s), http_listen=s.http_listen, http_port=http_port)
+
+
+async def _start_http(app: App) -> int:
+    """Start the forward-auth HTTP listener; return its port (0 on a unix socket)."""
+    from keysvc.api.forward_auth import ForwardAuth, HttpListener, make_app  # aiohttp only when used
+
+    handlers = ForwardAuth(app.authorizer, lambda: app.serving,
+                           require_target=bool(app.authorizer.routes.rules))
+    app.http = HttpListener(make_app(handlers), app.settings.http_listen,
+                            shutdown_grace_s=app.settings.shutdown_grace_s)
+    return await app.http.start()
 
 
 async def stop(app: App) -> None:
     """Flip health, drain in-flight calls within the grace period, release the store."""
     await _set_health(app, serving=False)
     grace = app.settings.shutdown_grace_s
-    await asyncio.gather(*(server.stop(grace) for server in app.servers))
+    await asyncio.gather(*(server.stop(grace) for server in app.servers),
+                         *([app.http.stop()] if app.http is not None else []))
     for task in app.tasks:
         task.cancel()
     await asyncio.gather(*app.tasks, return_exceptions=True)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from keysvc.errors import ConfigError
 from keysvc.keys import validate_prefix
 
-__all__ = ["Settings", "env_name", "load", "markdown_table"]
+__all__ = ["Settings", "env_name", "header_names", "load", "markdown_table", "split_listen"]
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -47,6 +48,19 @@ class Settings:
     log_level: str = _f("info", "Lowest log level written: debug, info, warning or error.")
     shutdown_grace_s: float = _f(5.0, "How long SIGTERM waits for in-flight calls before exiting.")
     max_request_bytes: int = _f(65_536, "Largest gRPC request accepted, in bytes.")
+    workers: int = _f(1, "Server processes sharing the listen ports (SO_REUSEPORT), each with its own cache.")
+    http_listen: str = _f(
+        "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."
+    )
+    authz_routes: str = _f(
+        "", "Route file (.toml or .json): scopes needed by path and method; empty: any valid key."
+    )
+    authz_key_headers: str = _f(
+        "x-api-key,authorization", "Headers holding the key, tried in order; authorization as Bearer."
+    )
+    authz_trusted_proxy_depth: int = _f(
+        0, "Proxies in front that append X-Forwarded-For; 0 uses the peer address."
+    )
 
     def __post_init__(self) -> None:
         _check(self)
@@ -88,6 +102,60 @@ def _check(s: Settings) -> None:
         validate_prefix(s.key_prefix)
     except ValueError as exc:
         raise bad("key_prefix", str(exc)) from None
+    _check_authz(s, bad)
+    _check_workers(s, bad)
+
+
+def _check_workers(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    if s.workers < 1:
+        raise bad("workers", "must be >= 1")
+    if s.workers == 1:
+        return
+    for name in ("listen", "admin_listen", "http_listen"):
+        if getattr(s, name, "").startswith("unix:"):
+            # SO_REUSEPORT shares TCP ports only: N processes cannot bind one socket path.
+            raise bad(name, f"a unix socket cannot be shared by {s.workers} workers "
+                            f"({env_name('workers')}); use host:port, or one worker")
+
+
+_HEADER_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _check_authz(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    if s.http_listen:
+        try:
+            split_listen(s.http_listen)
+        except ValueError as exc:
+            raise bad("http_listen", str(exc)) from None
+    if s.authz_routes and not s.authz_routes.lower().endswith((".toml", ".json")):
+        raise bad("authz_routes", "must name a .toml or .json file")
+    names = header_names(s.authz_key_headers)
+    if not names or not all(_HEADER_RE.fullmatch(name) for name in names):
+        raise bad("authz_key_headers", "want a comma-separated list of header names")
+    if not 0 <= s.authz_trusted_proxy_depth <= 32:
+        raise bad("authz_trusted_proxy_depth", "must be between 0 and 32")
+
+
+def header_names(value: str) -> tuple[str, ...]:
+    """Split a comma-separated list of header names (lower-cased, blanks dropped)."""
+    return tuple(dict.fromkeys(name.strip().lower() for name in value.split(",") if name.strip()))
+
+
+def split_listen(address: str) -> tuple[str, int] | str:
+    """Parse `host:port`, `[v6]:port` or `unix:/path` into (host, port) or a socket path.
+
+    Raises:
+        ValueError: the address is none of those.
+    """
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:")
+        if not path:
+            raise ValueError(f"{address!r}: want unix:/path/to/socket")
+        return path
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r}: want host:port (port 0-65535) or unix:/path")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def _convert(name: str, kind: type, raw: str) -> Any:
