@@ -55,6 +55,16 @@ def _checksum(head: str) -> str:
     return _b62(zlib.crc32(head.encode("ascii")), _CHECK_LEN)
 
 
+# Two base62 digits per entry: a 32-bit checksum is three divmods and lookups.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+
+
+def _checksum_bytes(head: bytes) -> str:
+    high, low = divmod(zlib.crc32(head), 3844)
+    high, mid = divmod(high, 3844)
+    return _PAIRS[high] + _PAIRS[mid] + _PAIRS[low]
+
+
 def validate_prefix(prefix: str) -> str:
     """Return `prefix` if it is a valid key prefix.
 
@@ -122,11 +132,10 @@ def parse(secret: str) -> ParsedKey:
     match = KEY_PATTERN.fullmatch(secret)
     if match is None:
         raise MalformedKeyError("key does not have the form <prefix>_<base62 body><checksum>")
-    head_len = len(secret) - _CHECK_LEN
-    if _checksum(secret[:head_len]) != secret[head_len:]:
+    raw = secret.encode("ascii")  # the pattern admits ASCII only
+    if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
         raise MalformedKeyError("key checksum does not match (typo or truncated key?)")
-    prefix = match.group(1)
-    return ParsedKey(prefix=prefix, key_hash=hash_key(secret))
+    return ParsedKey(match.group(1), hashlib.sha256(raw).hexdigest())
 
 
 def new_key_id() -> str:

@@ -16,7 +16,16 @@ from functools import lru_cache
 
 from keysvc.model import Code, Decision, KeyRecord, KeyStatus, Policy, RateLimit, key_status
 
-__all__ = ["PolicyDiff", "diff", "effective_scopes", "evaluate", "ip_allowed", "parse_cidrs"]
+__all__ = [
+    "Grant",
+    "PolicyDiff",
+    "diff",
+    "effective_scopes",
+    "evaluate",
+    "ip_allowed",
+    "make_grant",
+    "parse_cidrs",
+]
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,32 +69,63 @@ _STATUS_CODES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one (record, policy) pair allows, worked out once and reused by every call.
+
+    The hot path keeps one per cached key, so a cache hit allocates nothing:
+    it checks the clock, the scopes and the address, and returns `valid`.
+    """
+
+    record: KeyRecord
+    policy: Policy | None
+    scopes: tuple[str, ...]
+    scope_set: frozenset[str]
+    cidrs: tuple[str, ...]
+    limited: bool
+    valid: Decision
+
+
+def make_grant(record: KeyRecord, policy: Policy | None) -> Grant:
+    """Precompute the evaluation data of a record under its policy."""
+    scopes = effective_scopes(record, policy)
+    limited = record.has_quota or (policy is not None and policy.rate_limit is not None)
+    return Grant(
+        record, policy, scopes, frozenset(scopes), policy.allowed_cidrs if policy else (), limited,
+        Decision(Code.VALID, record, policy, scopes),
+    )
+
+
 def evaluate(
     record: KeyRecord,
     policy: Policy | None,
     required_scopes: Sequence[str],
     client_ip: str,
     now: float,
+    grant: Grant | None = None,
 ) -> Decision:
     """Decide a call for a known key, before rate limits and quotas.
 
     Order: lifecycle state (revoked, expired, disabled), then scopes, then
     client address. A REVOKING key (revocation scheduled) is still valid.
     A policy with CIDRs refuses a call that gives no client address.
+    `grant` (from `make_grant(record, policy)`) saves recomputing it.
     """
     status = key_status(record, now)
     denial = _STATUS_CODES.get(status)
     if denial is not None:
         return Decision(denial[0], record, policy, message=denial[1])
-    scopes = effective_scopes(record, policy)
+    if grant is None:
+        grant = make_grant(record, policy)
+    allowed = grant.scope_set
     for scope in required_scopes:
-        if scope not in scopes:
+        if scope not in allowed:
             return Decision(
-                Code.INSUFFICIENT_SCOPE, record, policy, scopes, f"key lacks scope {scope!r}"
+                Code.INSUFFICIENT_SCOPE, record, policy, grant.scopes, f"key lacks scope {scope!r}"
             )
-    if policy is not None and policy.allowed_cidrs and not ip_allowed(client_ip, policy.allowed_cidrs):
-        return Decision(Code.IP_NOT_ALLOWED, record, policy, scopes, "client address not allowed")
-    return Decision(Code.VALID, record, policy, scopes)
+    if grant.cidrs and not ip_allowed(client_ip, grant.cidrs):
+        return Decision(Code.IP_NOT_ALLOWED, record, policy, grant.scopes, "client address not allowed")
+    return grant.valid
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from keysvc.api import _convert as conv
 from keysvc.api._status import status_for
 from keysvc.api.auth import ACTOR
 from keysvc.errors import InvalidArgumentError, KeysvcError
-from keysvc.model import KeyStatus
+from keysvc.model import Code, Decision, KeyStatus
 from keysvc.service.admin import AdminService
 from keysvc.service.events import watch
 from keysvc.service.validator import ValidationRequest, Validator
@@ -27,6 +27,7 @@ _Resp = TypeVar("_Resp")
 _Context = aio.ServicerContext[Any, Any]
 MAX_REQUIRED_SCOPES = 64
 MAX_BATCH = 100
+_MAX_MEMO = 65_536
 
 
 def _rpc(
@@ -63,6 +64,24 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         self._validator = validator
         self._admin = admin
         self._store = store
+        # id(decision) -> (decision, response). VALID answers without counters are
+        # one shared Decision per cached key (a policy.Grant), and the constant
+        # denials are module-level objects: their responses are built once.
+        self._responses: dict[int, tuple[Decision, pb.ValidateResponse]] = {}
+
+    def _response(self, decision: Decision) -> pb.ValidateResponse:
+        memo = self._responses
+        hit = memo.get(id(decision))
+        if hit is not None and hit[0] is decision:
+            return hit[1]
+        response = conv.decision_to_pb(decision)
+        if decision.rate_limit is None and decision.quota_remaining is None and (
+            decision.code is Code.VALID or decision.record is None
+        ):
+            if len(memo) >= _MAX_MEMO:
+                memo.clear()
+            memo[id(decision)] = (decision, response)
+        return response
 
     async def Validate(self, request: pb.ValidateRequest, context: _Context) -> pb.ValidateResponse:
         """Answer from the cache when possible; a denial is a normal response."""
@@ -75,7 +94,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         decision = validator.check_cached(validation)
         if decision is None:
             decision = await validator.validate_from_store(validation)
-        return conv.decision_to_pb(decision)
+        return self._response(decision)
 
     @_rpc
     async def BatchValidate(
@@ -86,7 +105,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             raise InvalidArgumentError(f"requests: at most {MAX_BATCH}")
         validations = [_validation_request(r) for r in request.requests]
         decisions = [await self._validator.validate(v) for v in validations]
-        return pb.BatchValidateResponse(responses=[conv.decision_to_pb(d) for d in decisions])
+        return pb.BatchValidateResponse(responses=[self._response(d) for d in decisions])
 
     @_rpc
     async def CreateKey(self, request: pb.CreateKeyRequest, context: _Context) -> pb.CreateKeyResponse:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from keysvc.cache import KeyCache
 from keysvc.errors import MalformedKeyError, StoreUnavailableError
 from keysvc.keys import parse
 from keysvc.model import Code, Decision, KeyRecord, Policy, RateLimitState
-from keysvc.policy import evaluate
+from keysvc.policy import Grant, evaluate, make_grant
 from keysvc.store.base import Store
 
 __all__ = ["ValidationRequest", "Validator"]
@@ -26,9 +26,8 @@ _NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
 _UNAVAILABLE = Decision(Code.UNAVAILABLE, message="key store unavailable")
 
 
-@dataclass(frozen=True, slots=True)
-class ValidationRequest:
-    """One Validate call, transport-independent."""
+class ValidationRequest(NamedTuple):
+    """One Validate call, transport-independent (a tuple: cheap to make per call)."""
 
     key: str
     required_scopes: Sequence[str] = ()
@@ -72,6 +71,19 @@ class Validator:
         self._last_used: dict[str, float] = {}
         self._last_used_max = last_used_max
         self.last_used_dropped = 0
+        # key_hash -> Grant of the cached (record, policy) pair; rebuilt when
+        # either object changes, cleared when it outgrows the cache.
+        self._grants: dict[str, Grant] = {}
+        self._grants_max = 2 * cache.max_keys + 1024
+
+    def _grant(self, record: KeyRecord, policy: Policy | None) -> Grant:
+        grant = self._grants.get(record.key_hash)
+        if grant is None or grant.record is not record or grant.policy is not policy:
+            grants = self._grants
+            if len(grants) >= self._grants_max:
+                grants.clear()
+            grant = grants[record.key_hash] = make_grant(record, policy)
+        return grant
 
     def check_cached(self, request: ValidationRequest) -> Decision | None:
         """Answer from memory, or return None when the store must be asked."""
@@ -90,10 +102,11 @@ class Validator:
             if policy is None:
                 return None
         now = self._clock()
-        decision = evaluate(record, policy, request.required_scopes, request.client_ip, now)
+        grant = self._grant(record, policy)
+        decision = evaluate(record, policy, request.required_scopes, request.client_ip, now, grant)
         if decision.code is not Code.VALID:
             return decision
-        if record.has_quota or (policy is not None and policy.rate_limit is not None):
+        if grant.limited:
             return self._over_limit_decision(decision, record.key_id, now)
         self._note_use(record.key_id, now)
         return decision
@@ -137,10 +150,11 @@ class Validator:
             return _NOT_FOUND
         record, policy = found
         now = self._clock()
-        decision = evaluate(record, policy, request.required_scopes, request.client_ip, now)
+        grant = self._grant(record, policy)
+        decision = evaluate(record, policy, request.required_scopes, request.client_ip, now, grant)
         if decision.code is not Code.VALID:
             return decision
-        if record.has_quota or (policy is not None and policy.rate_limit is not None):
+        if grant.limited:
             decision = await self._take(decision, record, policy, max(request.cost, 1), now)
         if decision.code is Code.VALID:
             self._note_use(record.key_id, now)
