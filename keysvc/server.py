@@ -204,6 +204,10 @@ async def start(app: App) -> None:
     for server in app.servers:
         await server.start()
     http_port = await _start_http(app) if s.http_listen else None
+    if s.metrics_listen:
+        from keysvc import metrics
+
+        metrics.install(metrics.serve_prometheus(s.metrics_listen), app.validator, app.cache, app.follower)
     app.tasks += [
         asyncio.create_task(_probe_store(app), name="health"),
         asyncio.create_task(app.follower.run(), name="events"),

@@ -61,6 +61,7 @@ class Settings:
     authz_trusted_proxy_depth: int = _f(
         0, "Proxies in front that append X-Forwarded-For; 0 uses the peer address."
     )
+    metrics_listen: str = _f("", "Prometheus scrape address (/metrics), host:port; empty: off.")
 
     def __post_init__(self) -> None:
         _check(self)
@@ -104,6 +105,21 @@ def _check(s: Settings) -> None:
         raise bad("key_prefix", str(exc)) from None
     _check_authz(s, bad)
     _check_workers(s, bad)
+    _check_metrics(s, bad)
+
+
+def _check_metrics(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    if not s.metrics_listen:
+        return
+    try:
+        address = split_listen(s.metrics_listen)
+    except ValueError as exc:
+        raise bad("metrics_listen", str(exc)) from None
+    if isinstance(address, str):
+        raise bad("metrics_listen", "want host:port (the scrape endpoint cannot be a unix socket)")
+    if s.workers > 1:
+        raise bad("metrics_listen", f"the {s.workers} workers cannot share one scrape port; "
+                                    f"run one worker per process ({env_name('workers')}=1)")
 
 
 def _check_workers(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:

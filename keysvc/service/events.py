@@ -6,6 +6,7 @@ Evicts what changed from the local cache, and serves WatchEvents streams.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -61,6 +62,8 @@ class EventFollower:
         self.connected = False
         self.applied = 0
         self.last_event_at = 0.0
+        self.lag_s = 0.0  # from an event's append to its eviction here (clocks permitting)
+        self.flushes = 0
 
     async def start(self) -> None:
         """Position at the log's end (the cache is empty at start).
@@ -111,6 +114,7 @@ class EventFollower:
             return ""
 
     def _flush(self) -> None:
+        self.flushes += 1
         self._cache.clear()
         if self._on_flush is not None:
             self._on_flush()
@@ -130,6 +134,7 @@ class EventFollower:
         self.cursor = event.cursor
         self.applied += 1
         self.last_event_at = event.at
+        self.lag_s = max(0.0, time.time() - event.at)
 
 
 async def watch(

@@ -75,6 +75,12 @@ class Validator:
         # either object changes, cleared when it outgrows the cache.
         self._grants: dict[str, Grant] = {}
         self._grants_max = 2 * cache.max_keys + 1024
+        # Plain counters, read by the metrics exporter at scrape time (no per-call
+        # instrument calls): decisions by Code value, store failures, and the
+        # durations of answers that needed the store.
+        self.decisions = [0] * (max(Code) + 1)
+        self.store_errors = 0
+        self.on_store_answer: Callable[[float], None] | None = None
 
     def _grant(self, record: KeyRecord, policy: Policy | None) -> Grant:
         grant = self._grants.get(record.key_hash)
@@ -87,6 +93,12 @@ class Validator:
 
     def check_cached(self, request: ValidationRequest) -> Decision | None:
         """Answer from memory, or return None when the store must be asked."""
+        decision = self._check_cached(request)
+        if decision is not None:
+            self.decisions[decision.code] += 1
+        return decision
+
+    def _check_cached(self, request: ValidationRequest) -> Decision | None:
         try:
             key_hash = parse(request.key).key_hash
         except MalformedKeyError:
@@ -139,10 +151,19 @@ class Validator:
 
     async def validate_from_store(self, request: ValidationRequest) -> Decision:
         """Answer a request that `check_cached` could not (it returned None)."""
+        started = time.perf_counter()
+        decision = await self._validate_from_store(request)
+        self.decisions[decision.code] += 1
+        if self.on_store_answer is not None:
+            self.on_store_answer(time.perf_counter() - started)
+        return decision
+
+    async def _validate_from_store(self, request: ValidationRequest) -> Decision:
         key_hash = parse(request.key).key_hash  # check_cached proved it parses
         try:
             found = await self._fetch(key_hash)
         except StoreUnavailableError:
+            self.store_errors += 1
             found = self._stale(key_hash)
             if found is None:
                 return Decision(Code.VALID, message="fail-open") if self._fail_open else _UNAVAILABLE
@@ -204,6 +225,7 @@ class Validator:
                 record.key_id, cost, rate_limit, record.has_quota, refill, now
             )
         except StoreUnavailableError:
+            self.store_errors += 1
             # Counters live only in the store: without it, limits cannot be kept.
             if self._fail_open:
                 return decision

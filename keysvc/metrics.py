@@ -1,0 +1,104 @@
+"""Metrics: OpenTelemetry instruments served for Prometheus scrapes.
+
+Nothing here runs per call. The hot path bumps plain integers it already
+keeps (decisions by code, cache statistics, store errors); observable
+instruments read them when Prometheus scrapes. The only recorded instrument
+is the duration of answers that needed the store, a path that already costs
+a network round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+
+from keysvc.model import Code
+
+if TYPE_CHECKING:
+    from keysvc.cache import KeyCache
+    from keysvc.service.events import EventFollower
+    from keysvc.service.validator import Validator
+
+__all__ = ["install", "serve_prometheus"]
+
+# Buckets for answers that needed the store: 100 us to 1 s.
+_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+def install(
+    provider: MeterProvider, validator: Validator, cache: KeyCache, follower: EventFollower
+) -> None:
+    """Create keysvc's instruments on `provider`, reading the given objects."""
+    meter = provider.get_meter("keysvc")
+
+    def decisions(_: CallbackOptions) -> Iterable[Observation]:
+        counts = validator.decisions
+        return [Observation(counts[code], {"code": code.name}) for code in Code]
+
+    def cache_events(_: CallbackOptions) -> Iterable[Observation]:
+        s = cache.stats
+        return [
+            Observation(s.hits, {"result": "hit"}),
+            Observation(s.misses, {"result": "miss"}),
+            Observation(s.negative_hits, {"result": "negative_hit"}),
+        ]
+
+    def cache_removals(_: CallbackOptions) -> Iterable[Observation]:
+        s = cache.stats
+        return [
+            Observation(s.evictions, {"reason": "lru"}),
+            Observation(s.invalidations, {"reason": "event"}),
+            Observation(s.flushes, {"reason": "flush"}),
+        ]
+
+    meter.create_observable_counter(
+        "keysvc.validations", [decisions], unit="{call}", description="Validations by outcome code.")
+    meter.create_observable_counter(
+        "keysvc.cache.lookups", [cache_events], unit="{lookup}", description="Key cache lookups.")
+    meter.create_observable_counter(
+        "keysvc.cache.removals", [cache_removals], unit="{entry}",
+        description="Cache entries removed: LRU evictions, event invalidations, full flushes.")
+    meter.create_observable_gauge(
+        "keysvc.cache.size", [lambda _: [Observation(len(cache))]], unit="{key}",
+        description="Keys in the cache.")
+    meter.create_observable_counter(
+        "keysvc.store.errors", [lambda _: [Observation(validator.store_errors)]], unit="{error}",
+        description="Store calls on the validation path that failed or timed out.")
+    meter.create_observable_counter(
+        "keysvc.last_used.dropped", [lambda _: [Observation(validator.last_used_dropped)]],
+        unit="{use}", description="Last-use updates dropped by the write-behind bound.")
+    meter.create_observable_gauge(
+        "keysvc.events.lag", [lambda _: [Observation(follower.lag_s)]], unit="s",
+        description="Time from the last applied event's append to its eviction here.")
+    meter.create_observable_counter(
+        "keysvc.events.applied", [lambda _: [Observation(follower.applied)]], unit="{event}",
+        description="Events from the store's log applied to this process's cache.")
+    meter.create_observable_gauge(
+        "keysvc.events.connected", [lambda _: [Observation(int(follower.connected))]],
+        description="1 while the event follower reaches the store's log.")
+    histogram = meter.create_histogram(
+        "keysvc.validate.store_duration", unit="s",
+        description="Duration of validations that needed the store (misses, counters).",
+        explicit_bucket_boundaries_advisory=_STORE_BUCKETS,
+    )
+    validator.on_store_answer = histogram.record
+
+
+def serve_prometheus(listen: str) -> MeterProvider:
+    """Start a Prometheus scrape endpoint (`/metrics`) on host:port; return its provider.
+
+    The endpoint is prometheus_client's HTTP server, in a daemon thread.
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    from keysvc.settings import split_listen
+
+    address = split_listen(listen)
+    assert isinstance(address, tuple)  # Settings refuses unix sockets here
+    host, port = address
+    start_http_server(port, addr=host or "0.0.0.0")  # noqa: S104 - the operator chose the address
+    return MeterProvider(metric_readers=[PrometheusMetricReader()])
