@@ -74,6 +74,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     telemetry.configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        from keysvc import workers
+
+        return workers.run(settings)
     telemetry.configure_tracing()
     try:
         import uvloop
@@ -394,6 +398,12 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from keysvc import bench
+
+    return bench.main(args)
+
+
 # -- parser ------------------------------------------------------------------------
 
 
@@ -506,6 +516,20 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--limit", type=int, default=0, help="stop after N events")
     p.set_defaults(func=_cmd_watch)
+
+    p = sub.add_parser("bench", help="measure keysvc against an empty gRPC handler, on loopback")
+    p.add_argument("--scenarios", help="comma-separated subset (default: all)")
+    p.add_argument("--quick", action="store_true", help="short runs: a smoke test, well under a minute")
+    p.add_argument("--duration", type=float, help="seconds of load per scenario (default 5; --quick 1.5)")
+    p.add_argument("--concurrency", type=int, default=8, help="h2load connections")
+    p.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
+    p.add_argument("--rounds", type=int, help="runs of each scenario, medians shown (default 3; --quick 1)")
+    p.add_argument("--memory", action="store_true", help="also measure RSS per cached key")
+    p.add_argument("--memory-keys", help="cache sizes for --memory (default 100000,1000000; --quick 10000)")
+    p.add_argument("--propagation", action="store_true", help="also time revocations between two servers")
+    p.add_argument("--revocations", type=int, help="revocations timed by --propagation (default 200)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
