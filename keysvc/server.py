@@ -229,15 +229,33 @@ async def _start_http(app: App) -> int:
     return await app.http.start()
 
 
+async def _cancel(tasks: list[asyncio.Task[None]], bound_s: float = 3.0) -> None:
+    """Cancel background tasks and wait for them, within a bound.
+
+    On Python 3.11 `asyncio.wait_for` (used by redis-py on every call with a
+    socket timeout) can swallow a cancellation that lands as its inner call
+    completes, leaving a task running; so cancel again until each one is done,
+    and give up (logging it) after `bound_s` rather than hang the shutdown.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending and loop.time() >= deadline:
+            log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
+            return
+
+
 async def stop(app: App) -> None:
     """Flip health, drain in-flight calls within the grace period, release the store."""
     await _set_health(app, serving=False)
     grace = app.settings.shutdown_grace_s
     await asyncio.gather(*(server.stop(grace) for server in app.servers),
                          *([app.http.stop()] if app.http is not None else []))
-    for task in app.tasks:
-        task.cancel()
-    await asyncio.gather(*app.tasks, return_exceptions=True)
+    await _cancel(app.tasks)
     batch = app.validator.drain_last_used()
     with contextlib.suppress(StoreUnavailableError):
         if batch:

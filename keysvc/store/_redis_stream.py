@@ -113,7 +113,9 @@ async def wait_for_entry(
         StoreUnavailableError: Redis did not answer in that time.
     """
     with unavailable():
-        async with asyncio.timeout(wait_s + timeout_s):
+        # A saturated event loop can be late to read a reply that Redis sent on
+        # time: allow at least a second beyond the block before calling it lost.
+        async with asyncio.timeout(wait_s + max(timeout_s, 1.0)):
             await blocking.xread(
                 {stream: _id_text(after or (0, 0))}, count=1, block=max(1, int(wait_s * 1000))
             )
