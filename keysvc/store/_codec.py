@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from keysvc.errors import InvalidArgumentError
@@ -49,6 +51,24 @@ def loads(text: str | bytes) -> dict[str, Any]:
     return value
 
 
+# Records decoded for the cache share what repeats across keys: owner and
+# policy ids, scope tuples, and the empty metadata mapping. At 100k+ cached
+# keys this is a good part of the per-key memory.
+_EMPTY_METADATA: Mapping[str, str] = MappingProxyType({})
+_SHARED_SCOPES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SHARED_SCOPES_MAX = 4096
+
+
+def _shared_scopes(values: Any) -> tuple[str, ...]:
+    scopes = tuple(sys.intern(str(s)) for s in values)
+    shared = _SHARED_SCOPES.get(scopes)
+    if shared is None:
+        if len(_SHARED_SCOPES) >= _SHARED_SCOPES_MAX:
+            _SHARED_SCOPES.clear()
+        shared = _SHARED_SCOPES[scopes] = scopes
+    return shared
+
+
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -83,13 +103,14 @@ def record_from_dict(data: Mapping[str, Any]) -> KeyRecord:
         key_id=str(data["key_id"]),
         key_hash=str(data["key_hash"]),
         hint=str(data.get("hint", "")),
-        owner_id=str(data.get("owner_id", "")),
+        owner_id=sys.intern(str(data.get("owner_id", ""))),
         created_at=float(data["created_at"]),
         updated_at=float(data["updated_at"]),
         name=str(data.get("name", "")),
-        policy_id=str(data.get("policy_id", "")),
-        scopes=tuple(str(s) for s in data.get("scopes", ())),
-        metadata={str(k): str(v) for k, v in dict(data.get("metadata", {})).items()},
+        policy_id=sys.intern(str(data.get("policy_id", ""))),
+        scopes=_shared_scopes(data.get("scopes", ())),
+        metadata={str(k): str(v) for k, v in dict(data["metadata"]).items()}
+        if data.get("metadata") else _EMPTY_METADATA,
         enabled=bool(data.get("enabled", True)),
         expires_at=_opt_float(data.get("expires_at")),
         revoke_at=_opt_float(data.get("revoke_at")),
