@@ -20,7 +20,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from keysvc.api._authz import Authorizer, AuthzConfig
-from keysvc.api.auth import AdminAuthInterceptor
+from keysvc.api.auth import AdminAuth
 from keysvc.api.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
 from keysvc.api.keyservice import KeyServiceServicer
 from keysvc.cache import KeyCache
@@ -122,13 +122,11 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server:
         ("grpc.max_receive_message_length", app.settings.max_request_bytes),
         ("grpc.so_reuseport", 1),
     ]
-    server = aio.server(
-        interceptors=[AdminAuthInterceptor(app.validator, admin_enabled=admin_enabled)],
-        options=options,
+    server = aio.server(options=options)  # no interceptors: they would run on every Validate
+    servicer = AdminAuth(app.validator, admin_enabled=admin_enabled).protect(
+        KeyServiceServicer(app.validator, app.admin, app.store)
     )
-    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        KeyServiceServicer(app.validator, app.admin, app.store), server
-    )
+    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     # Public like Validate: the admin interceptor passes every non-KeyService method through.
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(app.authorizer), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)

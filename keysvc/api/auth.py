@@ -1,7 +1,7 @@
-"""Admin authentication: a server interceptor in front of every admin RPC.
+"""Admin authentication in front of every admin RPC.
 
 Admin keys are ordinary keys whose effective scopes hold `keysvc:admin`. The
-interceptor validates the `authorization: Bearer <key>` metadata through the
+wrapper validates the `authorization: Bearer <key>` metadata through the
 same Validator as the hot path (so revocation reaches admin keys as fast as
 any other), audits every refusal, and runs the handler with the caller's
 key_id in `ACTOR`.
@@ -19,8 +19,9 @@ from grpc import aio
 from keysvc.model import ADMIN_SCOPE, Code
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.telemetry import audit_span
+from keysvc.v1 import keysvc_pb2
 
-__all__ = ["ACTOR", "PUBLIC_METHODS", "AdminAuthInterceptor"]
+__all__ = ["ACTOR", "PUBLIC_METHODS", "AdminAuth"]
 
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("keysvc_actor", default="")
 PUBLIC_METHODS = frozenset({"/keysvc.v1.KeyService/Validate", "/keysvc.v1.KeyService/BatchValidate"})
@@ -48,8 +49,12 @@ def _bearer(metadata: Any) -> str:
     return ""
 
 
-class AdminAuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+class AdminAuth:
     """Refuses admin RPCs without a working admin key.
+
+    Applied to the KeyService servicer's admin methods only (`protect`), not
+    as a server interceptor: grpc.aio runs every interceptor on every call,
+    and Validate and Check should pay nothing for admin authentication.
 
     Args:
         validator: the process's validator.
@@ -61,31 +66,15 @@ class AdminAuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._validator = validator
         self._admin_enabled = admin_enabled
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Wrap admin handlers with authentication; pass the rest through."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(_ADMIN_SERVICE) or method in PUBLIC_METHODS:
-            return handler
-        token = _bearer(handler_call_details.invocation_metadata)
-        action = method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, token, action),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, token, action),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+    def protect(self, servicer: Any) -> Any:
+        """Wrap every admin method of a KeyService servicer instance; return it."""
+        for method in keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].methods:
+            if f"{_ADMIN_SERVICE}{method.name}" in PUBLIC_METHODS:
+                continue
+            behaviour = getattr(servicer, method.name)
+            wrap = self._wrap_stream if method.server_streaming else self._wrap_unary
+            setattr(servicer, method.name, wrap(behaviour, method.name))
+        return servicer
 
     async def _authenticate(self, token: str, action: str, context: aio.ServicerContext[Any, Any]) -> str:
         """Return the admin key_id, or abort the call with the right status."""
@@ -124,9 +113,10 @@ class AdminAuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         await context.abort(code, message)
 
     def _wrap_unary(
-        self, behaviour: Callable[[Any, Any], Awaitable[Any]], token: str, action: str
+        self, behaviour: Callable[[Any, Any], Awaitable[Any]], action: str
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         async def authenticated(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            token = _bearer(context.invocation_metadata())
             actor = await self._authenticate(token, action, context)
             reset = ACTOR.set(actor)
             try:
@@ -142,9 +132,10 @@ class AdminAuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return authenticated
 
     def _wrap_stream(
-        self, behaviour: Callable[[Any, Any], AsyncIterator[Any]], token: str, action: str
+        self, behaviour: Callable[[Any, Any], AsyncIterator[Any]], action: str
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
         async def authenticated(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            token = _bearer(context.invocation_metadata())
             # Each RPC runs in its own task, so the value cannot leak to another call;
             # no reset, because a generator's cleanup may run in another context.
             actor = await self._authenticate(token, action, context)
