@@ -127,7 +127,7 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server:
         KeyServiceServicer(app.validator, app.admin, app.store)
     )
     keysvc_pb2_grpc.add_KeyServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    # Public like Validate: the admin interceptor passes every non-KeyService method through.
+    # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(app.authorizer), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
