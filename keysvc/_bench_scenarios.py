@@ -20,12 +20,15 @@ from keysvc.v1 import keysvc_pb2 as pb
 
 __all__ = [
     "EXTAUTHZ_METHOD", "NAMES", "VALIDATE_METHOD", "Fixture", "Scenario", "extauthz_request", "prepare",
-    "probe", "scenarios",
+    "probe", "scenarios", "stack_of",
 ]
 
 VALIDATE_METHOD = "/keysvc.v1.KeyService/Validate"
 EXTAUTHZ_METHOD = "/envoy.service.auth.v3.Authorization/Check"
-NAMES = ("floor", "floor-sync", "hit", "miss", "limited", "malformed", "extauthz", "hit-workers2")
+NAMES = ("floor", "hit", "miss", "limited", "malformed", "extauthz", "hit-workers2",
+         "floor-aio", "hit-aio", "miss-aio")
+_FLOOR_SYNC = ("--stack", "sync", "--threads", "16")  # as keysvc's default KEYSVC_GRPC_THREADS
+_AIO = ("--grpc-stack", "aio")
 # High enough that no run of any length on one core reaches it: the counter
 # is taken on every call, but never refuses.
 _NEVER_REACHED = 4_000_000_000
@@ -85,11 +88,9 @@ def scenarios(fixture: Fixture) -> dict[str, Scenario]:
     """Every scenario, by name, in the order of the table."""
     hit = _validate(fixture.hit_key)
     return {
-        "floor": Scenario("floor", "empty Validate handler on grpc.aio + uvloop, same-size answer",
-                          VALIDATE_METHOD, hit, floor=True),
-        "floor-sync": Scenario("floor-sync", "the same empty handler on the synchronous grpc.server "
-                               "(thread pool of 8): the other stack", VALIDATE_METHOD, hit,
-                               ("--stack", "sync", "--threads", "8"), floor=True),
+        "floor": Scenario("floor", "empty Validate handler on the synchronous grpc.server (16 threads, "
+                          "keysvc's default stack), same-size answer", VALIDATE_METHOD, hit, _FLOOR_SYNC,
+                          floor=True),
         "hit": Scenario("hit", "Validate, warm cache, key without limits: never leaves the process",
                         VALIDATE_METHOD, hit),
         "miss": Scenario("miss", "Validate with --cache-ttl-s 0: reads Redis on every call",
@@ -105,7 +106,18 @@ def scenarios(fixture: Fixture) -> dict[str, Scenario]:
         "hit-workers2": Scenario("hit-workers2", "hit on `serve --workers 2`: worker 0 on the server's "
                                  "core, worker 1 on the client's (shared with h2load and redis-server)",
                                  VALIDATE_METHOD, hit, ("--workers", "2"), workers=2),
+        "floor-aio": Scenario("floor-aio", "the same empty handler on grpc.aio + uvloop: the other stack",
+                              VALIDATE_METHOD, hit, floor=True),
+        "hit-aio": Scenario("hit-aio", "hit on --grpc-stack aio (keysvc's real handlers)", VALIDATE_METHOD,
+                            hit, _AIO),
+        "miss-aio": Scenario("miss-aio", "miss on --grpc-stack aio", VALIDATE_METHOD, hit,
+                             (*_AIO, "--cache-ttl-s", "0")),
     }
+
+
+def stack_of(name: str) -> str:
+    """The gRPC stack a scenario runs on: its name says so (`-aio`), else keysvc's default."""
+    return "aio" if name.endswith("-aio") else "sync"
 
 
 def _code_name(code: int) -> str:

@@ -195,11 +195,15 @@ def _median(runs: list[Row]) -> Row:
 
 
 def _ratios(rows: list[Row]) -> None:
+    from keysvc._bench_scenarios import stack_of
+
     by_name = {row.name: row for row in rows if row.status == "ok"}
-    floor, hit = by_name.get("floor"), by_name.get("hit")
+    hit = by_name.get("hit")
+    floors = {stack_of(row.name): row for row in by_name.values() if row.name.startswith("floor")}
     for row in rows:
         if row.status != "ok":
             continue
+        floor = floors.get(stack_of(row.name))  # each stack is compared with its own floor
         if floor is not None:
             row.qps_vs_floor = row.qps / floor.qps
             row.cpu_vs_floor = row.cpu_us_per_call / floor.cpu_us_per_call

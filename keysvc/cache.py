@@ -1,7 +1,10 @@
 """Bounded in-process caches of key records (by key hash) and policies. Pure, no I/O.
 
 Lookups and inserts are plain dict operations so the Validate cache-hit path
-stays a synchronous function that never leaves the process. Ages use a
+stays a synchronous function that never leaves the process. On the sync gRPC
+stack, reads run on several threads while the event loop's thread inserts and
+evicts: every method is a sequence of single dict operations (each atomic
+under the GIL) that tolerates an entry vanishing between two of them. Ages use a
 monotonic clock passed in by the caller (`now`), which keeps this testable.
 
 Consistency: the event follower calls `evict_key` / `evict_policy` / `clear`.
@@ -86,7 +89,10 @@ class KeyCache:
         if entry is not None:
             age = now - entry[1]
             if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
-                self._keys.move_to_end(key_hash)
+                try:  # noqa: SIM105 - free when nothing is raised; contextlib.suppress is a call
+                    self._keys.move_to_end(key_hash)
+                except KeyError:  # evicted by another thread since the read: still answerable
+                    pass
                 self.stats.hits += 1
                 return entry[0]
         self.stats.misses += 1
@@ -100,7 +106,7 @@ class KeyCache:
         if until > now:
             self.stats.negative_hits += 1
             return True
-        del self._negative[key_hash]
+        self._negative.pop(key_hash, None)  # pop: another thread may have dropped it already
         return False
 
     def put(self, record: KeyRecord, now: float, epoch: int) -> None:

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import signal
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import structlog
-from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from keysvc.api._authz import Authorizer, AuthzConfig
+from keysvc.api._threaded import Bridge, threaded_servicer
 from keysvc.api.auth import AdminAuth
 from keysvc.api.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
 from keysvc.api.keyservice import KeyServiceServicer
@@ -78,7 +83,7 @@ class App:
     follower: EventFollower
     health: Any
     authorizer: Authorizer
-    servers: list[aio.Server] = field(default_factory=list)
+    servers: list[aio.Server | grpc.Server] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http: HttpListener | None = None  # forward-auth, when `http_listen` is set
@@ -113,22 +118,39 @@ def build(settings: Settings, store: Store | None = None) -> App:
         store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
     )
     admin = AdminService(store, default_prefix=settings.key_prefix)
-    return App(settings, store, cache, validator, admin, follower, health_aio.HealthServicer(),
+    # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
+    checks = health.HealthServicer() if settings.grpc_stack == "sync" else health_aio.HealthServicer()
+    return App(settings, store, cache, validator, admin, follower, checks,
                Authorizer(validator, _authz_config(settings)))
 
 
-def _server(app: App, *, admin_enabled: bool) -> aio.Server:
-    options = [
-        ("grpc.max_receive_message_length", app.settings.max_request_bytes),
-        ("grpc.so_reuseport", 1),
-    ]
-    server = aio.server(options=options)  # no interceptors: they would run on every Validate
-    servicer = AdminAuth(app.validator, admin_enabled=admin_enabled).protect(
+def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
+    """One gRPC server on the configured stack, serving every service keysvc has."""
+    s = app.settings
+    options = [("grpc.max_receive_message_length", s.max_request_bytes), ("grpc.so_reuseport", 1)]
+    keyservice = AdminAuth(app.validator, admin_enabled=admin_enabled).protect(
         KeyServiceServicer(app.validator, app.admin, app.store)
     )
-    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    authorization: Any = AuthorizationServicer(app.authorizer)
+    server: aio.Server | grpc.Server
+    if s.grpc_stack == "sync":
+        # No interceptors on either stack: they would run on every Validate.
+        server = grpc.server(futures.ThreadPoolExecutor(s.grpc_threads, thread_name_prefix="grpc"),
+                             options=options)
+        # WatchEvents streams hold a thread each: they may take at most a quarter of the pool.
+        bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4))
+        blocking = {"Validate": functools.partial(keyservice.validate_blocking, bridge=bridge)}
+        keyservice = threaded_servicer(keyservice, keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"],
+                                       bridge, blocking)
+        authorization = threaded_servicer(
+            authorization, external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"], bridge,
+            {"Check": functools.partial(authorization.check_blocking, bridge=bridge)},
+        )
+    else:
+        server = aio.server(options=options)
+    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(keyservice, server)  # type: ignore[no-untyped-call]
     # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(app.authorizer), server)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -138,7 +160,7 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server:
     return server
 
 
-def _bind(server: aio.Server, address: str) -> int:
+def _bind(server: aio.Server | grpc.Server, address: str) -> int:
     port = server.add_insecure_port(address)
     if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")
@@ -151,7 +173,9 @@ async def _set_health(app: App, serving: bool) -> None:
     )
     app.serving = serving
     for service in ("", KEYSERVICE, AUTHORIZATION_SERVICE):
-        await app.health.set(service, status)
+        done = app.health.set(service, status)
+        if inspect.isawaitable(done):  # grpc.aio's servicer; the sync one sets at once
+            await done
 
 
 async def _probe_store(app: App) -> None:
@@ -200,7 +224,9 @@ async def start(app: App) -> None:
     with contextlib.suppress(StoreUnavailableError):
         await app.follower.start()
     for server in app.servers:
-        await server.start()
+        started = server.start()
+        if started is not None:  # grpc.aio's start is a coroutine; grpc.server's returns None
+            await started
     http_port = await _start_http(app) if s.http_listen else None
     if s.metrics_listen:
         from keysvc import metrics
@@ -212,7 +238,7 @@ async def start(app: App) -> None:
         asyncio.create_task(_write_last_used(app), name="last-used"),
         asyncio.create_task(DeadlineAnnouncer(app.store).run(), name="deadlines"),
     ]
-    log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen,
+    log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen, stack=s.grpc_stack,
              ports=app.ports, store=_store_kind(s), http_listen=s.http_listen, http_port=http_port)
 
 
@@ -247,11 +273,23 @@ async def _cancel(tasks: list[asyncio.Task[None]], bound_s: float = 3.0) -> None
             return
 
 
+async def _stop_server(server: aio.Server | grpc.Server, grace_s: float) -> None:
+    """Drain one server within `grace_s`; the loop keeps running meanwhile.
+
+    The sync stack's in-flight calls may be waiting for coroutines on this loop
+    (misses, admin RPCs), so its drain is waited for on a thread, never here.
+    """
+    if isinstance(server, aio.Server):
+        await server.stop(grace_s)
+    else:
+        await asyncio.to_thread(server.stop(grace_s).wait)
+
+
 async def stop(app: App) -> None:
     """Flip health, drain in-flight calls within the grace period, release the store."""
     await _set_health(app, serving=False)
     grace = app.settings.shutdown_grace_s
-    await asyncio.gather(*(server.stop(grace) for server in app.servers),
+    await asyncio.gather(*(_stop_server(server, grace) for server in app.servers),
                          *([app.http.stop()] if app.http is not None else []))
     await _cancel(app.tasks)
     batch = app.validator.drain_last_used()

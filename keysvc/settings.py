@@ -49,6 +49,10 @@ class Settings:
     shutdown_grace_s: float = _f(5.0, "How long SIGTERM waits for in-flight calls before exiting.")
     max_request_bytes: int = _f(65_536, "Largest gRPC request accepted, in bytes.")
     workers: int = _f(1, "Server processes sharing the listen ports (SO_REUSEPORT), each with its own cache.")
+    grpc_stack: str = _f(
+        "sync", "gRPC server stack: sync (grpc.server, a thread pool) or aio (grpc.aio on the event loop)."
+    )
+    grpc_threads: int = _f(16, "Threads of the sync stack's pool: the most calls it runs at once.")
     http_listen: str = _f(
         "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."
     )
@@ -68,6 +72,7 @@ class Settings:
 
 
 _LOG_FORMATS = ("auto", "json", "console")
+_GRPC_STACKS = ("sync", "aio")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -106,6 +111,14 @@ def _check(s: Settings) -> None:
     _check_authz(s, bad)
     _check_workers(s, bad)
     _check_metrics(s, bad)
+    _check_stack(s, bad)
+
+
+def _check_stack(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    if s.grpc_stack not in _GRPC_STACKS:
+        raise bad("grpc_stack", f"must be one of {', '.join(_GRPC_STACKS)}")
+    if s.grpc_threads < 4:
+        raise bad("grpc_threads", "must be >= 4 (calls waiting on the store must not stall the rest)")
 
 
 def _check_metrics(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:

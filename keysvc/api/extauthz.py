@@ -14,9 +14,12 @@ JSON round trips; a key's response is built once and reused.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
+from concurrent.futures import CancelledError
 from typing import Any
 
+import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
@@ -27,6 +30,7 @@ from grpc import aio
 
 from keysvc.api._authz import Authorizer, AuthzResult
 from keysvc.api._status import status_for
+from keysvc.api._threaded import Bridge
 
 __all__ = ["AUTHORIZATION_SERVICE", "AuthorizationServicer", "check_response"]
 
@@ -99,7 +103,7 @@ def _headers(http: Any) -> Mapping[str, str]:
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
-    """Serves envoy.service.auth.v3.Authorization/Check on grpc.aio.
+    """Serves envoy.service.auth.v3.Authorization/Check on grpc.aio or grpc.server.
 
     Args:
         authorizer: the shared proxy authorizer.
@@ -126,6 +130,25 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
             raise
         return response
 
+    def check_blocking(
+        self, request: pb.CheckRequest, context: grpc.ServicerContext, bridge: Bridge
+    ) -> pb.CheckResponse:
+        """Check on a sync-stack thread: a hit answers here, a miss waits for the loop."""
+        try:
+            authorizer = self._authorizer
+            attributes = request.attributes
+            http = attributes.request.http
+            authz = authorizer.read(_headers(http), http.method, http.path,
+                                    attributes.source.address.socket_address.address)
+            result = authorizer.check_cached(authz)
+            if result is None:
+                result = bridge.run(authorizer.check_from_store(authz), context)
+            return self._response(result)
+        except CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
+        except Exception as exc:  # an unknown error is INTERNAL, logged by status_for
+            context.abort(*status_for(exc, "Check"))
+
     def _response(self, result: AuthzResult) -> pb.CheckResponse:
         if result.status == 429:  # its headers count down: not worth keeping
             return check_response(result)
@@ -134,6 +157,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
         if response is None:
             response = check_response(result)
             if len(responses) >= _MAX_RESPONSES:
-                del responses[next(iter(responses))]  # the oldest
+                with contextlib.suppress(StopIteration, KeyError):  # threads race for the oldest
+                    del responses[next(iter(responses))]
             responses[result] = response
         return response

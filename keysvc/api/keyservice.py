@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import CancelledError
 from typing import Any, TypeVar
 
+import grpc
 from grpc import aio
 
 from keysvc.api import _convert as conv
 from keysvc.api._status import status_for
+from keysvc.api._threaded import Bridge
 from keysvc.api.auth import ACTOR
 from keysvc.errors import InvalidArgumentError, KeysvcError
 from keysvc.model import Code, Decision, KeyStatus
@@ -20,11 +23,12 @@ from keysvc.store.base import Store
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc as pb_grpc
 
-__all__ = ["KeyServiceServicer"]
+__all__ = ["CURSOR_METADATA", "KeyServiceServicer"]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _Context = aio.ServicerContext[Any, Any]
+CURSOR_METADATA = "x-keysvc-cursor"  # WatchEvents: the cursor the stream starts after
 MAX_REQUIRED_SCOPES = 64
 MAX_BATCH = 100
 _MAX_MEMO = 65_536
@@ -58,7 +62,7 @@ def _optional_duration(message: Any, field: str) -> float | None:
 
 
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
-    """Serves keysvc.v1.KeyService on grpc.aio."""
+    """Serves keysvc.v1.KeyService on grpc.aio (and, through `_threaded`, on grpc.server)."""
 
     def __init__(self, validator: Validator, admin: AdminService, store: Store) -> None:
         self._validator = validator
@@ -94,6 +98,23 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         decision = validator.check_cached(validation)
         if decision is None:
             decision = await validator.validate_from_store(validation)
+        return self._response(decision)
+
+    def validate_blocking(
+        self, request: pb.ValidateRequest, context: grpc.ServicerContext, bridge: Bridge
+    ) -> pb.ValidateResponse:
+        """Validate on a sync-stack thread: a hit answers here, a miss waits for the loop."""
+        try:
+            validation = _validation_request(request)
+        except InvalidArgumentError as exc:
+            context.abort(*status_for(exc, "Validate"))
+        validator = self._validator
+        decision = validator.check_cached(validation)
+        if decision is None:
+            try:
+                decision = bridge.run(validator.validate_from_store(validation), context)
+            except CancelledError:
+                context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
         return self._response(decision)
 
     @_rpc
@@ -242,9 +263,18 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: _Context
     ) -> AsyncIterator[pb.WatchEventsResponse]:
-        """Stream events after `since` until the client goes away."""
+        """Stream events after `since` until the client goes away.
+
+        The start is fixed (and sent as `x-keysvc-cursor` initial metadata)
+        before the first event, so "from now" means from when the headers left.
+        """
+        since, from_beginning = request.since, request.from_beginning
         try:
-            async for event in watch(self._store, request.since, from_beginning=request.from_beginning):
+            if not since and not from_beginning:
+                since = await self._store.last_cursor()
+                from_beginning = not since  # an empty log: all that is appended from now on
+            await context.send_initial_metadata(((CURSOR_METADATA, since),))
+            async for event in watch(self._store, since, from_beginning=from_beginning):
                 yield pb.WatchEventsResponse(event=conv.event_to_pb(event))
         except KeysvcError as exc:
             await context.abort(*status_for(exc, "WatchEvents"))

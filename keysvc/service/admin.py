@@ -247,7 +247,11 @@ class AdminService:
                 raise FailedPreconditionError(
                     f"key {key_id} is already being revoked sooner; revocation is never postponed"
                 )
-            updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1)
+            # A revocation that takes effect now is announced by its own key.revoked event;
+            # only a scheduled one is left for the DeadlineAnnouncer.
+            announced = revoke_at if grace_s == 0 else record.announced_through
+            updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1,
+                              announced_through=announced)
             await self._store.update_key(
                 updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record)
             )

@@ -2,7 +2,9 @@
 
 `check_cached` is a plain synchronous function: it answers from process
 memory or returns None, and never awaits, locks or touches the network, so
-the gRPC stack under it is a choice made by measurement. `validate` adds the
+the gRPC stack under it is a choice made by measurement. It may run on several
+threads at once (the sync stack) while the loop's thread runs everything else:
+its shared maps are only read or changed by single, GIL-atomic operations. `validate` adds the
 store round trips for misses and for keys with counters.
 """
 
@@ -135,7 +137,7 @@ class Validator:
         if blocked is None:
             return None
         if blocked[0] <= now:
-            del self._over_limit[key_id]
+            self._over_limit.pop(key_id, None)  # pop: another thread may have dropped it already
             return None
         return Decision(
             Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
@@ -261,6 +263,6 @@ class Validator:
         # Over-limit memos of windows that have ended are dead weight: drop them here,
         # off the hot path, so that map stays bounded too.
         now = self._clock()
-        for key_id in [k for k, (reset_at, _) in self._over_limit.items() if reset_at <= now]:
-            del self._over_limit[key_id]
+        for key_id in [k for k, (reset_at, _) in list(self._over_limit.items()) if reset_at <= now]:
+            self._over_limit.pop(key_id, None)
         return drained

@@ -215,7 +215,10 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """WatchEvents streams lifecycle events after a cursor.
+        """WatchEvents streams lifecycle events after a cursor. Its initial metadata
+        (headers) is sent once the start is fixed, with `x-keysvc-cursor` set to
+        the cursor it starts after ("" = the log's beginning): a client that waits
+        for the headers before making changes sees every one of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

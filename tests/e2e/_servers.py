@@ -85,13 +85,20 @@ def bootstrap(store: str, *extra: str) -> tuple[str, str]:
     return data["key_id"], data["secret"]
 
 
+STACKS = ("sync", "aio")  # the gRPC server stacks keysvc can run on
+
+
 def launch(store: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None,
-           listen: str = "", wait: bool = True) -> ServerProcess:
-    """Start `keysvc serve` on a free loopback port (or `listen`), JSON logs to a file."""
+           listen: str = "", wait: bool = True, stack: str = "") -> ServerProcess:
+    """Start `keysvc serve` on a free loopback port (or `listen`), JSON logs to a file.
+
+    `stack` picks the gRPC server stack (default: keysvc's default).
+    """
     addr = listen or f"127.0.0.1:{free_port()}"
     log_path = log_dir / f"server-{addr.replace(':', '_').replace('/', '_')}.log"
     cmd = keysvc_cmd("serve", "--listen", addr, "--store", store,
-                     "--log-format", "json", "--log-level", "debug", *extra)
+                     "--log-format", "json", "--log-level", "debug", *extra,
+                     *(("--grpc-stack", stack) if stack else ()))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e._servers import ServerProcess, launch
+from tests.e2e._servers import STACKS, ServerProcess, launch
 
 
 @pytest.fixture
@@ -31,3 +31,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/keysvc.db"
+
+
+@pytest.fixture(params=STACKS)
+def stack(request: pytest.FixtureRequest) -> str:
+    """Each gRPC server stack in turn, for the tests that must hold on both."""
+    return str(request.param)

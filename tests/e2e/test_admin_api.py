@@ -17,9 +17,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def admin(start_server: Callable[..., ServerProcess], sqlite_url: str) -> tuple[ServerProcess, list[tuple[str, str]]]:
+def admin(
+    start_server: Callable[..., ServerProcess], sqlite_url: str, stack: str
+) -> tuple[ServerProcess, list[tuple[str, str]]]:
     _, secret = bootstrap(sqlite_url)
-    return start_server(sqlite_url), [("authorization", f"Bearer {secret}")]
+    return start_server(sqlite_url, stack=stack), [("authorization", f"Bearer {secret}")]
 
 
 def status_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:

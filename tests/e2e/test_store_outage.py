@@ -72,11 +72,13 @@ def wait_until(predicate: Callable[[], bool], bound_s: float, what: str) -> None
         time.sleep(0.05)
 
 
-def test_redis_outage_and_recovery(start_server: Callable[..., ServerProcess], own_redis: RedisProcess) -> None:
+def test_redis_outage_and_recovery(
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess, stack: str
+) -> None:
     _, admin_secret = bootstrap(own_redis.url)
     md = [("authorization", f"Bearer {admin_secret}")]
     server = start_server(own_redis.url, "--cache-ttl-s", "0.5", "--stale-window-s", "60",
-                          "--store-timeout-ms", "100")
+                          "--store-timeout-ms", "100", stack=stack)
     stub = server.stub()
     cached = stub.CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=5)
     uncached = stub.CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=5)

@@ -86,10 +86,10 @@ def walk(
 
 
 def test_walkthrough_on_redis_two_servers(
-    start_server: Callable[..., ServerProcess], redis_url: str
+    start_server: Callable[..., ServerProcess], redis_url: str, stack: str
 ) -> None:
     _, admin_secret = bootstrap(redis_url)
-    first, second = start_server(redis_url), start_server(redis_url)
+    first, second = start_server(redis_url, stack=stack), start_server(redis_url, stack=stack)
     secrets = walk(first, second, admin_secret, propagation_bound_s=0.1)
 
     # No plaintext key anywhere in Redis: every key name and every value of every type.
@@ -178,7 +178,8 @@ def test_admin_auth_refusals_are_audited(
     assert admin_id
 
 
-def test_sigterm_exits_zero(start_server: Callable[..., ServerProcess], sqlite_url: str) -> None:
-    server = start_server(sqlite_url)
+def test_sigterm_exits_zero(start_server: Callable[..., ServerProcess], sqlite_url: str, stack: str) -> None:
+    server = start_server(sqlite_url, stack=stack)
     assert server.stop() == 0
     assert "keysvc stopped" in server.logs()
+    assert f'"stack": "{stack}"' in server.logs()

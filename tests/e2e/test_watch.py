@@ -23,12 +23,12 @@ def make_keys(stub: object, md: list[tuple[str, str]], owner: str, count: int) -
 
 @pytest.mark.parametrize("store_kind", ["redis", "sqlite"])
 def test_resume_after_disconnect_loses_and_repeats_nothing(
-    start_server: Callable[..., ServerProcess], store_kind: str, request: pytest.FixtureRequest
+    start_server: Callable[..., ServerProcess], store_kind: str, request: pytest.FixtureRequest, stack: str
 ) -> None:
     store = request.getfixturevalue("redis_url" if store_kind == "redis" else "sqlite_url")
     _, admin_secret = bootstrap(store)
     md = [("authorization", f"Bearer {admin_secret}")]
-    server = start_server(store)
+    server = start_server(store, stack=stack)
     stub = server.stub()
     start = stub.CreateKey(pb.CreateKeyRequest(owner_id="marker"), metadata=md, timeout=5)
     # Find the cursor of the marker event, then watch from it.
@@ -58,11 +58,11 @@ def test_resume_after_disconnect_loses_and_repeats_nothing(
 
 
 def test_live_events_arrive_and_old_cursors_are_out_of_range(
-    start_server: Callable[..., ServerProcess], redis_url: str
+    start_server: Callable[..., ServerProcess], redis_url: str, stack: str
 ) -> None:
     _, admin_secret = bootstrap(redis_url)
     md = [("authorization", f"Bearer {admin_secret}")]
-    server = start_server(redis_url, "--event-retention", "5")
+    server = start_server(redis_url, "--event-retention", "5", stack=stack)
     stub = server.stub()
     live = stub.WatchEvents(pb.WatchEventsRequest(), metadata=md, timeout=30)
     received: list[pb.Event] = []
@@ -75,6 +75,8 @@ def test_live_events_arrive_and_old_cursors_are_out_of_range(
                 done.set()
                 return
 
+    # The headers leave once the stream's start is fixed: changes made after them are all seen.
+    start = dict(live.initial_metadata())["x-keysvc-cursor"]
     thread = threading.Thread(target=consume)
     thread.start()
     first = stub.CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=5).key.key_id
@@ -85,6 +87,7 @@ def test_live_events_arrive_and_old_cursors_are_out_of_range(
     thread.join(5)
     assert [e.type for e in received] == ["key.created", "policy.created", "key.revoked"]
     assert received[0].actor and received[2].key_id == first
+    assert start and start not in {e.cursor for e in received}  # bootstrap made the first event
 
     old_cursor = received[0].cursor
     make_keys(stub, md, "o", 300)  # far past the retention of 5 (trimming is approximate)

@@ -78,3 +78,19 @@ async def test_a_new_expiry_is_announced_again(stores: tuple[Store, Store]) -> N
     assert await announcer.run_once() == 0
     clock[0] = T0 + 61
     assert await announcer.run_once() == 1
+
+
+async def test_an_immediate_revocation_is_announced_once_not_again_by_schedule(
+    stores: tuple[Store, Store],
+) -> None:
+    clock = [T0]
+    store, _ = stores
+    admin = AdminService(store, clock=lambda: clock[0])
+    view, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 50)
+    start = await store.last_cursor()
+    await admin.revoke_key("a", view.record.key_id)
+    announcer = DeadlineAnnouncer(store, clock=lambda: clock[0])
+    clock[0] = T0 + 100  # past the revocation and the (now moot) expiry
+    assert await announcer.run_once() == 0
+    events = [e.type for e in await store.read_events(start, 100, 0.1)]
+    assert events == [EventType.KEY_REVOKED]
