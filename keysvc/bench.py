@@ -80,7 +80,7 @@ def _say(message: str) -> None:
 
 def _pinning(options: BenchOptions) -> str:
     if options.server_cpu is None:
-        return "not pinned (fewer than 2 CPUs available)"
+        return "not pinned (--unpinned, or fewer than 2 CPUs available): the kernel places every process"
     return (f"server on CPU {options.server_cpu} (taskset -c {options.server_cpu}); "
             f"h2load and redis-server on CPU {options.client_cpu} (taskset -c {options.client_cpu})")
 
@@ -326,7 +326,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     if rounds < 1:
         raise ConfigError("--rounds must be >= 1")
     cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+    pin = len(cpus) >= 2 and not args.unpinned
+    server_cpu, client_cpu = (cpus[0], cpus[1]) if pin else (None, None)
     return BenchOptions(
         scenarios=names, duration_s=duration, warmup_s=0.3 if args.quick else 1.0,
         connections=args.concurrency, streams=args.streams, server_cpu=server_cpu, client_cpu=client_cpu,

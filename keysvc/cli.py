@@ -528,6 +528,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     p.add_argument("--memory-keys", help="cache sizes for --memory (default 100000,1000000; --quick 10000)")
     p.add_argument("--propagation", action="store_true", help="also time revocations between two servers")
     p.add_argument("--revocations", type=int, help="revocations timed by --propagation (default 200)")
+    p.add_argument("--unpinned", action="store_true",
+                   help="let the kernel place server, h2load and Redis (default: taskset, a core each)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_bench)
     return parser
