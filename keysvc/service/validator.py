@@ -84,7 +84,7 @@ class Validator:
 
     def _grant(self, record: KeyRecord, policy: Policy | None) -> Grant:
         grant = self._grants.get(record.key_hash)
-        if grant is None or grant.record is not record or grant.policy is not policy:
+        if grant is None or grant.valid.record is not record or grant.valid.policy is not policy:
             grants = self._grants
             if len(grants) >= self._grants_max:
                 grants.clear()
