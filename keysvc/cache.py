@@ -8,16 +8,41 @@ Consistency: the event follower calls `evict_key` / `evict_policy` / `clear`.
 A store read that started before such an invalidation must not repopulate
 the cache with what it read, so every insert carries the `epoch` the reader
 saw before going to the store, and is dropped if an invalidation came after.
+
+Memory: a cached key is one dict entry and one `CachedKey` (the record, its
+age, its grant), nothing else per key. At a million cached keys every object
+and field here costs megabytes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keysvc.model import KeyRecord, Policy
 
-__all__ = ["CacheStats", "KeyCache"]
+if TYPE_CHECKING:
+    from keysvc.policy import Grant
+
+__all__ = ["CacheStats", "CachedKey", "KeyCache"]
+
+
+class CachedKey:
+    """One cached key: its record, when it was cached, and what it grants.
+
+    `grant` starts as None; the Validator sets it on first use and replaces it
+    whole when the key's policy changes, so a reader on another thread sees the
+    old grant or the new one, never a mix. An entry leaves the cache with its
+    grant: nothing else holds per-key state.
+    """
+
+    __slots__ = ("cached_at", "grant", "record")
+
+    def __init__(self, record: KeyRecord, cached_at: float) -> None:
+        self.record = record
+        self.cached_at = cached_at
+        self.grant: Grant | None = None
 
 
 @dataclass(slots=True)
@@ -71,7 +96,7 @@ class KeyCache:
         self.negative_max = negative_max
         self.negative_ttl_s = negative_ttl_s
         self.stale_window_s = stale_window_s
-        self._keys: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        self._keys: OrderedDict[str, CachedKey] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._policies: dict[str, tuple[Policy, float]] = {}
         self.epoch = 0
@@ -80,15 +105,16 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def get(self, key_hash: str, now: float, *, stale_ok: bool = False) -> KeyRecord | None:
-        """Return the cached record for `key_hash` if fresh (or within the stale window)."""
-        entry = self._keys.get(key_hash)
+    def get(self, key_hash: str, now: float, *, stale_ok: bool = False) -> CachedKey | None:
+        """Return the cached key for `key_hash` if fresh (or within the stale window)."""
+        keys = self._keys
+        entry = keys.get(key_hash)
         if entry is not None:
-            age = now - entry[1]
+            age = now - entry.cached_at
             if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
-                self._keys.move_to_end(key_hash)
+                keys.move_to_end(key_hash)
                 self.stats.hits += 1
-                return entry[0]
+                return entry
         self.stats.misses += 1
         return None
 
@@ -103,17 +129,25 @@ class KeyCache:
         del self._negative[key_hash]
         return False
 
-    def put(self, record: KeyRecord, now: float, epoch: int) -> None:
-        """Cache `record` unless an invalidation happened after `epoch` was read."""
+    def put(self, record: KeyRecord, now: float, epoch: int) -> CachedKey:
+        """Cache `record` unless an invalidation happened after `epoch` was read.
+
+        Returns:
+            The entry made for `record`, also when it was not cached, so the
+            caller answers the same way either way.
+        """
+        entry = CachedKey(record, now)
         if epoch != self.epoch:
-            return
+            return entry
+        key_hash = entry.record.key_hash
         keys = self._keys
-        keys[record.key_hash] = (record, now)
-        keys.move_to_end(record.key_hash)
-        self._negative.pop(record.key_hash, None)
+        keys[key_hash] = entry
+        keys.move_to_end(key_hash)
+        self._negative.pop(key_hash, None)
         while len(keys) > self.max_keys:
             keys.popitem(last=False)
             self.stats.evictions += 1
+        return entry
 
     def put_unknown(self, key_hash: str, now: float, epoch: int) -> None:
         """Remember that `key_hash` does not exist, briefly and within a bound."""
