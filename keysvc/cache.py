@@ -9,15 +9,17 @@ A store read that started before such an invalidation must not repopulate
 the cache with what it read, so every insert carries the `epoch` the reader
 saw before going to the store, and is dropped if an invalidation came after.
 
-Memory: a cached key is one dict entry and one `CachedKey` (the record, its
-age, its grant), nothing else per key. At a million cached keys every object
-and field here costs megabytes.
+Memory: a cached key is one dict entry and one `CachedKey` (the record as
+cached, its age, its grant), nothing else per key; the record keeps only what
+decides and identifies a call (`cached_record`). At a million cached keys
+every object and field here costs megabytes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from keysvc.model import KeyRecord, Policy
@@ -25,11 +27,45 @@ from keysvc.model import KeyRecord, Policy
 if TYPE_CHECKING:
     from keysvc.policy import Grant
 
-__all__ = ["CacheStats", "CachedKey", "KeyCache"]
+__all__ = ["CacheStats", "CachedKey", "KeyCache", "cached_record"]
+
+# Records cached with the same metadata share one mapping (metadata is often a
+# team or an environment: the same few entries on thousands of keys). Bounded:
+# when full it starts over, which costs sharing, never correctness.
+_SHARED_METADATA: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+_SHARED_METADATA_MAX = 4096
+
+
+def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    if not metadata:
+        return metadata
+    items = tuple(metadata.items())
+    shared = _SHARED_METADATA.get(items)
+    if shared is None:
+        if len(_SHARED_METADATA) >= _SHARED_METADATA_MAX:
+            _SHARED_METADATA.clear()
+        shared = _SHARED_METADATA[items] = metadata
+    return shared
+
+
+def cached_record(record: KeyRecord) -> KeyRecord:
+    """The part of `record` the cache keeps: what decides and identifies a call.
+
+    Validation reads the ids, scopes, metadata, state and deadlines of a key;
+    its name, hint, timestamps, rotation links and announced deadline are for
+    admins, who read the store. They are left at their defaults here, which
+    saves a few hundred bytes per cached key; any other field (one added later
+    included) is kept. Metadata equal to another cached key's is shared with it
+    (records are frozen; nothing mutates their metadata).
+    """
+    return replace(
+        record, name="", hint="", created_at=0.0, updated_at=0.0, rotated_from="", rotated_to="",
+        announced_through=0.0, metadata=_shared_metadata(record.metadata),
+    )
 
 
 class CachedKey:
-    """One cached key: its record, when it was cached, and what it grants.
+    """One cached key: its record as cached, when it was cached, and what it grants.
 
     `grant` starts as None; the Validator sets it on first use and replaces it
     whole when the key's policy changes, so a reader on another thread sees the
@@ -59,6 +95,8 @@ class CacheStats:
 
 class KeyCache:
     """LRU of key records by key hash, a short negative cache, and policies by id.
+
+    Records are kept as `cached_record` trims them.
 
     Args:
         max_keys: most key records held; the least recently used goes first.
@@ -133,10 +171,10 @@ class KeyCache:
         """Cache `record` unless an invalidation happened after `epoch` was read.
 
         Returns:
-            The entry made for `record`, also when it was not cached, so the
-            caller answers the same way either way.
+            The entry made from `record` (trimmed as cached), also when it was
+            not cached, so the caller answers from the same record either way.
         """
-        entry = CachedKey(record, now)
+        entry = CachedKey(cached_record(record), now)
         if epoch != self.epoch:
             return entry
         key_hash = entry.record.key_hash

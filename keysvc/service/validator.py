@@ -50,6 +50,9 @@ class ValidationRequest(NamedTuple):
 class Validator:
     """Answers validation requests from the cache, falling back to the store.
 
+    A decision's record is the key as the cache keeps it (`keysvc.cache.cached_record`):
+    ids, scopes, metadata, state and deadlines, not its name, hint or times.
+
     Args:
         store: the backend.
         cache: the process's key cache (shared with the event follower).

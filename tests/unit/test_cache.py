@@ -1,10 +1,10 @@
-"""keysvc.cache: LRU of key records, negative cache, policies, epochs."""
+"""keysvc.cache: LRU of key records, negative cache, policies, epochs, what is kept per key."""
 
 from __future__ import annotations
 
 import pytest
 
-from keysvc.cache import CachedKey, KeyCache
+from keysvc.cache import CachedKey, KeyCache, cached_record
 from keysvc.model import KeyRecord, Policy
 
 pytestmark = pytest.mark.unit
@@ -248,24 +248,55 @@ def test_put_policy_replaces_the_cached_version() -> None:
     assert cached.version == 2
 
 
-# -- one entry per key ------------------------------------------------------------
+# -- what is kept per key ----------------------------------------------------------
 
 
-def test_put_returns_the_entry_that_get_returns() -> None:
+def full_record(key_hash: str, **fields: object) -> KeyRecord:
+    values: dict[str, object] = {
+        "key_id": f"key_{key_hash}", "key_hash": key_hash, "hint": "ks_abcd", "owner_id": "owner",
+        "created_at": 10.0, "updated_at": 20.0, "name": "billing", "policy_id": "p",
+        "scopes": ("read",), "metadata": {"team": "a"}, "enabled": False, "expires_at": 30.0,
+        "revoke_at": 40.0, "rotated_from": "key_old", "rotated_to": "key_new", "has_quota": True,
+        "revision": 7, "announced_through": 25.0,
+    }
+    values.update(fields)
+    return KeyRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_cached_record_keeps_what_decides_and_identifies_a_call() -> None:
+    full = full_record("h")
+    kept = cached_record(full)
+    decides = ("key_id", "key_hash", "owner_id", "policy_id", "scopes", "metadata", "enabled",
+               "expires_at", "revoke_at", "has_quota", "revision")
+    assert {f: getattr(kept, f) for f in decides} == {f: getattr(full, f) for f in decides}
+    # Admin-only fields are not kept: admins read the store.
+    assert (kept.name, kept.hint, kept.rotated_from, kept.rotated_to) == ("", "", "", "")
+    assert (kept.created_at, kept.updated_at, kept.announced_through) == (0.0, 0.0, 0.0)
+
+
+def test_cached_records_with_equal_metadata_share_it() -> None:
+    first = cached_record(full_record("a", metadata={"team": "a"}))
+    second = cached_record(full_record("b", metadata={"team": "a"}))
+    other = cached_record(full_record("c", metadata={"team": "b"}))
+    assert first.metadata is second.metadata
+    assert other.metadata == {"team": "b"}
+
+
+def test_put_returns_the_entry_it_cached_as_get_returns_it() -> None:
     cache = make_cache()
-    entry = cache.put(record("h"), 100.0, cache.epoch)
+    entry = cache.put(full_record("h"), 100.0, cache.epoch)
     assert cache.get("h", 100.0) is entry
-    assert entry.record == record("h")
+    assert entry.record == cached_record(full_record("h"))
     assert entry.grant is None  # the Validator works it out on first use
 
 
-def test_put_dropped_by_an_old_epoch_still_returns_an_entry() -> None:
+def test_put_dropped_by_an_old_epoch_still_returns_the_trimmed_entry() -> None:
     cache = make_cache()
     seen = cache.epoch
     cache.evict_key("other")
-    entry = cache.put(record("h"), 100.0, seen)
+    entry = cache.put(full_record("h"), 100.0, seen)
     assert isinstance(entry, CachedKey)
-    assert entry.record == record("h")
+    assert entry.record == cached_record(full_record("h"))
     assert cache.get("h", 100.0) is None
 
 
