@@ -13,6 +13,12 @@ Memory: a cached key is one dict entry and one `CachedKey` (the record as
 cached, its age, its grant), nothing else per key; the record keeps only what
 decides and identifies a call (`cached_record`). At a million cached keys
 every object and field here costs megabytes.
+
+Threads: reads (`get`, `is_unknown`, `get_policy`) may run on other threads
+while the event loop inserts and evicts. They never check-then-act on a
+shared map: an entry removed between the lookup and what follows it is
+answered as found (or, for an expired negative entry, as gone), never a
+KeyError.
 """
 
 from __future__ import annotations
@@ -134,6 +140,9 @@ class KeyCache:
         self.negative_max = negative_max
         self.negative_ttl_s = negative_ttl_s
         self.stale_window_s = stale_window_s
+        # OrderedDict, not a dict re-inserted on each hit: `move_to_end` is one
+        # atomic step, where pop-and-reinsert from a reader thread could put
+        # back an entry the event follower has just evicted.
         self._keys: OrderedDict[str, CachedKey] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._policies: dict[str, tuple[Policy, float]] = {}
@@ -150,7 +159,11 @@ class KeyCache:
         if entry is not None:
             age = now - entry.cached_at
             if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
-                keys.move_to_end(key_hash)
+                # Not contextlib.suppress: that is a context manager per cache hit.
+                try:  # noqa: SIM105
+                    keys.move_to_end(key_hash)
+                except KeyError:  # evicted by another thread since the lookup: still answerable
+                    pass
                 self.stats.hits += 1
                 return entry
         self.stats.misses += 1
@@ -164,7 +177,7 @@ class KeyCache:
         if until > now:
             self.stats.negative_hits += 1
             return True
-        del self._negative[key_hash]
+        self._negative.pop(key_hash, None)
         return False
 
     def put(self, record: KeyRecord, now: float, epoch: int) -> CachedKey:

@@ -138,7 +138,7 @@ class Validator:
         if blocked is None:
             return None
         if blocked[0] <= now:
-            del self._over_limit[key_id]
+            self._over_limit.pop(key_id, None)  # the drain may have dropped it meanwhile
             return None
         return Decision(
             Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
@@ -267,6 +267,8 @@ class Validator:
         # Over-limit memos of windows that have ended are dead weight: drop them here,
         # off the hot path, so that map stays bounded too.
         now = self._clock()
-        for key_id in [k for k, (reset_at, _) in self._over_limit.items() if reset_at <= now]:
-            del self._over_limit[key_id]
+        # A copy to iterate: hot-path threads may remove memos meanwhile.
+        for key_id, (reset_at, _) in self._over_limit.copy().items():
+            if reset_at <= now:
+                self._over_limit.pop(key_id, None)
         return drained

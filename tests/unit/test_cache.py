@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import pytest
 
 from keysvc.cache import CachedKey, KeyCache, cached_record
@@ -308,3 +311,36 @@ def test_a_reinserted_key_is_a_new_entry_without_the_old_grant() -> None:
     assert new is not old
     assert new.grant is None
     assert cache.get("h", 101.0) is new
+
+
+# -- reads racing the event loop (the hot path may run on other threads) ----------
+
+
+class _EvictedDuringRead(OrderedDict[str, Any]):
+    """A key map whose entry another thread removes between lookup and reordering."""
+
+    def move_to_end(self, key: str, last: bool = True) -> None:
+        self.pop(key, None)
+        super().move_to_end(key, last)
+
+
+def test_a_hit_evicted_between_lookup_and_reordering_is_still_answered() -> None:
+    cache = make_cache()
+    entry = cache.put(record("h"), 100.0, cache.epoch)
+    cache._keys = _EvictedDuringRead(cache._keys)
+    assert cache.get("h", 100.0) is entry
+    assert cache.get("h", 100.0) is None  # and it stays evicted
+
+
+def test_an_expired_negative_entry_removed_meanwhile_is_not_an_error() -> None:
+    cache = make_cache()
+    cache.put_unknown("u", 100.0, cache.epoch)
+
+    class _Gone(OrderedDict[str, float]):
+        def get(self, key: str, default: Any = None) -> Any:
+            value = super().get(key, default)
+            self.pop(key, None)  # another thread drops it right after this lookup
+            return value
+
+    cache._negative = _Gone(cache._negative)
+    assert not cache.is_unknown("u", 100.0 + NEG_TTL)
