@@ -11,16 +11,83 @@ Consistency: the event follower calls `evict_key` / `evict_policy` / `clear`.
 A store read that started before such an invalidation must not repopulate
 the cache with what it read, so every insert carries the `epoch` the reader
 saw before going to the store, and is dropped if an invalidation came after.
+
+Memory: a cached key is one dict entry and one `CachedKey` (the record as
+cached, its age, its grant), nothing else per key; the record keeps only what
+decides and identifies a call (`cached_record`). At a million cached keys
+every object and field here costs megabytes.
+
+Threads: reads (`get`, `is_unknown`, `get_policy`) may run on other threads
+while the event loop inserts and evicts. They never check-then-act on a
+shared map: an entry removed between the lookup and what follows it is
+answered as found (or, for an expired negative entry, as gone), never a
+KeyError.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from keysvc.model import KeyRecord, Policy
 
-__all__ = ["CacheStats", "KeyCache"]
+if TYPE_CHECKING:
+    from keysvc.policy import Grant
+
+__all__ = ["CacheStats", "CachedKey", "KeyCache", "cached_record"]
+
+# Records cached with the same metadata share one mapping (metadata is often a
+# team or an environment: the same few entries on thousands of keys). Bounded:
+# when full it starts over, which costs sharing, never correctness.
+_SHARED_METADATA: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+_SHARED_METADATA_MAX = 4096
+
+
+def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    if not metadata:
+        return metadata
+    items = tuple(metadata.items())
+    shared = _SHARED_METADATA.get(items)
+    if shared is None:
+        if len(_SHARED_METADATA) >= _SHARED_METADATA_MAX:
+            _SHARED_METADATA.clear()
+        shared = _SHARED_METADATA[items] = metadata
+    return shared
+
+
+def cached_record(record: KeyRecord) -> KeyRecord:
+    """The part of `record` the cache keeps: what decides and identifies a call.
+
+    Validation reads the ids, scopes, metadata, state and deadlines of a key;
+    its name, hint, timestamps, rotation links and announced deadline are for
+    admins, who read the store. They are left at their defaults here, which
+    saves a few hundred bytes per cached key; any other field (one added later
+    included) is kept. Metadata equal to another cached key's is shared with it
+    (records are frozen; nothing mutates their metadata).
+    """
+    return replace(
+        record, name="", hint="", created_at=0.0, updated_at=0.0, rotated_from="", rotated_to="",
+        announced_through=0.0, metadata=_shared_metadata(record.metadata),
+    )
+
+
+class CachedKey:
+    """One cached key: its record as cached, when it was cached, and what it grants.
+
+    `grant` starts as None; the Validator sets it on first use and replaces it
+    whole when the key's policy changes, so a reader on another thread sees the
+    old grant or the new one, never a mix. An entry leaves the cache with its
+    grant: nothing else holds per-key state.
+    """
+
+    __slots__ = ("cached_at", "grant", "record")
+
+    def __init__(self, record: KeyRecord, cached_at: float) -> None:
+        self.record = record
+        self.cached_at = cached_at
+        self.grant: Grant | None = None
 
 
 @dataclass(slots=True)
@@ -37,6 +104,8 @@ class CacheStats:
 
 class KeyCache:
     """LRU of key records by key hash, a short negative cache, and policies by id.
+
+    Records are kept as `cached_record` trims them.
 
     Args:
         max_keys: most key records held; the least recently used goes first.
@@ -74,7 +143,10 @@ class KeyCache:
         self.negative_max = negative_max
         self.negative_ttl_s = negative_ttl_s
         self.stale_window_s = stale_window_s
-        self._keys: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        # OrderedDict, not a dict re-inserted on each hit: `move_to_end` is one
+        # atomic step, where pop-and-reinsert from a reader thread could put
+        # back an entry the event follower has just evicted.
+        self._keys: OrderedDict[str, CachedKey] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._policies: dict[str, tuple[Policy, float]] = {}
         self.epoch = 0
@@ -83,18 +155,20 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def get(self, key_hash: str, now: float, *, stale_ok: bool = False) -> KeyRecord | None:
-        """Return the cached record for `key_hash` if fresh (or within the stale window)."""
-        entry = self._keys.get(key_hash)
+    def get(self, key_hash: str, now: float, *, stale_ok: bool = False) -> CachedKey | None:
+        """Return the cached key for `key_hash` if fresh (or within the stale window)."""
+        keys = self._keys
+        entry = keys.get(key_hash)
         if entry is not None:
-            age = now - entry[1]
+            age = now - entry.cached_at
             if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
-                try:  # noqa: SIM105 - free when nothing is raised; contextlib.suppress is a call
-                    self._keys.move_to_end(key_hash)
-                except KeyError:  # evicted by another thread since the read: still answerable
+                # Not contextlib.suppress: that is a context manager per cache hit.
+                try:  # noqa: SIM105
+                    keys.move_to_end(key_hash)
+                except KeyError:  # evicted by another thread since the lookup: still answerable
                     pass
                 self.stats.hits += 1
-                return entry[0]
+                return entry
         self.stats.misses += 1
         return None
 
@@ -106,20 +180,28 @@ class KeyCache:
         if until > now:
             self.stats.negative_hits += 1
             return True
-        self._negative.pop(key_hash, None)  # pop: another thread may have dropped it already
+        self._negative.pop(key_hash, None)
         return False
 
-    def put(self, record: KeyRecord, now: float, epoch: int) -> None:
-        """Cache `record` unless an invalidation happened after `epoch` was read."""
+    def put(self, record: KeyRecord, now: float, epoch: int) -> CachedKey:
+        """Cache `record` unless an invalidation happened after `epoch` was read.
+
+        Returns:
+            The entry made from `record` (trimmed as cached), also when it was
+            not cached, so the caller answers from the same record either way.
+        """
+        entry = CachedKey(cached_record(record), now)
         if epoch != self.epoch:
-            return
+            return entry
+        key_hash = entry.record.key_hash
         keys = self._keys
-        keys[record.key_hash] = (record, now)
-        keys.move_to_end(record.key_hash)
-        self._negative.pop(record.key_hash, None)
+        keys[key_hash] = entry
+        keys.move_to_end(key_hash)
+        self._negative.pop(key_hash, None)
         while len(keys) > self.max_keys:
             keys.popitem(last=False)
             self.stats.evictions += 1
+        return entry
 
     def put_unknown(self, key_hash: str, now: float, epoch: int) -> None:
         """Remember that `key_hash` does not exist, briefly and within a bound."""

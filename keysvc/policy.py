@@ -75,17 +75,16 @@ _STATUS_CODES = {
 class Grant:
     """What one (record, policy) pair allows, worked out once and reused by every call.
 
-    The hot path keeps one per cached key, so a cache hit allocates nothing:
-    it checks the clock, the scopes and the address, and returns `valid`.
+    The cache keeps one per cached key, so a cache hit allocates nothing: it
+    checks the clock, the scopes and the address, and returns `valid`. The
+    record, policy and effective scopes are those of `valid` (not repeated
+    here: this is held once per cached key).
     """
 
-    record: KeyRecord
-    policy: Policy | None
-    scopes: tuple[str, ...]
+    valid: Decision
     scope_set: Collection[str]
     cidrs: tuple[str, ...]
     limited: bool
-    valid: Decision
 
 
 def make_grant(record: KeyRecord, policy: Policy | None) -> Grant:
@@ -95,8 +94,8 @@ def make_grant(record: KeyRecord, policy: Policy | None) -> Grant:
     # A short tuple is as fast to search as a set, and far smaller per cached key.
     scope_set = frozenset(scopes) if len(scopes) > 8 else scopes
     return Grant(
-        record, policy, scopes, scope_set, policy.allowed_cidrs if policy else (), limited,
-        Decision(Code.VALID, record, policy, scopes),
+        Decision(Code.VALID, record, policy, scopes), scope_set,
+        policy.allowed_cidrs if policy else (), limited,
     )
 
 
@@ -125,10 +124,13 @@ def evaluate(
     for scope in required_scopes:
         if scope not in allowed:
             return Decision(
-                Code.INSUFFICIENT_SCOPE, record, policy, grant.scopes, f"key lacks scope {scope!r}"
+                Code.INSUFFICIENT_SCOPE, record, policy, grant.valid.scopes,
+                f"key lacks scope {scope!r}",
             )
     if grant.cidrs and not ip_allowed(client_ip, grant.cidrs):
-        return Decision(Code.IP_NOT_ALLOWED, record, policy, grant.scopes, "client address not allowed")
+        return Decision(
+            Code.IP_NOT_ALLOWED, record, policy, grant.valid.scopes, "client address not allowed"
+        )
     return grant.valid
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from keysvc.cache import KeyCache
+from keysvc.cache import CachedKey, KeyCache
 from keysvc.errors import MalformedKeyError, StoreUnavailableError
 from keysvc.keys import parse
 from keysvc.model import Code, Decision, KeyRecord, Policy, RateLimitState
@@ -28,6 +28,18 @@ _NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
 _UNAVAILABLE = Decision(Code.UNAVAILABLE, message="key store unavailable")
 
 
+def _grant(entry: CachedKey, policy: Policy | None) -> Grant:
+    """The entry's grant under `policy`, made once per (cached record, policy version).
+
+    Replaced as one object (never patched), so threads reading the entry see
+    either grant whole; two threads making it at once both get a correct one.
+    """
+    grant = entry.grant
+    if grant is None or grant.valid.policy is not policy:
+        grant = entry.grant = make_grant(entry.record, policy)
+    return grant
+
+
 class ValidationRequest(NamedTuple):
     """One Validate call, transport-independent (a tuple: cheap to make per call)."""
 
@@ -39,6 +51,9 @@ class ValidationRequest(NamedTuple):
 
 class Validator:
     """Answers validation requests from the cache, falling back to the store.
+
+    A decision's record is the key as the cache keeps it (`keysvc.cache.cached_record`):
+    ids, scopes, metadata, state and deadlines, not its name, hint or times.
 
     Args:
         store: the backend.
@@ -73,25 +88,12 @@ class Validator:
         self._last_used: dict[str, float] = {}
         self._last_used_max = last_used_max
         self.last_used_dropped = 0
-        # key_hash -> Grant of the cached (record, policy) pair; rebuilt when
-        # either object changes, cleared when it outgrows the cache.
-        self._grants: dict[str, Grant] = {}
-        self._grants_max = 2 * cache.max_keys + 1024
         # Plain counters, read by the metrics exporter at scrape time (no per-call
         # instrument calls): decisions by Code value, store failures, and the
         # durations of answers that needed the store.
         self.decisions = [0] * (max(Code) + 1)
         self.store_errors = 0
         self.on_store_answer: Callable[[float], None] | None = None
-
-    def _grant(self, record: KeyRecord, policy: Policy | None) -> Grant:
-        grant = self._grants.get(record.key_hash)
-        if grant is None or grant.record is not record or grant.policy is not policy:
-            grants = self._grants
-            if len(grants) >= self._grants_max:
-                grants.clear()
-            grant = grants[record.key_hash] = make_grant(record, policy)
-        return grant
 
     def check_cached(self, request: ValidationRequest) -> Decision | None:
         """Answer from memory, or return None when the store must be asked."""
@@ -107,16 +109,17 @@ class Validator:
             return _MALFORMED
         mono = self._monotonic()
         cache = self.cache
-        record = cache.get(key_hash, mono)
-        if record is None:
+        entry = cache.get(key_hash, mono)
+        if entry is None:
             return _NOT_FOUND if cache.is_unknown(key_hash, mono) else None
+        record = entry.record
         policy: Policy | None = None
         if record.policy_id:
             policy = cache.get_policy(record.policy_id, mono)
             if policy is None:
                 return None
         now = self._clock()
-        grant = self._grant(record, policy)
+        grant = _grant(entry, policy)
         decision = evaluate(record, policy, request.required_scopes, request.client_ip, now, grant)
         if decision.code is not Code.VALID:
             return decision
@@ -137,7 +140,7 @@ class Validator:
         if blocked is None:
             return None
         if blocked[0] <= now:
-            self._over_limit.pop(key_id, None)  # pop: another thread may have dropped it already
+            self._over_limit.pop(key_id, None)  # the drain may have dropped it meanwhile
             return None
         return Decision(
             Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
@@ -171,9 +174,10 @@ class Validator:
                 return Decision(Code.VALID, message="fail-open") if self._fail_open else _UNAVAILABLE
         if found is None:
             return _NOT_FOUND
-        record, policy = found
+        entry, policy = found
+        record = entry.record
         now = self._clock()
-        grant = self._grant(record, policy)
+        grant = _grant(entry, policy)
         decision = evaluate(record, policy, request.required_scopes, request.client_ip, now, grant)
         if decision.code is not Code.VALID:
             return decision
@@ -183,18 +187,19 @@ class Validator:
             self._note_use(record.key_id, now)
         return decision
 
-    async def _fetch(self, key_hash: str) -> tuple[KeyRecord, Policy | None] | None:
+    async def _fetch(self, key_hash: str) -> tuple[CachedKey, Policy | None] | None:
         """Read a record (and its policy) through the cache; None if unknown."""
         cache = self.cache
         epoch = cache.epoch
         mono = self._monotonic()
-        record = cache.get(key_hash, mono)
-        if record is None:
-            record = await self._store.get_key_by_hash(key_hash)
-            if record is None:
+        entry = cache.get(key_hash, mono)
+        if entry is None:
+            stored = await self._store.get_key_by_hash(key_hash)
+            if stored is None:
                 cache.put_unknown(key_hash, mono, epoch)
                 return None
-            cache.put(record, mono, epoch)
+            entry = cache.put(stored, mono, epoch)
+        record = entry.record
         policy: Policy | None = None
         if record.policy_id:
             policy = cache.get_policy(record.policy_id, mono)
@@ -202,20 +207,21 @@ class Validator:
                 policy = await self._store.get_policy(record.policy_id)
                 if policy is not None:
                     cache.put_policy(policy, mono, epoch)
-        return record, policy
+        return entry, policy
 
-    def _stale(self, key_hash: str) -> tuple[KeyRecord, Policy | None] | None:
-        """The cached record and policy within the stale window, if any."""
+    def _stale(self, key_hash: str) -> tuple[CachedKey, Policy | None] | None:
+        """The cached key and its policy within the stale window, if any."""
         mono = self._monotonic()
-        record = self.cache.get(key_hash, mono, stale_ok=True)
-        if record is None:
+        entry = self.cache.get(key_hash, mono, stale_ok=True)
+        if entry is None:
             return None
         policy = None
-        if record.policy_id:
-            policy = self.cache.get_policy(record.policy_id, mono, stale_ok=True)
+        policy_id = entry.record.policy_id
+        if policy_id:
+            policy = self.cache.get_policy(policy_id, mono, stale_ok=True)
             if policy is None:
                 return None
-        return record, policy
+        return entry, policy
 
     async def _take(
         self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float
@@ -263,6 +269,8 @@ class Validator:
         # Over-limit memos of windows that have ended are dead weight: drop them here,
         # off the hot path, so that map stays bounded too.
         now = self._clock()
-        for key_id in [k for k, (reset_at, _) in list(self._over_limit.items()) if reset_at <= now]:
-            self._over_limit.pop(key_id, None)
+        # A copy to iterate: hot-path threads may remove memos meanwhile.
+        for key_id, (reset_at, _) in self._over_limit.copy().items():
+            if reset_at <= now:
+                self._over_limit.pop(key_id, None)
         return drained

@@ -52,7 +52,7 @@ def loads(text: str | bytes) -> dict[str, Any]:
 
 
 # Records decoded for the cache share what repeats across keys: owner and
-# policy ids, scope tuples, and the empty metadata mapping. At 100k+ cached
+# policy ids, scope tuples, metadata names, and the empty metadata mapping. At 100k+ cached
 # keys this is a good part of the per-key memory.
 _EMPTY_METADATA: Mapping[str, str] = MappingProxyType({})
 _SHARED_SCOPES: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -109,7 +109,7 @@ def record_from_dict(data: Mapping[str, Any]) -> KeyRecord:
         name=str(data.get("name", "")),
         policy_id=sys.intern(str(data.get("policy_id", ""))),
         scopes=_shared_scopes(data.get("scopes", ())),
-        metadata={str(k): str(v) for k, v in dict(data["metadata"]).items()}
+        metadata={sys.intern(str(k)): str(v) for k, v in dict(data["metadata"]).items()}
         if data.get("metadata") else _EMPTY_METADATA,
         enabled=bool(data.get("enabled", True)),
         expires_at=_opt_float(data.get("expires_at")),

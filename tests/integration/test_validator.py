@@ -124,6 +124,31 @@ async def test_policy_change_reaches_the_cache_through_events(store: CountingSto
     assert (await validator.validate(ValidationRequest(secret, ["write"]))).code is Code.INSUFFICIENT_SCOPE
 
 
+async def test_a_cached_key_answers_with_one_valid_decision_until_its_policy_changes(
+    store: CountingStore,
+) -> None:
+    """The gRPC layer builds a VALID response once per Decision object: hits must share it."""
+    admin = AdminService(store)  # type: ignore[arg-type]
+    await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read", "write")))
+    _, secret = await admin.create_key("t", owner_id="o", policy_id="p")
+    cache = make_cache()
+    validator = Validator(store, cache)  # type: ignore[arg-type]
+    follower = EventFollower(store, cache)  # type: ignore[arg-type]
+    await follower.start()
+    first = await validator.validate(ValidationRequest(secret, ["read"]))
+    assert first.code is Code.VALID
+    assert all(validator.check_cached(ValidationRequest(secret, ["read"])) is first for _ in range(3))
+    await admin.update_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read",)), expected_version=1,
+                              allow_breaking=True)
+    for event in await store.inner.read_events(follower.cursor, 100, 0.5):
+        follower.apply(event)
+    after = await validator.validate(ValidationRequest(secret, ["read"]))
+    assert after.code is Code.VALID
+    assert after is not first
+    assert after.scopes == ("read",)
+    assert validator.check_cached(ValidationRequest(secret, ["read"])) is after
+
+
 async def test_store_down_serves_cached_keys_within_the_stale_window(tmp_path: Path) -> None:
     store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.05, retries=0)
     sqlite = SqliteStore(str(tmp_path / "s.db"))

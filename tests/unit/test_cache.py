@@ -1,10 +1,13 @@
-"""keysvc.cache: LRU of key records, negative cache, policies, epochs."""
+"""keysvc.cache: LRU of key records, negative cache, policies, epochs, what is kept per key."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import pytest
 
-from keysvc.cache import KeyCache
+from keysvc.cache import CachedKey, KeyCache, cached_record
 from keysvc.model import KeyRecord, Policy
 
 pytestmark = pytest.mark.unit
@@ -24,11 +27,15 @@ def make_cache(*, max_keys: int = 3, negative_max: int = 3, negative_ttl_s: floa
     )
 
 
-def record(key_hash: str, *, name: str = "") -> KeyRecord:
-    return KeyRecord(
-        key_id=f"key_{key_hash}", key_hash=key_hash, hint="ks_abcd", owner_id="owner",
-        created_at=0.0, updated_at=0.0, name=name,
-    )
+def record(key_hash: str, *, owner_id: str = "owner") -> KeyRecord:
+    return KeyRecord(key_id=f"key_{key_hash}", key_hash=key_hash, hint="", owner_id=owner_id,
+                     created_at=0.0, updated_at=0.0)
+
+
+def cached(cache: KeyCache, key_hash: str, now: float, *, stale_ok: bool = False) -> KeyRecord | None:
+    """The record `get` answers with, or None."""
+    entry = cache.get(key_hash, now, stale_ok=stale_ok)
+    return None if entry is None else entry.record
 
 
 def policy(policy_id: str, version: int = 1) -> Policy:
@@ -41,7 +48,7 @@ def policy(policy_id: str, version: int = 1) -> Policy:
 def test_get_returns_what_put_stored_and_counts_hits_and_misses() -> None:
     cache = make_cache()
     cache.put(record("h1"), 100.0, cache.epoch)
-    assert cache.get("h1", 100.0) == record("h1")
+    assert cached(cache, "h1", 100.0) == record("h1")
     assert cache.get("nope", 100.0) is None
     assert (cache.stats.hits, cache.stats.misses) == (1, 1)
 
@@ -69,14 +76,14 @@ def test_bound_holds_under_many_inserts() -> None:
 
 def test_put_again_replaces_and_refreshes_recency() -> None:
     cache = make_cache(max_keys=2)
-    cache.put(record("a", name="old"), 100.0, cache.epoch)
+    cache.put(record("a", owner_id="old"), 100.0, cache.epoch)
     cache.put(record("b"), 100.0, cache.epoch)
-    cache.put(record("a", name="new"), 100.0, cache.epoch)  # a becomes most recent
+    cache.put(record("a", owner_id="new"), 100.0, cache.epoch)  # a becomes most recent
     cache.put(record("c"), 100.0, cache.epoch)
     assert cache.get("b", 100.0) is None
-    hit = cache.get("a", 100.0)
+    hit = cached(cache, "a", 100.0)
     assert hit is not None
-    assert hit.name == "new"
+    assert hit.owner_id == "new"
     assert cache.stats.evictions == 1
 
 
@@ -102,7 +109,7 @@ def test_stale_entry_is_served_only_with_stale_ok_within_the_window() -> None:
     cache.put(record("h"), 100.0, cache.epoch)
     inside = 100.0 + TTL + STALE - 0.001
     assert cache.get("h", inside) is None
-    assert cache.get("h", inside, stale_ok=True) == record("h")
+    assert cached(cache, "h", inside, stale_ok=True) == record("h")
     assert cache.get("h", 100.0 + TTL + STALE, stale_ok=True) is None
 
 
@@ -154,13 +161,13 @@ def test_put_with_an_epoch_older_than_an_invalidation_is_dropped() -> None:
     cache = make_cache()
     seen = cache.epoch  # a reader notes the epoch, then goes to the store
     cache.evict_key("h")  # the key changes meanwhile
-    cache.put(record("h", name="stale read"), 100.0, seen)
+    cache.put(record("h", owner_id="stale read"), 100.0, seen)
     assert cache.get("h", 100.0) is None
     assert len(cache) == 0
-    cache.put(record("h", name="fresh read"), 100.0, cache.epoch)
-    hit = cache.get("h", 100.0)
+    cache.put(record("h", owner_id="fresh read"), 100.0, cache.epoch)
+    hit = cached(cache, "h", 100.0)
     assert hit is not None
-    assert hit.name == "fresh read"
+    assert hit.owner_id == "fresh read"
 
 
 @pytest.mark.parametrize("invalidate", ["evict_key", "evict_policy", "clear"])
@@ -242,3 +249,98 @@ def test_put_policy_replaces_the_cached_version() -> None:
     cached = cache.get_policy("p", 101.0)
     assert cached is not None
     assert cached.version == 2
+
+
+# -- what is kept per key ----------------------------------------------------------
+
+
+def full_record(key_hash: str, **fields: object) -> KeyRecord:
+    values: dict[str, object] = {
+        "key_id": f"key_{key_hash}", "key_hash": key_hash, "hint": "ks_abcd", "owner_id": "owner",
+        "created_at": 10.0, "updated_at": 20.0, "name": "billing", "policy_id": "p",
+        "scopes": ("read",), "metadata": {"team": "a"}, "enabled": False, "expires_at": 30.0,
+        "revoke_at": 40.0, "rotated_from": "key_old", "rotated_to": "key_new", "has_quota": True,
+        "revision": 7, "announced_through": 25.0,
+    }
+    values.update(fields)
+    return KeyRecord(**values)  # type: ignore[arg-type]
+
+
+def test_a_cached_record_keeps_what_decides_and_identifies_a_call() -> None:
+    full = full_record("h")
+    kept = cached_record(full)
+    decides = ("key_id", "key_hash", "owner_id", "policy_id", "scopes", "metadata", "enabled",
+               "expires_at", "revoke_at", "has_quota", "revision")
+    assert {f: getattr(kept, f) for f in decides} == {f: getattr(full, f) for f in decides}
+    # Admin-only fields are not kept: admins read the store.
+    assert (kept.name, kept.hint, kept.rotated_from, kept.rotated_to) == ("", "", "", "")
+    assert (kept.created_at, kept.updated_at, kept.announced_through) == (0.0, 0.0, 0.0)
+
+
+def test_cached_records_with_equal_metadata_share_it() -> None:
+    first = cached_record(full_record("a", metadata={"team": "a"}))
+    second = cached_record(full_record("b", metadata={"team": "a"}))
+    other = cached_record(full_record("c", metadata={"team": "b"}))
+    assert first.metadata is second.metadata
+    assert other.metadata == {"team": "b"}
+
+
+def test_put_returns_the_entry_it_cached_as_get_returns_it() -> None:
+    cache = make_cache()
+    entry = cache.put(full_record("h"), 100.0, cache.epoch)
+    assert cache.get("h", 100.0) is entry
+    assert entry.record == cached_record(full_record("h"))
+    assert entry.grant is None  # the Validator works it out on first use
+
+
+def test_put_dropped_by_an_old_epoch_still_returns_the_trimmed_entry() -> None:
+    cache = make_cache()
+    seen = cache.epoch
+    cache.evict_key("other")
+    entry = cache.put(full_record("h"), 100.0, seen)
+    assert isinstance(entry, CachedKey)
+    assert entry.record == cached_record(full_record("h"))
+    assert cache.get("h", 100.0) is None
+
+
+def test_a_reinserted_key_is_a_new_entry_without_the_old_grant() -> None:
+    cache = make_cache()
+    old = cache.put(record("h"), 100.0, cache.epoch)
+    old.grant = object()  # type: ignore[assignment]
+    new = cache.put(record("h"), 101.0, cache.epoch)
+    assert new is not old
+    assert new.grant is None
+    assert cache.get("h", 101.0) is new
+
+
+# -- reads racing the event loop (the hot path may run on other threads) ----------
+
+
+class _EvictedDuringRead(OrderedDict[str, Any]):
+    """A key map whose entry another thread removes between lookup and reordering."""
+
+    def move_to_end(self, key: str, last: bool = True) -> None:
+        self.pop(key, None)
+        super().move_to_end(key, last)
+
+
+def test_a_hit_evicted_between_lookup_and_reordering_is_still_answered() -> None:
+    cache = make_cache()
+    entry = cache.put(record("h"), 100.0, cache.epoch)
+    cache._keys = _EvictedDuringRead(cache._keys)
+    assert cache.get("h", 100.0) is entry
+    assert cache.get("h", 100.0) is None  # and it stays evicted
+
+
+def test_an_expired_negative_entry_removed_meanwhile_is_not_an_error() -> None:
+    cache = make_cache()
+    cache.put_unknown("u", 100.0, cache.epoch)
+
+    class _Gone(OrderedDict[str, float]):
+        def get(self, key: str, default: Any = None) -> Any:
+            value = super().get(key, default)
+            self.pop(key, None)  # another thread drops it right after this lookup
+            return value
+
+    cache._negative = _Gone(cache._negative)
+    assert not cache.is_unknown("u", 100.0 + NEG_TTL)
