@@ -50,7 +50,8 @@ class Settings:
     max_request_bytes: int = _f(65_536, "Largest gRPC request accepted, in bytes.")
     workers: int = _f(1, "Server processes sharing the listen ports (SO_REUSEPORT), each with its own cache.")
     grpc_stack: str = _f(
-        "sync", "gRPC server stack: sync (grpc.server, a thread pool) or aio (grpc.aio on the event loop)."
+        "auto", "gRPC server stack: sync (grpc.server, a thread pool), aio (grpc.aio), or auto: "
+        "sync when the process may run on one CPU only, else aio."
     )
     grpc_threads: int = _f(16, "Threads of the sync stack's pool: the most calls it runs at once.")
     http_listen: str = _f(
@@ -72,7 +73,7 @@ class Settings:
 
 
 _LOG_FORMATS = ("auto", "json", "console")
-_GRPC_STACKS = ("sync", "aio")
+_GRPC_STACKS = ("auto", "sync", "aio")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

@@ -89,16 +89,19 @@ STACKS = ("sync", "aio")  # the gRPC server stacks keysvc can run on
 
 
 def launch(store: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None,
-           listen: str = "", wait: bool = True, stack: str = "") -> ServerProcess:
+           listen: str = "", wait: bool = True, stack: str = "", cpus: str = "") -> ServerProcess:
     """Start `keysvc serve` on a free loopback port (or `listen`), JSON logs to a file.
 
-    `stack` picks the gRPC server stack (default: keysvc's default).
+    `stack` picks the gRPC server stack (default: keysvc's default, auto);
+    `cpus` confines the process to those CPUs (taskset -c).
     """
     addr = listen or f"127.0.0.1:{free_port()}"
     log_path = log_dir / f"server-{addr.replace(':', '_').replace('/', '_')}.log"
     cmd = keysvc_cmd("serve", "--listen", addr, "--store", store,
                      "--log-format", "json", "--log-level", "debug", *extra,
                      *(("--grpc-stack", stack) if stack else ()))
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})

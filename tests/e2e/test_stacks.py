@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -129,3 +130,19 @@ def test_concurrent_hits_misses_evictions_and_revocations_answer_consistently(
     for key in doomed:  # revocations reached this server whatever was cached meanwhile
         assert stub.Validate(pb.ValidateRequest(key=key.secret), timeout=5).code == pb.CODE_REVOKED
     assert "internal error" not in server.logs() and "Exception calling application" not in server.logs()
+
+
+def test_auto_serves_on_sync_when_confined_to_one_cpu_else_on_aio(
+    start_server: Callable[..., ServerProcess], sqlite_url: str
+) -> None:
+    _, secret = bootstrap(sqlite_url)
+    cpus = sorted(os.sched_getaffinity(0))
+    confined = start_server(sqlite_url, cpus=str(cpus[0]))
+    assert confined.stub().Validate(pb.ValidateRequest(key=secret), timeout=5).code == pb.CODE_VALID
+    confined.stop()
+    assert '"stack": "sync"' in confined.logs()
+    free = start_server(sqlite_url)
+    assert free.stub().Validate(pb.ValidateRequest(key=secret), timeout=5).code == pb.CODE_VALID
+    free.stop()
+    expected = "sync" if len(cpus) == 1 else "aio"
+    assert f'"stack": "{expected}"' in free.logs()
