@@ -27,6 +27,7 @@ __all__ = [
     "new_key_id",
     "parse",
     "validate_prefix",
+    "well_formed_hash",
 ]
 
 DEFAULT_PREFIX = "ks"
@@ -120,6 +121,28 @@ def generate(prefix: str = DEFAULT_PREFIX) -> GeneratedKey:
     return GeneratedKey(secret=secret, key_hash=hash_key(secret), hint=_hint(prefix, body), prefix=prefix)
 
 
+def well_formed_hash(secret: str) -> str | None:
+    """The hash of a key whose shape and checksum are right; None for anything else.
+
+    The hot path's one call: it raises nothing (an exception costs more than
+    the checks), and `parse` says what is wrong with a refused key.
+    """
+    if len(secret) > _MAX_KEY_LEN or KEY_PATTERN.fullmatch(secret) is None:
+        return None
+    raw = secret.encode("ascii")  # the pattern admits ASCII only
+    if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
+        return None
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _why_malformed(secret: str) -> str:
+    if len(secret) > _MAX_KEY_LEN:
+        return "key is too long"
+    if KEY_PATTERN.fullmatch(secret) is None:
+        return "key does not have the form <prefix>_<base62 body><checksum>"
+    return "key checksum does not match (typo or truncated key?)"
+
+
 def parse(secret: str) -> ParsedKey:
     """Check a presented key's shape and checksum and hash it.
 
@@ -127,15 +150,10 @@ def parse(secret: str) -> ParsedKey:
         MalformedKeyError: wrong length, characters, prefix or checksum. The
             message never contains the key.
     """
-    if len(secret) > _MAX_KEY_LEN:
-        raise MalformedKeyError("key is too long")
-    match = KEY_PATTERN.fullmatch(secret)
-    if match is None:
-        raise MalformedKeyError("key does not have the form <prefix>_<base62 body><checksum>")
-    raw = secret.encode("ascii")  # the pattern admits ASCII only
-    if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
-        raise MalformedKeyError("key checksum does not match (typo or truncated key?)")
-    return ParsedKey(match.group(1), hashlib.sha256(raw).hexdigest())
+    key_hash = well_formed_hash(secret)
+    if key_hash is None:
+        raise MalformedKeyError(_why_malformed(secret))
+    return ParsedKey(secret.partition("_")[0], key_hash)  # the body is base62: no "_" in it
 
 
 def new_key_id() -> str:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from keysvc.cache import CachedKey, KeyCache
-from keysvc.errors import MalformedKeyError, StoreUnavailableError
-from keysvc.keys import parse
+from keysvc.errors import StoreUnavailableError
+from keysvc.keys import well_formed_hash
 from keysvc.model import Code, Decision, KeyRecord, Policy, RateLimitState
 from keysvc.policy import Grant, evaluate, make_grant
 from keysvc.store.base import Store
@@ -103,9 +103,8 @@ class Validator:
         return decision
 
     def _check_cached(self, request: ValidationRequest) -> Decision | None:
-        try:
-            key_hash = parse(request.key).key_hash
-        except MalformedKeyError:
+        key_hash = well_formed_hash(request.key)
+        if key_hash is None:
             return _MALFORMED
         mono = self._monotonic()
         cache = self.cache
@@ -164,7 +163,9 @@ class Validator:
         return decision
 
     async def _validate_from_store(self, request: ValidationRequest) -> Decision:
-        key_hash = parse(request.key).key_hash  # check_cached proved it parses
+        key_hash = well_formed_hash(request.key)
+        if key_hash is None:  # check_cached refuses these; this only keeps the types honest
+            return _MALFORMED
         try:
             found = await self._fetch(key_hash)
         except StoreUnavailableError:

@@ -86,6 +86,15 @@ def test_secrets_and_hashes_differ() -> None:
     assert len({_split(g.secret)[1] for g in generated}) == 200
 
 
+def test_well_formed_hash_is_parses_hash_for_good_keys_and_none_for_near_misses() -> None:
+    for prefix in ("ks", "a", "live0"):
+        secret = keys.generate(prefix).secret
+        assert keys.well_formed_hash(secret) == keys.parse(secret).key_hash
+        assert keys.parse(secret).prefix == prefix
+        for near_miss in _near_misses(secret).values():
+            assert keys.well_formed_hash(near_miss) is None
+
+
 def test_hash_is_sha256_hex_of_the_whole_key() -> None:
     generated = keys.generate("acme")
     expected = hashlib.sha256(generated.secret.encode("ascii")).hexdigest()
@@ -191,6 +200,7 @@ def test_bad_key_is_rejected_for_its_reason(path: Path) -> None:
     with pytest.raises(MalformedKeyError) as caught:
         keys.parse(presented)
     assert REASONS[reason] in str(caught.value)
+    assert keys.well_formed_hash(presented) is None  # the hot path refuses it too, without raising
     if len(presented.strip()) >= 8:
         assert presented.strip() not in str(caught.value)
         assert presented.strip() not in repr(caught.value.args)
