@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from keysvc._shared import SharedValues
 from keysvc.model import KeyRecord, Policy
 
 if TYPE_CHECKING:
@@ -39,22 +40,12 @@ if TYPE_CHECKING:
 __all__ = ["CacheStats", "CachedKey", "KeyCache", "cached_record"]
 
 # Records cached with the same metadata share one mapping (metadata is often a
-# team or an environment: the same few entries on thousands of keys). Bounded:
-# when full it starts over, which costs sharing, never correctness.
-_SHARED_METADATA: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
-_SHARED_METADATA_MAX = 4096
+# team or an environment: the same few entries on thousands of keys).
+_METADATA: SharedValues[Mapping[str, str]] = SharedValues()
 
 
 def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
-    if not metadata:
-        return metadata
-    items = tuple(metadata.items())
-    shared = _SHARED_METADATA.get(items)
-    if shared is None:
-        if len(_SHARED_METADATA) >= _SHARED_METADATA_MAX:
-            _SHARED_METADATA.clear()
-        shared = _SHARED_METADATA[items] = metadata
-    return shared
+    return _METADATA.share(tuple(metadata.items()), metadata) if metadata else metadata
 
 
 def cached_record(record: KeyRecord) -> KeyRecord:

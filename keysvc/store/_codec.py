@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from keysvc._shared import SharedValues
 from keysvc.errors import InvalidArgumentError
 from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
 
@@ -55,18 +56,12 @@ def loads(text: str | bytes) -> dict[str, Any]:
 # policy ids, scope tuples, metadata names, and the empty metadata mapping. At 100k+ cached
 # keys this is a good part of the per-key memory.
 _EMPTY_METADATA: Mapping[str, str] = MappingProxyType({})
-_SHARED_SCOPES: dict[tuple[str, ...], tuple[str, ...]] = {}
-_SHARED_SCOPES_MAX = 4096
+_SCOPES: SharedValues[tuple[str, ...]] = SharedValues()
 
 
 def _shared_scopes(values: Any) -> tuple[str, ...]:
     scopes = tuple(sys.intern(str(s)) for s in values)
-    shared = _SHARED_SCOPES.get(scopes)
-    if shared is None:
-        if len(_SHARED_SCOPES) >= _SHARED_SCOPES_MAX:
-            _SHARED_SCOPES.clear()
-        shared = _SHARED_SCOPES[scopes] = scopes
-    return shared
+    return _SCOPES.share(scopes, scopes)
 
 
 def _opt_float(value: Any) -> float | None:

@@ -106,7 +106,8 @@ async def test_negative_cache_is_bounded(store: CountingStore) -> None:
     assert len(cache._negative) == 10
 
 
-async def test_policy_change_reaches_the_cache_through_events(store: CountingStore) -> None:
+async def _policy_key_world(store: CountingStore) -> tuple[AdminService, str, Validator, EventFollower]:
+    """Policy "p" (read, write), a key under it, and a validator whose cache follows the events."""
     admin = AdminService(store)  # type: ignore[arg-type]
     await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read", "write")))
     _, secret = await admin.create_key("t", owner_id="o", policy_id="p")
@@ -114,6 +115,11 @@ async def test_policy_change_reaches_the_cache_through_events(store: CountingSto
     validator = Validator(store, cache)  # type: ignore[arg-type]
     follower = EventFollower(store, cache)  # type: ignore[arg-type]
     await follower.start()
+    return admin, secret, validator, follower
+
+
+async def test_policy_change_reaches_the_cache_through_events(store: CountingStore) -> None:
+    admin, secret, validator, follower = await _policy_key_world(store)
     assert (await validator.validate(ValidationRequest(secret, ["write"]))).code is Code.VALID
     await admin.update_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read",)), expected_version=1,
                               allow_breaking=True)
@@ -128,13 +134,7 @@ async def test_a_cached_key_answers_with_one_valid_decision_until_its_policy_cha
     store: CountingStore,
 ) -> None:
     """The gRPC layer builds a VALID response once per Decision object: hits must share it."""
-    admin = AdminService(store)  # type: ignore[arg-type]
-    await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read", "write")))
-    _, secret = await admin.create_key("t", owner_id="o", policy_id="p")
-    cache = make_cache()
-    validator = Validator(store, cache)  # type: ignore[arg-type]
-    follower = EventFollower(store, cache)  # type: ignore[arg-type]
-    await follower.start()
+    admin, secret, validator, follower = await _policy_key_world(store)
     first = await validator.validate(ValidationRequest(secret, ["read"]))
     assert first.code is Code.VALID
     assert all(validator.check_cached(ValidationRequest(secret, ["read"])) is first for _ in range(3))
