@@ -1,10 +1,7 @@
 """Bounded in-process caches of key records (by key hash) and policies. Pure, no I/O.
 
 Lookups and inserts are plain dict operations so the Validate cache-hit path
-stays a synchronous function that never leaves the process. On the sync gRPC
-stack, reads run on several threads while the event loop's thread inserts and
-evicts: every method is a sequence of single dict operations (each atomic
-under the GIL) that tolerates an entry vanishing between two of them. Ages use a
+stays a synchronous function that never leaves the process. Ages use a
 monotonic clock passed in by the caller (`now`), which keeps this testable.
 
 Consistency: the event follower calls `evict_key` / `evict_policy` / `clear`.
@@ -17,11 +14,11 @@ cached, its age, its grant), nothing else per key; the record keeps only what
 decides and identifies a call (`cached_record`). At a million cached keys
 every object and field here costs megabytes.
 
-Threads: reads (`get`, `is_unknown`, `get_policy`) may run on other threads
-while the event loop inserts and evicts. They never check-then-act on a
-shared map: an entry removed between the lookup and what follows it is
-answered as found (or, for an expired negative entry, as gone), never a
-KeyError.
+Threads: reads (`get`, `is_unknown`, `get_policy`) may run on the sync gRPC
+stack's threads while the event loop inserts and evicts. Each step is one dict
+operation (atomic under the GIL) and none checks-then-acts on a shared map: an
+entry removed between the lookup and what follows it is answered as found (or,
+for an expired negative entry, as gone), never a KeyError.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from keysvc.api._status import status_for
+
 __all__ = ["AsyncContext", "Bridge", "threaded_servicer"]
 
 _T = TypeVar("_T")
@@ -87,19 +89,26 @@ class Bridge:
         self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
 
-    def run(self, coroutine: Coroutine[Any, Any, _T], context: grpc.ServicerContext) -> _T:
+    def run(self, coroutine: Coroutine[Any, Any, _T], context: grpc.ServicerContext, method: str) -> _T:
         """Run `coroutine` on the loop and wait for it; cancel it if the call ends first.
 
-        Raises:
-            whatever the coroutine raises; `concurrent.futures.CancelledError`
-            when the call ended (and so cancelled it) first.
+        Ends the call with a status as grpc.aio would: the code a handler
+        aborted with, CANCELLED when the call ended first, and INTERNAL (logged
+        with its trace by `status_for`) for anything unexpected.
         """
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         context.add_callback(lambda: _cancel(future))  # a no-op once the coroutine is done
-        return future.result()
+        try:
+            return future.result()
+        except _Aborted as aborted:
+            context.abort(aborted.code, aborted.details)
+        except concurrent.futures.CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
+        except Exception as exc:
+            context.abort(*status_for(exc, method))
 
     def unary(
-        self, handler: Callable[[_Req, Any], Awaitable[_Resp]]
+        self, handler: Callable[[_Req, Any], Awaitable[_Resp]], method: str
     ) -> Callable[[_Req, grpc.ServicerContext], _Resp]:
         """Adapt an aio unary handler to the synchronous server."""
 
@@ -107,19 +116,12 @@ class Bridge:
             return await handler(request, context)
 
         def unary(request: _Req, context: grpc.ServicerContext) -> _Resp:
-            try:
-                return self.run(call(request, AsyncContext(context)), context)
-            except _Aborted as aborted:
-                context.abort(aborted.code, aborted.details)
-                raise  # pragma: no cover - abort raises
-            except concurrent.futures.CancelledError:
-                context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
-                raise  # pragma: no cover - abort raises
+            return self.run(call(request, AsyncContext(context)), context, method)
 
         return unary
 
     def stream(
-        self, handler: Callable[[_Req, Any], AsyncIterator[_Resp]]
+        self, handler: Callable[[_Req, Any], AsyncIterator[_Resp]], method: str
     ) -> Callable[[_Req, grpc.ServicerContext], Iterator[_Resp]]:
         """Adapt an aio server-streaming handler; at most `max_streams` at once."""
 
@@ -129,13 +131,15 @@ class Bridge:
                               f"at most {self.max_streams} streams at once on this server "
                               "(raise KEYSVC_GRPC_THREADS, or use KEYSVC_GRPC_STACK=aio)")
             try:
-                yield from self._pump(handler(request, AsyncContext(context)), context)
+                yield from self._pump(handler(request, AsyncContext(context)), context, method)
             finally:
                 self._streams.release()
 
         return stream
 
-    def _pump(self, responses: AsyncIterator[_Resp], context: grpc.ServicerContext) -> Iterator[_Resp]:
+    def _pump(
+        self, responses: AsyncIterator[_Resp], context: grpc.ServicerContext, method: str
+    ) -> Iterator[_Resp]:
         """Pull `responses` one at a time on the loop (back-pressure: one item in flight)."""
         current: list[concurrent.futures.Future[Any]] = []
         # One callback for the whole stream (not one per item): it cancels the pending pull.
@@ -156,7 +160,9 @@ class Bridge:
                 except _Aborted as aborted:
                     context.abort(aborted.code, aborted.details)
                 except concurrent.futures.CancelledError:
-                    return
+                    return  # the call is over: nobody to answer
+                except Exception as exc:
+                    context.abort(*status_for(exc, method))
                 if response is _END:
                     return
                 yield response
@@ -190,6 +196,7 @@ def threaded_servicer(
         handler = blocking.get(method.name)
         if handler is None:
             aio_handler = getattr(servicer, method.name)
-            handler = bridge.stream(aio_handler) if method.server_streaming else bridge.unary(aio_handler)
+            adapt = bridge.stream if method.server_streaming else bridge.unary
+            handler = adapt(aio_handler, method.name)
         setattr(adapted, method.name, handler)
     return adapted

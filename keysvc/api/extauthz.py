@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from concurrent.futures import CancelledError
 from typing import Any
 
 import grpc
@@ -134,20 +133,18 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
         self, request: pb.CheckRequest, context: grpc.ServicerContext, bridge: Bridge
     ) -> pb.CheckResponse:
         """Check on a sync-stack thread: a hit answers here, a miss waits for the loop."""
+        authorizer = self._authorizer
         try:
-            authorizer = self._authorizer
             attributes = request.attributes
             http = attributes.request.http
             authz = authorizer.read(_headers(http), http.method, http.path,
                                     attributes.source.address.socket_address.address)
             result = authorizer.check_cached(authz)
-            if result is None:
-                result = bridge.run(authorizer.check_from_store(authz), context)
-            return self._response(result)
-        except CancelledError:
-            context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
         except Exception as exc:  # an unknown error is INTERNAL, logged by status_for
             context.abort(*status_for(exc, "Check"))
+        if result is None:
+            result = bridge.run(authorizer.check_from_store(authz), context, "Check")
+        return self._response(result)
 
     def _response(self, result: AuthzResult) -> pb.CheckResponse:
         if result.status == 429:  # its headers count down: not worth keeping

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import CancelledError
 from typing import Any, TypeVar
 
 import grpc
@@ -111,10 +110,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         validator = self._validator
         decision = validator.check_cached(validation)
         if decision is None:
-            try:
-                decision = bridge.run(validator.validate_from_store(validation), context)
-            except CancelledError:
-                context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
+            decision = bridge.run(validator.validate_from_store(validation), context, "Validate")
         return self._response(decision)
 
     @_rpc
