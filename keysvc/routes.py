@@ -15,9 +15,17 @@ The first rule that matches wins. Every route needs a valid key: a rule only
 adds the scopes that key must hold. A prefix matches whole path segments
 (`/orders` matches `/orders` and `/orders/7`, not `/ordersx`); end it with
 `/` to match a raw string prefix. Paths are compared after dropping the query
-string, percent-decoding, removing dot segments and merging slashes, so
-`/public/../admin` is judged as `/admin`, as the upstream will most likely see
-it. Only `load_routes` does I/O (it reads the file once, at start-up).
+string, percent-decoding, dropping `;` path parameters, removing dot segments
+and merging slashes, so `/public/../admin` and `/admin;x/` are judged as
+`/admin`, as the upstream will most likely see it.
+
+Some targets cannot be judged the way every upstream will read them, and
+`path_problem` names them so the transports refuse them (400): an encoded
+`/`, backslash or `.` (`%2F`, `%5C`, `%2E`: one server decodes it before splitting
+segments, the next after), a double-encoded one (`%252F`), a backslash, a NUL
+or other control character (raw or encoded), a fragment, or a target longer
+than `MAX_TARGET`. Only `load_routes` does I/O (it reads the file once, at
+start-up).
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from urllib.parse import unquote
 
 from keysvc.errors import ConfigError
 
-__all__ = ["RouteRule", "Routes", "load_routes", "normalize_path", "parse_routes"]
+__all__ = [
+    "MAX_TARGET", "RouteRule", "Routes", "load_routes", "normalize_path", "parse_routes", "path_problem",
+]
 
 # The scopes CreateKey accepts (keysvc.service._checks): a route cannot ask for
 # a scope that no key could ever hold.
@@ -44,12 +54,42 @@ _RULE_FIELDS = frozenset({"path", "path_prefix", "methods", "scopes"})
 _TOP_FIELDS = frozenset({"rules", "default"})
 
 
+MAX_TARGET = 8192  # longest request target judged, in characters (nginx's large buffers hold 8k)
+# Encodings of a separator (`/`, `\\`, `.`) or a control character: servers disagree on
+# whether they split segments or end strings, so no target holding one is judged.
+_AMBIGUOUS_ESCAPE = re.compile(r"%(?:2[eEfF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and the backslash
+
+
+def path_problem(target: str) -> str:
+    """Return "" when `target` can be judged, else why it is refused (a message for a 400).
+
+    The message never quotes the target.
+    """
+    if len(target) > MAX_TARGET:
+        return f"the request target is longer than {MAX_TARGET} characters"
+    if "#" in target:
+        return "the request target holds a fragment ('#')"
+    path = target.partition("?")[0]
+    if _CONTROL.search(path):
+        return "the path holds a backslash or a control character"
+    if "%" in path:
+        if _AMBIGUOUS_ESCAPE.search(path):
+            return "the path holds an encoded '/', '\\', '.' or control character"
+        decoded = unquote(path)
+        if _AMBIGUOUS_ESCAPE.search(decoded) or _CONTROL.search(decoded):
+            return "the path holds a double-encoded '/', '\\', '.' or control character"
+    return ""
+
+
 def normalize_path(target: str) -> str:
     """Return the path of a request target as route rules see it.
 
     Drops the query string and fragment, turns an absolute URI into its path,
-    percent-decodes, removes `.` and `..` segments and merges repeated slashes.
-    A trailing slash is kept.
+    percent-decodes, drops each segment's `;` parameters (as Tomcat and Jetty
+    do: `/admin;x` is `/admin`), removes `.` and `..` segments and merges
+    repeated slashes. A trailing slash is kept. Targets `path_problem`
+    refuses are not meant to reach here (their result is unspecified).
     """
     path = target.partition("?")[0].partition("#")[0]
     if not path.startswith("/"):
@@ -57,10 +97,11 @@ def normalize_path(target: str) -> str:
         path = "/" + (rest.partition("/")[2] if sep else path)
     if "%" in path:
         path = unquote(path)
-    if "//" not in path and "/." not in path:
+    if "//" not in path and "/." not in path and ";" not in path:
         return path  # the common case: nothing to resolve
     segments: list[str] = []
-    for segment in path.split("/"):
+    for part in path.split("/"):
+        segment = part.partition(";")[0]
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -69,7 +110,8 @@ def normalize_path(target: str) -> str:
             continue
         segments.append(segment)
     resolved = "/" + "/".join(segments)
-    if resolved != "/" and path.endswith(("/", "/.", "/..")):
+    last = path.rpartition("/")[2].partition(";")[0]
+    if resolved != "/" and (path.endswith("/") or last in (".", "..")):
         resolved += "/"
     return resolved
 
@@ -186,7 +228,7 @@ def _rule(raw: Any, where: str) -> RouteRule:
     value = raw[name]
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f"{where}: {name} must be a string starting with '/'")
-    if normalize_path(value) != value:
+    if path_problem(value) or normalize_path(value) != value:
         raise ConfigError(f"{where}: {name} {value!r} is not a plain path "
                           f"(no query, dot segments, '//' or %-escapes); "
                           f"did you mean {normalize_path(value)!r}?")

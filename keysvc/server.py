@@ -269,7 +269,7 @@ async def _start_http(app: App) -> int:
     from keysvc.api.forward_auth import ForwardAuth, HttpListener, make_app  # aiohttp only when used
 
     handlers = ForwardAuth(app.authorizer, lambda: app.serving,
-                           require_target=bool(app.authorizer.routes.rules))
+                           require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
     app.http = HttpListener(make_app(handlers), app.settings.http_listen,
                             shutdown_grace_s=app.settings.shutdown_grace_s)
     return await app.http.start()

@@ -18,7 +18,9 @@ from typing import Any
 from keysvc.errors import ConfigError
 from keysvc.keys import validate_prefix
 
-__all__ = ["Settings", "env_name", "header_names", "load", "markdown_table", "split_listen"]
+__all__ = [
+    "PROXY_TARGET_HEADERS", "Settings", "env_name", "header_names", "load", "markdown_table", "split_listen",
+]
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -65,6 +67,10 @@ class Settings:
     )
     authz_trusted_proxy_depth: int = _f(
         0, "Proxies in front that append X-Forwarded-For; 0 uses the peer address."
+    )
+    authz_proxy: str = _f(
+        "", "The proxy calling /authz: nginx (target from X-Original-URI/-Method) or traefik, "
+        "caddy (X-Forwarded-Uri/-Method); required with route rules."
     )
     metrics_listen: str = _f("", "Prometheus scrape address (/metrics), host:port; empty: off.")
 
@@ -148,6 +154,12 @@ def _check_workers(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
                             f"({env_name('workers')}); use host:port, or one worker")
 
 
+# The headers each forward-auth proxy writes the held request's target and method into.
+PROXY_TARGET_HEADERS: Mapping[str, tuple[str, str]] = {
+    "nginx": ("x-original-uri", "x-original-method"),
+    "traefik": ("x-forwarded-uri", "x-forwarded-method"),
+    "caddy": ("x-forwarded-uri", "x-forwarded-method"),
+}
 _HEADER_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -164,6 +176,13 @@ def _check_authz(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
         raise bad("authz_key_headers", "want a comma-separated list of header names")
     if not 0 <= s.authz_trusted_proxy_depth <= 32:
         raise bad("authz_trusted_proxy_depth", "must be between 0 and 32")
+    if s.authz_proxy not in ("", *PROXY_TARGET_HEADERS):
+        raise bad("authz_proxy", f"want one of {', '.join(PROXY_TARGET_HEADERS)}")
+    if s.http_listen and s.authz_routes and not s.authz_proxy:
+        # Each proxy writes the target into its own header and passes a client's copy of the
+        # others through: reading the wrong one lets a client pick the route it is judged by.
+        raise bad("authz_proxy", "required when http_listen and authz_routes are set: "
+                  "name the proxy that calls /authz, so keysvc reads only the header it writes")
 
 
 def header_names(value: str) -> tuple[str, ...]:

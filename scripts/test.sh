@@ -9,6 +9,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v caddy >/dev/null || missing+=(caddy)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

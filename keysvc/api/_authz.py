@@ -6,7 +6,11 @@ remove from the upstream request, and, for a denial, the response headers and
 a small JSON body. Both transports (`extauthz.py`, `forward_auth.py`) only
 translate it; every decision is made here and in the Validator.
 
-Status mapping: a missing, malformed, unknown, revoked, expired or disabled
+Status mapping: a target `keysvc.routes.path_problem` refuses is 400; more
+than one credential in a request (two key headers, or one header holding
+several comma-joined values, as proxies merge repeated headers) is 401
+`invalid_request`, since the app behind might read a different one than
+keysvc judged; a missing, malformed, unknown, revoked, expired or disabled
 key is 401; a missing scope or a refused client address is 403; a rate limit
 or an exhausted quota is 429; UNAVAILABLE (the store cannot answer for an
 uncached key) is 503. Bodies and headers never hold the key, the Validator's
@@ -22,10 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from keysvc.model import Code, Decision
-from keysvc.routes import Routes
+from keysvc.routes import Routes, path_problem
 from keysvc.service.validator import ValidationRequest, Validator
 
 __all__ = [
+    "AMBIGUOUS_CREDENTIALS",
     "ERROR_HEADER",
     "KEY_ID_HEADER",
     "MISSING_CREDENTIALS",
@@ -89,10 +94,14 @@ class AuthzConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthzRequest:
-    """A proxied request read into a validation; `validation` is None when no key was sent."""
+    """A proxied request read into a validation.
+
+    `refusal` is the answer when the request cannot be judged at all (a bad
+    target, several credentials); else `validation` is None when no key was sent.
+    """
 
     validation: ValidationRequest | None
-    credential_header: str = ""
+    refusal: AuthzResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,24 +136,37 @@ class AuthzResult:
         return self.status == 200
 
 
-def find_credential(headers: Mapping[str, str], key_headers: Sequence[str]) -> tuple[str, str]:
-    """Return (header name, key) from the first header that holds one, or ("", "").
+def find_credential(headers: Mapping[str, str], key_headers: Sequence[str]) -> tuple[str, str] | None:
+    """Return (header name, key) of the one key the request holds, ("", "") for none, None for several.
 
-    `authorization` counts only with the Bearer scheme (any case); empty values
-    are skipped, so the next header is tried.
+    Every header in `key_headers` is read, and each value is split at commas
+    (repeated headers arrive joined by ","; a key never holds one). The same
+    key sent twice is one key; two different ones are ambiguous: None.
+    `authorization` counts only with the Bearer scheme (any case); another
+    scheme alone is ignored, but beside other values it is ambiguous too.
+    Empty values are skipped.
     """
+    found_name, found = "", ""
     for name in key_headers:
         value = headers.get(name)
         if not value:
             continue
-        if name == "authorization":
-            scheme, _, value = value.strip().partition(" ")
-            if scheme.lower() != "bearer":
+        parts = value.split(",")
+        for part in parts:
+            key = part.strip()
+            if key and name == "authorization":
+                scheme, _, key = key.partition(" ")
+                if scheme.lower() != "bearer":
+                    if len(parts) > 1:
+                        return None
+                    continue
+                key = key.strip()
+            if not key:
                 continue
-        value = value.strip()
-        if value:
-            return name, value
-    return "", ""
+            if found and key != found:
+                return None
+            found_name, found = found_name or name, key
+    return found_name, found
 
 
 def client_ip(headers: Mapping[str, str], source_address: str, trusted_proxy_depth: int) -> str:
@@ -186,6 +208,10 @@ def _fixed_denial(code: Code) -> AuthzResult:
 MISSING_CREDENTIALS = denial(
     "missing_credentials", "an API key is required", 401, (("www-authenticate", _CHALLENGE),)
 )
+AMBIGUOUS_CREDENTIALS = denial(
+    "invalid_request", "send exactly one API key, in one header", 401,
+    (("www-authenticate", 'Bearer realm="keysvc", error="invalid_request"'),),
+)
 # Denials whose headers do not depend on the key: built once.
 _FIXED = {code: _fixed_denial(code) for code in _STATUS if _STATUS[code] != 429}
 
@@ -212,22 +238,23 @@ def _limit_headers(decision: Decision, now: float) -> _Headers:
     return tuple(headers)
 
 
-def result_for(decision: Decision, credential_header: str, now: float) -> AuthzResult:
+def result_for(decision: Decision, key_headers: tuple[str, ...], now: float) -> AuthzResult:
     """Turn a Validator decision into the proxy's answer.
 
     Args:
         decision: the Validator's answer.
-        credential_header: the header the key came in (removed upstream).
+        key_headers: every configured credential header (all removed upstream,
+            not only the one the key came in: the app must see no key at all).
         now: wall clock, for `retry-after` and `ratelimit-reset`.
     """
     record = decision.record
     if decision.code is Code.VALID:
         if record is None:  # fail-open: no identity to vouch for, so none may pass through
-            return AuthzResult(200, remove_headers=(credential_header, KEY_ID_HEADER, OWNER_ID_HEADER))
+            return AuthzResult(200, remove_headers=(*key_headers, KEY_ID_HEADER, OWNER_ID_HEADER))
         return AuthzResult(
             200,
             upstream_headers=((KEY_ID_HEADER, record.key_id), (OWNER_ID_HEADER, record.owner_id)),
-            remove_headers=(credential_header,),
+            remove_headers=key_headers,
             key_id=record.key_id, owner_id=record.owner_id, policy_id=record.policy_id,
         )
     status = _STATUS.get(decision.code, 503)
@@ -267,6 +294,11 @@ class Authorizer:
         """The route rules requests are judged by."""
         return self._routes
 
+    @property
+    def key_headers(self) -> tuple[str, ...]:
+        """The lower-case names of the credential headers."""
+        return self._key_headers
+
     def read(
         self, headers: Mapping[str, str], method: str, target: str, source_address: str
     ) -> AuthzRequest:
@@ -278,31 +310,33 @@ class Authorizer:
             target: path as sent, query string included.
             source_address: IP address of the connection's peer ("" if none).
         """
-        name, key = find_credential(headers, self._key_headers)
-        if not key:
-            return AuthzRequest(None)
-        return AuthzRequest(
-            ValidationRequest(
-                key, self._routes.required_scopes(target, method),
-                client_ip(headers, source_address, self._depth),
-            ),
-            name,
-        )
+        problem = path_problem(target)
+        if problem:
+            return AuthzRequest(None, denial("invalid_path", problem, 400))
+        credential = find_credential(headers, self._key_headers)
+        if credential is None:
+            return AuthzRequest(None, AMBIGUOUS_CREDENTIALS)
+        if not credential[1]:
+            return AuthzRequest(None, MISSING_CREDENTIALS)
+        return AuthzRequest(ValidationRequest(
+            credential[1], self._routes.required_scopes(target, method),
+            client_ip(headers, source_address, self._depth),
+        ))
 
     def check_cached(self, request: AuthzRequest) -> AuthzResult | None:
         """Answer without I/O, or None when the store must be asked."""
         if request.validation is None:
-            return MISSING_CREDENTIALS
+            return request.refusal or MISSING_CREDENTIALS
         decision = self._validator.check_cached(request.validation)
         if decision is None:
             return None
-        return result_for(decision, request.credential_header, self._clock())
+        return result_for(decision, self._key_headers, self._clock())
 
     async def check_from_store(self, request: AuthzRequest) -> AuthzResult:
         """Answer a request `check_cached` could not."""
         assert request.validation is not None  # check_cached answered the keyless ones
         decision = await self._validator.validate_from_store(request.validation)
-        return result_for(decision, request.credential_header, self._clock())
+        return result_for(decision, self._key_headers, self._clock())
 
     async def check(
         self, headers: Mapping[str, str], method: str, target: str, source_address: str

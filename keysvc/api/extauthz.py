@@ -36,6 +36,7 @@ __all__ = ["AUTHORIZATION_SERVICE", "AuthorizationServicer", "check_response"]
 AUTHORIZATION_SERVICE = pb.DESCRIPTOR.services_by_name["Authorization"].full_name
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _RPC_CODES = {
+    400: code_pb2.INVALID_ARGUMENT,
     401: code_pb2.UNAUTHENTICATED,
     403: code_pb2.PERMISSION_DENIED,
     429: code_pb2.RESOURCE_EXHAUSTED,

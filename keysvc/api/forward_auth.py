@@ -1,11 +1,14 @@
 """HTTP forward-auth: nginx `auth_request`, Traefik ForwardAuth, Caddy `forward_auth`.
 
 `/authz` (any method) judges the request the proxy is holding: its target
-from `X-Original-URI` (nginx) or `X-Forwarded-Uri` (Traefik, Caddy), its
-method from `X-Original-Method` / `X-Forwarded-Method`, the key from the
-credential headers. 200 carries `x-keysvc-key-id` / `x-keysvc-owner-id` for
-the proxy to copy upstream; a denial is 401/403/429/503 with the headers and
-JSON body of `keysvc.api._authz`, plus `x-keysvc-error` (nginx drops the
+and method from the one header pair the configured proxy writes
+(`KEYSVC_AUTHZ_PROXY`: nginx `X-Original-URI` / `X-Original-Method`, Traefik
+and Caddy `X-Forwarded-Uri` / `X-Forwarded-Method`; each proxy passes a
+client's copy of the other pair through, so the other is never read), the
+key from the credential headers. A target header sent twice is refused (400).
+200 carries `x-keysvc-key-id` / `x-keysvc-owner-id` for the proxy to copy
+upstream; a denial is 400/401/403/429/503 with the headers and JSON body of
+`keysvc.api._authz`, plus `x-keysvc-error` (nginx drops the
 body of an auth subrequest, so its config reads the code from there).
 `/healthz` is 200 while the store answers, else 503.
 """
@@ -20,13 +23,12 @@ from multidict import CIMultiDict
 
 from keysvc.api._authz import ERROR_HEADER, Authorizer, AuthzResult, denial
 from keysvc.api._status import status_for
-from keysvc.settings import split_listen
+from keysvc.settings import PROXY_TARGET_HEADERS, split_listen
 
 __all__ = ["ForwardAuth", "HttpListener", "make_app"]
 
-_NO_TARGET = denial(
-    "missing_original_uri", "the proxy must send X-Original-URI or X-Forwarded-Uri", 400
-)
+_NO_TARGET = denial("missing_original_uri", "the proxy did not send the request's target", 400)
+_TWO_TARGETS = denial("invalid_request", "the request's target or method was sent more than once", 400)
 _SERVER = ("server", "keysvc")  # instead of aiohttp's name and version, which some proxies pass on
 
 
@@ -47,27 +49,45 @@ class ForwardAuth:
         require_target: refuse requests without an original URI (set when route
             rules exist: judging such a request by the default rule could let
             it through a stricter route).
+        proxy: the proxy calling (a key of `PROXY_TARGET_HEADERS`); "" reads no
+            target header (allowed only without route rules: every request is
+            then judged by the default rule).
     """
 
-    def __init__(self, authorizer: Authorizer, serving: Callable[[], bool], *, require_target: bool) -> None:
+    def __init__(
+        self, authorizer: Authorizer, serving: Callable[[], bool], *, require_target: bool, proxy: str = ""
+    ) -> None:
         self._authorizer = authorizer
         self._serving = serving
         self._require_target = require_target
+        self._target_headers = PROXY_TARGET_HEADERS.get(proxy, ())
+        # Headers whose repeats are joined for the Authorizer, which reads one value per name.
+        self._joined = ("x-forwarded-for", *authorizer.key_headers)
 
     async def authz(self, request: web.Request) -> web.Response:
         """Judge the request the proxy is holding."""
         try:
-            headers: Mapping[str, str] = request.headers
-            target = headers.get("x-original-uri") or headers.get("x-forwarded-uri")
+            raw = request.headers
+            target, method = "", request.method
+            if self._target_headers:
+                uri_header, method_header = self._target_headers
+                targets, methods = raw.getall(uri_header, ()), raw.getall(method_header, ())
+                if len(targets) > 1 or len(methods) > 1:
+                    return _response(_TWO_TARGETS)
+                target = targets[0] if targets else ""
+                method = methods[0] if methods else method
             if not target:
                 if self._require_target:
                     return _response(_NO_TARGET)
                 target = "/"
-            method = headers.get("x-original-method") or headers.get("x-forwarded-method") or request.method
-            forwarded = request.headers.getall("x-forwarded-for", ())
-            if len(forwarded) > 1:  # the nearest proxy's entry is in the last header
-                merged = CIMultiDict(request.headers)
-                merged["x-forwarded-for"] = ",".join(forwarded)
+            headers: Mapping[str, str] = raw
+            merged: CIMultiDict[str] | None = None
+            for name in self._joined:
+                values = raw.getall(name, ())
+                if len(values) > 1:  # x-forwarded-for: the nearest proxy's entry is in the last header
+                    merged = merged if merged is not None else CIMultiDict(raw)
+                    merged[name] = ",".join(values)
+            if merged is not None:
                 headers = merged
             result = await self._authorizer.check(headers, method, target, request.remote or "")
             return _response(result)

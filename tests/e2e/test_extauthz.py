@@ -144,16 +144,17 @@ def test_allowed_sets_identity_removes_the_key_and_reports_metadata(world: World
     assert {h.header.key: h.header.value for h in ok.headers} == {
         "x-keysvc-key-id": key_id, "x-keysvc-owner-id": "acme"}
     assert all(h.append_action == OVERWRITE for h in ok.headers)
-    assert list(ok.headers_to_remove) == ["x-api-key"]
+    # Every credential header is removed, not only the one the key came in.
+    assert list(ok.headers_to_remove) == ["x-api-key", "authorization"]
     assert json_format.MessageToDict(response.dynamic_metadata) == {
         "key_id": key_id, "owner_id": "acme", "policy_id": "partners"}
 
-    # The same key as a Bearer token: the authorization header is the one removed.
     bearer = world.check("HEAD", "/orders", {"authorization": f"Bearer {secret}"})
-    assert bearer.status.code == 0 and list(bearer.ok_response.headers_to_remove) == ["authorization"]
-    # x-api-key wins over authorization, which then stays for the upstream's own use.
-    both = world.check("GET", "/orders", {"x-api-key": secret, "authorization": "Bearer upstream-jwt"})
-    assert list(both.ok_response.headers_to_remove) == ["x-api-key"]
+    assert bearer.status.code == 0
+    assert list(bearer.ok_response.headers_to_remove) == ["x-api-key", "authorization"]
+    # The same key in both headers is one key.
+    both = world.check("GET", "/orders", {"x-api-key": secret, "authorization": f"Bearer {secret}"})
+    assert list(both.ok_response.headers_to_remove) == ["x-api-key", "authorization"]
     # Routes outside any rule need only a valid key.
     assert world.check("GET", "/status", {"x-api-key": secret}).status.code == 0
 
@@ -340,3 +341,28 @@ def test_a_bad_routes_file_stops_start_up_naming_variable_file_and_rule(tmp_path
                               check=False, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert f"KEYSVC_AUTHZ_ROUTES: {path}: " in done.stderr and why in done.stderr, done.stderr
+
+
+def test_more_than_one_key_is_refused(world: World) -> None:
+    # Envoy joins repeated headers with "," in CheckRequest.headers: those are the merged forms.
+    _, first = world.key(policy_id="partners")
+    _, second = world.key(policy_id="partners")
+    for headers in (
+        {"x-api-key": first, "authorization": f"Bearer {second}"},
+        {"x-api-key": f"{first},{second}"},
+        {"authorization": f"Bearer {first},Bearer {second}"},
+        {"authorization": f"Bearer {first}, {second}"},
+        {"x-api-key": first, "authorization": "Bearer upstream-jwt"},
+    ):
+        response = world.check("GET", "/orders", headers)
+        challenge = denied(response, 401, UNAUTHENTICATED, "invalid_request")["www-authenticate"]
+        assert challenge == 'Bearer realm="keysvc", error="invalid_request"'
+
+
+def test_paths_keysvc_cannot_judge_as_the_app_will_are_400(world: World) -> None:
+    _, secret = world.key(policy_id="partners", scopes=["orders:read"])
+    for path in ("/orders%2F..%2Fpublic", "/orders%2f..%2fstatus", "/x%5C..%5Corders", "/orders/%2E%2E/x",
+                 "/orders%252F..%252Fx", "/orders%00", "/x\\..\\orders"):
+        response = world.check("GET", path, {"x-api-key": secret})
+        assert denied(response, 400, 3, "invalid_path")  # INVALID_ARGUMENT
+        assert path.encode() not in response.SerializeToString()

@@ -205,7 +205,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     http_port = free_port()
     upstream = Upstream()
     keysvc = launch(store, tmp, "--http-listen", f"127.0.0.1:{http_port}", "--authz-routes", str(routes),
-                    "--authz-trusted-proxy-depth", "1")
+                    "--authz-trusted-proxy-depth", "1", "--authz-proxy", "nginx")
     nginx: Nginx | None = None
     try:
         wait_http(http_port, keysvc)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from keysvc.api._authz import (
+    AMBIGUOUS_CREDENTIALS,
     KEY_ID_HEADER,
     MISSING_CREDENTIALS,
     OWNER_ID_HEADER,
@@ -37,7 +38,9 @@ POLICY = Policy(policy_id="partners", version=1, created_at=NOW, updated_at=NOW)
     ({"x-api-key": f"  {KEY} "}, ("x-api-key", KEY)),
     ({"authorization": f"Bearer {KEY}"}, ("authorization", KEY)),
     ({"authorization": f"bearer   {KEY}"}, ("authorization", KEY)),
-    ({"x-api-key": KEY, "authorization": "Bearer other"}, ("x-api-key", KEY)),  # order of the setting
+    ({"x-api-key": KEY, "authorization": f"Bearer {KEY}"}, ("x-api-key", KEY)),  # the same key twice
+    ({"x-api-key": f"{KEY}, {KEY}"}, ("x-api-key", KEY)),
+    ({"x-api-key": KEY, "authorization": "Basic dXNlcjpwdw=="}, ("x-api-key", KEY)),
     ({"x-api-key": "", "authorization": f"Bearer {KEY}"}, ("authorization", KEY)),
     ({"authorization": f"Basic {KEY}"}, ("", "")),
     ({"authorization": "Bearer "}, ("", "")),
@@ -47,6 +50,23 @@ POLICY = Policy(policy_id="partners", version=1, created_at=NOW, updated_at=NOW)
 ])
 def test_find_credential(headers: dict[str, str], found: tuple[str, str]) -> None:
     assert find_credential(headers, HEADERS) == found
+
+
+OTHER = "ks_" + "B" * 49
+
+
+# Two keys in one request: the app behind may read the other one than keysvc judged.
+@pytest.mark.parametrize("headers", [
+    {"x-api-key": KEY, "authorization": f"Bearer {OTHER}"},
+    {"x-api-key": f"{KEY},{OTHER}"},                       # two x-api-key headers, merged by a proxy
+    {"x-api-key": f"{KEY}, "  f"{OTHER}"},
+    {"authorization": f"Bearer {KEY}, Bearer {OTHER}"},   # two authorization headers, merged
+    {"authorization": f"Bearer {KEY},{OTHER}"},
+    {"authorization": f"Bearer {KEY}, Basic dXNlcjpwdw=="},
+    {"x-api-key": "", "authorization": f"bearer {KEY}", "x-token": OTHER},
+])
+def test_find_credential_refuses_several_keys(headers: dict[str, str]) -> None:
+    assert find_credential(headers, (*HEADERS, "x-token")) is None
 
 
 def test_find_credential_follows_the_configured_headers() -> None:
@@ -73,17 +93,17 @@ def test_client_ip(xff: str | None, depth: int, ip: str) -> None:
 
 
 def test_allowed_sets_identity_and_removes_the_credential_header() -> None:
-    result = result_for(Decision(Code.VALID, RECORD, POLICY), "authorization", NOW)
+    result = result_for(Decision(Code.VALID, RECORD, POLICY), HEADERS, NOW)
     assert result.allowed and result.status == 200 and not result.error and not result.body
     assert result.upstream_headers == ((KEY_ID_HEADER, RECORD.key_id), (OWNER_ID_HEADER, "acme"))
-    assert result.remove_headers == ("authorization",)
+    assert result.remove_headers == HEADERS  # every credential header, not only the one used
     assert (result.key_id, result.owner_id, result.policy_id) == (RECORD.key_id, "acme", "partners")
 
 
 def test_fail_open_lets_through_without_any_identity() -> None:
-    result = result_for(Decision(Code.VALID, message="fail-open"), "x-api-key", NOW)
+    result = result_for(Decision(Code.VALID, message="fail-open"), HEADERS, NOW)
     assert result.allowed and result.upstream_headers == ()
-    assert set(result.remove_headers) == {"x-api-key", KEY_ID_HEADER, OWNER_ID_HEADER}
+    assert set(result.remove_headers) == {*HEADERS, KEY_ID_HEADER, OWNER_ID_HEADER}
 
 
 @pytest.mark.parametrize(("code", "status"), [
@@ -93,7 +113,7 @@ def test_fail_open_lets_through_without_any_identity() -> None:
 ])
 def test_every_code_maps_to_a_status_and_a_safe_body(code: Code, status: int) -> None:
     secret_message = f"key {KEY} lacks scope 'x' (store at redis://10.0.0.1)"
-    result = result_for(Decision(code, RECORD, POLICY, message=secret_message), "x-api-key", NOW)
+    result = result_for(Decision(code, RECORD, POLICY, message=secret_message), HEADERS, NOW)
     assert result.status == status and not result.allowed
     body = json.loads(result.body)
     assert body["error"] == code.name.lower() == result.error
@@ -114,7 +134,7 @@ def test_missing_credentials_is_a_bare_challenge() -> None:
 
 def test_rate_limited_says_when_to_retry() -> None:
     state = RateLimitState(limit=10, remaining=0, reset_at=NOW + 12.3)
-    result = result_for(Decision(Code.RATE_LIMITED, RECORD, POLICY, rate_limit=state), "x-api-key", NOW)
+    result = result_for(Decision(Code.RATE_LIMITED, RECORD, POLICY, rate_limit=state), HEADERS, NOW)
     headers = dict(result.response_headers)
     assert headers["retry-after"] == "13"
     assert (headers["ratelimit-limit"], headers["ratelimit-remaining"], headers["ratelimit-reset"]) == (
@@ -123,19 +143,19 @@ def test_rate_limited_says_when_to_retry() -> None:
 
 def test_rate_limited_at_the_window_edge_still_says_one_second() -> None:
     state = RateLimitState(limit=10, remaining=0, reset_at=NOW - 0.5)
-    result = result_for(Decision(Code.RATE_LIMITED, RECORD, POLICY, rate_limit=state), "x-api-key", NOW)
+    result = result_for(Decision(Code.RATE_LIMITED, RECORD, POLICY, rate_limit=state), HEADERS, NOW)
     assert dict(result.response_headers)["retry-after"] == "1"
 
 
 def test_quota_without_refill_has_no_retry_after() -> None:
-    result = result_for(Decision(Code.QUOTA_EXHAUSTED, RECORD, POLICY, quota_remaining=0), "x-api-key", NOW)
+    result = result_for(Decision(Code.QUOTA_EXHAUSTED, RECORD, POLICY, quota_remaining=0), HEADERS, NOW)
     assert result.status == 429 and "retry-after" not in dict(result.response_headers)
 
 
 def test_quota_with_refill_retries_within_one_interval() -> None:
     policy = replace(POLICY, quota_refill=QuotaRefill(amount=100, interval_s=3600))
     state = RateLimitState(limit=50, remaining=49, reset_at=NOW + 30)
-    result = result_for(Decision(Code.QUOTA_EXHAUSTED, RECORD, policy, rate_limit=state), "x-api-key", NOW)
+    result = result_for(Decision(Code.QUOTA_EXHAUSTED, RECORD, policy, rate_limit=state), HEADERS, NOW)
     headers = dict(result.response_headers)
     assert headers["retry-after"] == "3600"
     assert headers["ratelimit-remaining"] == "49"
@@ -183,13 +203,36 @@ async def test_authorizer_without_a_key_never_asks_the_validator() -> None:
     assert validator.asked == []
 
 
+async def test_authorizer_refuses_several_keys_without_asking_the_validator() -> None:
+    validator = StubValidator(Decision(Code.VALID, RECORD, POLICY), Decision(Code.VALID, RECORD, POLICY))
+    headers = {"x-api-key": KEY, "authorization": f"Bearer {OTHER}"}
+    result = await _authorizer(validator).check(headers, "GET", "/", "10.0.0.9")
+    assert result is AMBIGUOUS_CREDENTIALS and result.status == 401 and result.error == "invalid_request"
+    assert KEY not in result.body and OTHER not in result.body
+    assert dict(result.response_headers)["www-authenticate"].endswith('error="invalid_request"')
+    assert validator.asked == []
+
+
+@pytest.mark.parametrize("target", [
+    "/admin%2F..%2Fpublic", "/admin%2f..%2fpublic", "/a%5Cb", "/a%5c..%5cb", "/a/%2E%2E/b", "/a/%2e/b",
+    "/admin%252F..%252Fpublic", "/a%255cb", "/a%00b", "/a%0Ab", "/a\\..\\b", "/a\x00b", "/a#/../b",
+    "/" + "a" * 9000,
+])
+async def test_authorizer_refuses_targets_it_cannot_judge_as_the_upstream_will(target: str) -> None:
+    validator = StubValidator(Decision(Code.VALID, RECORD, POLICY), Decision(Code.VALID, RECORD, POLICY))
+    result = await _authorizer(validator).check({"x-api-key": KEY}, "GET", target, "10.0.0.9")
+    assert result.status == 400 and result.error == "invalid_path"
+    assert target not in result.body and "admin" not in result.body
+    assert validator.asked == []
+
+
 def test_check_response_for_allow_and_deny() -> None:
-    allowed = check_response(result_for(Decision(Code.VALID, RECORD, POLICY), "x-api-key", NOW))
+    allowed = check_response(result_for(Decision(Code.VALID, RECORD, POLICY), HEADERS, NOW))
     assert allowed.status.code == 0 and allowed.HasField("ok_response")
     assert {h.header.key: h.header.value for h in allowed.ok_response.headers} == {
         KEY_ID_HEADER: RECORD.key_id, OWNER_ID_HEADER: "acme"}
     assert all(h.append_action == h.OVERWRITE_IF_EXISTS_OR_ADD for h in allowed.ok_response.headers)
-    assert list(allowed.ok_response.headers_to_remove) == ["x-api-key"]
+    assert list(allowed.ok_response.headers_to_remove) == list(HEADERS)
     assert dict(allowed.dynamic_metadata) == {"key_id": RECORD.key_id, "owner_id": "acme", "policy_id": "partners"}
 
     denied = check_response(MISSING_CREDENTIALS)

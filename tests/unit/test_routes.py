@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from keysvc.errors import ConfigError
-from keysvc.routes import RouteRule, Routes, load_routes, normalize_path, parse_routes
+from keysvc.routes import RouteRule, Routes, load_routes, normalize_path, parse_routes, path_problem
 
 pytestmark = pytest.mark.unit
 
@@ -96,9 +96,37 @@ def test_paths_are_normalized_before_matching(routes: Routes, target: str, scope
     ("a/b", "/a/b"),
     ("", "/"),
     ("https://h:8443", "/"),
+    ("/admin;x=1", "/admin"),        # path parameters are dropped, as Tomcat and Jetty do
+    ("/public/..;/admin", "/admin"),
+    ("/a;b/c;d/", "/a/c/"),
 ])
 def test_normalize_path(target: str, path: str) -> None:
     assert normalize_path(target) == path
+
+
+@pytest.mark.parametrize("target", [
+    "/admin;x", "/admin;jsessionid=1/x", "/public/..;/admin", "/public/%3B/../admin",
+])
+def test_path_parameters_cannot_dodge_a_rule(target: str) -> None:
+    routes = Routes((RouteRule(("admin",), path_prefix="/admin"),))
+    assert routes.required_scopes(target, "GET") == ("admin",)
+
+
+@pytest.mark.parametrize("target", [
+    "/admin%2F..%2Fpublic", "/admin%2f..%2fpublic", "/a%5Cb", "/a%5cb", "/a/%2E%2E/b", "/a/%2e",
+    "/admin%252F..%252Fpublic", "/a%252e%252e/b", "/a%255Cb", "/a%2500", "/a%00b", "/a%1fb", "/a%7Fb",
+    "/a\\b", "/a\x00b", "/a\tb", "/a\nb", "/a#b", "/a?b#c", "/" + "a" * 8192,
+])
+def test_path_problem_refuses_ambiguous_targets(target: str) -> None:
+    reason = path_problem(target)
+    assert reason and target not in reason
+
+
+@pytest.mark.parametrize("target", [
+    "/a/b", "/a%20b", "/%6Frders/1", "/a?next=%2F..%2F", "/a?x=\\", "/a%25", "/a%25zz", "/a%41", "/" + "a" * 8191,
+])
+def test_path_problem_accepts_plain_targets(target: str) -> None:
+    assert path_problem(target) == ""
 
 
 def test_no_rules_needs_only_the_default() -> None:
