@@ -17,6 +17,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+# gRPC's C core writes its own lines to stderr, outside structlog and its redaction (an
+# invalid metadata value, say); keysvc's processes keep them off unless the operator asks.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from keysvc.errors import ConfigError, KeysvcError
 
 __all__ = ["main", "parse_duration"]

@@ -271,7 +271,8 @@ async def _start_http(app: App) -> int:
     handlers = ForwardAuth(app.authorizer, lambda: app.serving,
                            require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
     app.http = HttpListener(make_app(handlers), app.settings.http_listen,
-                            shutdown_grace_s=app.settings.shutdown_grace_s)
+                            shutdown_grace_s=app.settings.shutdown_grace_s,
+                            key_headers=app.authorizer.key_headers)
     return await app.http.start()
 
 

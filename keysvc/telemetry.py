@@ -1,14 +1,20 @@
 """Telemetry: structlog logging, OpenTelemetry tracing, audit spans, redaction.
 
 Code must never log or trace a key's plaintext; redaction is the last defence if it
-does. `configure_*` may be called again (tests do): loggers and tracers obtained
-earlier, even at import, follow; a logger cached on first use keeps its level.
+does. Every other library's stdlib `logging` (aiohttp, grpc, asyncio, redis...),
+`warnings`, and uncaught exceptions (main thread, other threads, unraisable)
+go through the same processors, redaction included, so every line keysvc's
+process writes is one JSON object (or one console line). `configure_*` may be
+called again (tests do): loggers and tracers obtained earlier, even at import,
+follow; a logger cached on first use keeps its level.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO, cast
@@ -98,6 +104,53 @@ class _Sink:
 
 _SINK = _Sink()
 _PROCESSORS: list[Processor] = []  # changed in place: cached loggers hold this list
+_STDLIB_HANDLER = logging.StreamHandler(cast("TextIO", _SINK))  # the one on the root logger
+_STDLIB_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                  "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """sys.excepthook: the trace as one redacted log line, not Python's raw print-out."""
+    structlog.get_logger().bind(logger="keysvc").critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger().bind(logger="keysvc").error(
+        "uncaught exception in thread", thread=args.thread.name if args.thread else "",
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    structlog.get_logger().bind(logger="keysvc").error(
+        "exception ignored", where=repr(unraisable.object),
+        exc_info=(unraisable.exc_type, unraisable.exc_value or unraisable.exc_type(),
+                  unraisable.exc_traceback),
+    )
+
+
+def _route_stdlib(renderer: Processor, level: str) -> None:
+    """Send stdlib logging (every library's), warnings and uncaught exceptions through structlog."""
+    _STDLIB_HANDLER.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact, renderer],
+    ))
+    root = logging.getLogger()
+    if _STDLIB_HANDLER not in root.handlers:
+        root.addHandler(_STDLIB_HANDLER)
+    root.setLevel(_STDLIB_LEVELS[level])
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    sys.unraisablehook = _log_unraisable
 
 
 def configure_logging(log_format: str, log_level: str, stream: TextIO | None = None) -> None:
@@ -132,6 +185,7 @@ def configure_logging(log_format: str, log_level: str, stream: TextIO | None = N
         redact,
         renderer,
     ]
+    _route_stdlib(renderer, log_level.lower())
     structlog.configure(
         processors=_PROCESSORS,
         wrapper_class=wrapper_class,

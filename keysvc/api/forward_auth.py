@@ -10,19 +10,32 @@ key from the credential headers. A target header sent twice is refused (400).
 upstream; a denial is 400/401/403/429/503 with the headers and JSON body of
 `keysvc.api._authz`, plus `x-keysvc-error` (nginx drops the
 body of an auth subrequest, so its config reads the code from there).
-`/healthz` is 200 while the store answers, else 503.
+`/healthz` is 200 while the store answers, else 503; any other path is a
+JSON 404.
+
+Every answer is keysvc's own small JSON, including for requests aiohttp's
+parser refuses (its own answer, and its log line, quote the offending
+header, key included): a credential header it cannot read is 401
+`malformed`, a header over 8190 bytes or more than 128 headers is 431
+`header_too_large`, anything else unreadable is 400 `bad_request`. Those are
+logged as one line naming the status and the parser's error class, never
+the input.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import grpc
-from aiohttp import web
+import structlog
+from aiohttp import http_exceptions, web, web_protocol, web_server
 from multidict import CIMultiDict
 
-from keysvc.api._authz import ERROR_HEADER, Authorizer, AuthzResult, denial
+from keysvc.api._authz import ERROR_HEADER, Authorizer, AuthzResult, denial, result_for
 from keysvc.api._status import status_for
+from keysvc.model import Code, Decision
 from keysvc.settings import PROXY_TARGET_HEADERS, split_listen
 
 __all__ = ["ForwardAuth", "HttpListener", "make_app"]
@@ -32,12 +45,87 @@ _TWO_TARGETS = denial("invalid_request", "the request's target or method was sen
 _SERVER = ("server", "keysvc")  # instead of aiohttp's name and version, which some proxies pass on
 
 
+_log = structlog.get_logger("keysvc.http")
+# The header line aiohttp quotes in a parse error's message: only its name is read.
+_QUOTED_HEADER = re.compile(r"b['\"]([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):")
+_TOO_LARGE = denial("header_too_large", "a request header, or all of them together, is too large", 431)
+_BAD_REQUEST = denial("bad_request", "the request could not be read", 400)
+_NOT_FOUND = denial("not_found", "keysvc serves /authz and /healthz only", 404)
+_INTERNAL = denial("internal", "internal error", 500)
+
+
+def _unreadable(exc: BaseException | None, status: int, key_headers: tuple[str, ...]) -> AuthzResult:
+    """The answer for a request aiohttp could not parse (or, at 500, could not handle)."""
+    if status >= 500:
+        return _INTERNAL
+    if isinstance(exc, http_exceptions.LineTooLong) or (
+        isinstance(exc, http_exceptions.BadHttpMessage) and "too many headers" in exc.message.lower()
+    ):
+        return _TOO_LARGE
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        quoted = _QUOTED_HEADER.search(exc.message)
+        if quoted is not None and quoted.group(1).lower() in key_headers:
+            return _UNREADABLE_KEY
+    return _BAD_REQUEST
+
+
 def _response(result: AuthzResult) -> web.Response:
     if result.allowed:
         return web.Response(status=200, headers=dict((_SERVER, *result.upstream_headers)))
     headers = dict((_SERVER, *result.response_headers))
     headers[ERROR_HEADER] = result.error
     return web.Response(status=result.status, headers=headers, body=result.body.encode())
+
+
+_UNREADABLE_KEY = result_for(Decision(Code.MALFORMED), (), 0.0)
+
+
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses with keysvc's JSON."""
+
+    key_headers: tuple[str, ...] = ()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer and log a request that failed before (or outside) a handler, echoing nothing."""
+        result = _unreadable(exc, status, self.key_headers)
+        if status >= 500:  # an unknown error: its trace is logged (and redacted)
+            _log.error("http request failed", status=result.status, exc_info=exc)
+        else:
+            _log.info("http request refused", status=result.status, error=result.error,
+                      reason=type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent")  # as aiohttp: the connection is closed
+        response = _response(result)
+        response.force_close()
+        return response
+
+
+class _Server(web_server.Server):
+    """An aiohttp Server whose connections use `_RequestHandler`."""
+
+    key_headers: tuple[str, ...] = ()
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        handler = _RequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.key_headers = self.key_headers
+        return handler
+
+
+class _Runner(web.AppRunner):
+    """AppRunner serving through `_Server`."""
+
+    def __init__(self, app: web.Application, key_headers: tuple[str, ...], **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self._key_headers = key_headers
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # adds no state: only which handler class connections get
+        cast("_Server", server).key_headers = self._key_headers
+        return server
 
 
 class ForwardAuth:
@@ -100,6 +188,10 @@ class ForwardAuth:
                 status=503 if unavailable else 500,
             )
 
+    async def not_found(self, request: web.Request) -> web.Response:
+        """Any other path: a JSON 404."""
+        return _response(_NOT_FOUND)
+
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the store answers, 503 otherwise."""
         if self._serving():
@@ -108,10 +200,11 @@ class ForwardAuth:
 
 
 def make_app(handlers: ForwardAuth) -> web.Application:
-    """The aiohttp application: `/authz` (any method) and `GET /healthz`."""
+    """The aiohttp application: `/authz` (any method), `GET /healthz`, a JSON 404 for the rest."""
     app = web.Application()
     app.router.add_route("*", "/authz", handlers.authz)
     app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_route("*", "/{any:.*}", handlers.not_found)
     return app
 
 
@@ -122,12 +215,16 @@ class HttpListener:
         app: the application.
         address: host:port or unix:/path (see `keysvc.settings.split_listen`).
         shutdown_grace_s: how long `stop` waits for in-flight requests.
+        key_headers: the credential headers (an unreadable one is answered 401).
     """
 
-    def __init__(self, app: web.Application, address: str, *, shutdown_grace_s: float) -> None:
+    def __init__(
+        self, app: web.Application, address: str, *, shutdown_grace_s: float,
+        key_headers: tuple[str, ...] = ("x-api-key", "authorization"),
+    ) -> None:
         self._address = split_listen(address)
         # No access log: one line per proxied request would dwarf the work itself.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_grace_s)
+        self._runner = _Runner(app, key_headers, access_log=None, shutdown_timeout=shutdown_grace_s)
 
     async def start(self) -> int:
         """Bind and serve; return the TCP port (0 for a unix socket).

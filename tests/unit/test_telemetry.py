@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
+import threading
 import types
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -44,7 +47,15 @@ _OTEL_ENV = (
 def _isolated_telemetry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in _OTEL_ENV:
         monkeypatch.delenv(name, raising=False)
+    # configure_logging installs these process-wide: put pytest's own back after each test.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    root_level = logging.getLogger().level
     yield
+    logging.getLogger().removeHandler(telemetry._STDLIB_HANDLER)
+    logging.getLogger().setLevel(root_level)
+    logging.captureWarnings(False)
     telemetry.shutdown_tracing()
     telemetry._SINK.stream = None
     structlog.reset_defaults()
@@ -131,6 +142,47 @@ def test_json_log_line_redacts_message_fields_and_traceback(secret: str) -> None
     assert record["timestamp"].endswith("Z")
     assert "Traceback" in record["exception"]
     assert "ValueError: could not parse ks_[REDACTED]" in record["exception"]
+
+
+@pytest.mark.parametrize("library", ["aiohttp.server", "asyncio", "grpc._cython.cygrpc", "redis", "urllib3"])
+def test_other_libraries_stdlib_logging_goes_through_the_same_processors(library: str, secret: str) -> None:
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    try:
+        raise ValueError(f"bad header {secret}")
+    except ValueError:
+        logging.getLogger(library).exception("Error handling %s", f"x-api-key: {secret}")
+    logging.getLogger(library).debug("below the level %s", secret)
+    output = stream.getvalue()
+    assert secret not in output
+    (record,) = [json.loads(line) for line in output.splitlines()]
+    assert record["logger"] == library and record["level"] == "error"
+    assert record["event"] == "Error handling x-api-key: ks_[REDACTED]"
+    assert "ValueError: bad header ks_[REDACTED]" in record["exception"]
+
+
+def test_uncaught_exceptions_and_warnings_are_log_lines(secret: str) -> None:
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    try:
+        raise RuntimeError(f"main {secret}")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+
+    def fail() -> None:
+        raise RuntimeError(f"thread {secret}")
+
+    worker = threading.Thread(target=fail, name="worker")
+    worker.start()
+    worker.join()
+    warnings.warn_explicit(f"careful {secret}", UserWarning, "x.py", 1)
+    output = stream.getvalue()
+    assert secret not in output
+    records = [json.loads(line) for line in output.splitlines()]
+    assert [r["event"] for r in records[:2]] == ["uncaught exception", "uncaught exception in thread"]
+    assert "RuntimeError: main ks_[REDACTED]" in records[0]["exception"]
+    assert records[1]["thread"] == "worker" and "thread ks_[REDACTED]" in records[1]["exception"]
+    assert records[2]["logger"] == "py.warnings" and "careful ks_[REDACTED]" in records[2]["event"]
 
 
 def test_console_output_is_redacted_too(secret: str) -> None:

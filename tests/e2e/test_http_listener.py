@@ -1,0 +1,147 @@
+"""keysvc's HTTP listener answers every request itself, as small JSON that never echoes input.
+
+Raw bytes over a socket to a real `keysvc serve --http-listen` process: requests
+aiohttp's parser refuses (a NUL in a header, an over-long header, too many
+headers, a control character in the path, not HTTP at all) and paths it does
+not serve. Then the process's whole output (stdout and stderr) is read: every
+line is one JSON object and none holds the key.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from keysvc.keys import generate
+from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
+
+pytestmark = pytest.mark.e2e
+
+KEY = generate().secret  # key-shaped, and unknown to the store
+
+
+@dataclass
+class Listener:
+    server: ServerProcess
+    port: int
+
+    def send(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send `raw` on a fresh connection; return the status, headers and body of the answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as conn:
+            conn.sendall(raw)
+            answer = b""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+                head, sep, body = answer.partition(b"\r\n\r\n")
+                if sep and b"content-length:" in head.lower():
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(body) >= length:
+                        break
+        assert KEY.encode() not in answer and KEY[3:20].encode() not in answer
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        return int(status_line.split()[1]), headers, body
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    tmp = tmp_path_factory.mktemp("http-listener")
+    store = f"sqlite:///{tmp}/keysvc.db"
+    bootstrap(store)
+    port = free_port()
+    server = launch(store, tmp, "--http-listen", f"127.0.0.1:{port}")
+    try:
+        yield Listener(server, port)
+    finally:
+        server.stop()
+    output = server.logs()
+    assert KEY not in output and KEY[3:20] not in output
+    for line in output.splitlines():  # every line of the process, every library's: structlog JSON
+        record = json.loads(line)
+        assert isinstance(record, dict) and "event" in record and "level" in record, line
+
+
+def request(*header_lines: bytes, target: bytes = b"/authz") -> bytes:
+    return b"GET " + target + b" HTTP/1.1\r\nHost: keysvc\r\n" + b"".join(h + b"\r\n" for h in header_lines) + b"\r\n"
+
+
+def json_answer(listener: Listener, raw: bytes, status: int, error: str) -> dict[str, str]:
+    got, headers, body = listener.send(raw)
+    assert got == status, body
+    assert headers["content-type"].startswith("application/json")
+    assert headers.get("server") == "keysvc"
+    parsed = json.loads(body)
+    assert parsed["error"] == error and set(parsed) == {"error", "message"}
+    return headers
+
+
+@pytest.mark.parametrize("header", [
+    b"X-Api-Key: " + KEY.encode() + b"\x00zz",
+    b"x-api-key: \x01" + KEY.encode(),
+    b"Authorization: Bearer " + KEY.encode() + b"\x00",
+    b"Authorization: Bearer " + KEY.encode() + b"\x7f",
+], ids=["nul-in-x-api-key", "control-in-x-api-key", "nul-in-authorization", "del-in-authorization"])
+def test_an_unreadable_credential_is_401(listener: Listener, header: bytes) -> None:
+    headers = json_answer(listener, request(header), 401, "malformed")
+    assert headers["www-authenticate"] == 'Bearer realm="keysvc", error="invalid_token"'
+
+
+def test_an_over_long_header_is_431(listener: Listener) -> None:
+    json_answer(listener, request(b"X-Api-Key: " + KEY.encode() + b"A" * 9000), 431, "header_too_large")
+    json_answer(listener, request(b"X-Other: " + KEY.encode() + b"A" * 9000), 431, "header_too_large")
+
+
+def test_too_many_headers_is_431(listener: Listener) -> None:
+    many = [b"X-Api-Key: " + KEY.encode()] + [b"X-Filler-%d: x" % i for i in range(200)]
+    json_answer(listener, request(*many), 431, "header_too_large")
+
+
+@pytest.mark.parametrize("raw", [
+    request(b"X-Api-Key: " + KEY.encode(), b"X-Other: a\x00b"),
+    request(b"X-Api-Key: " + KEY.encode(), target=b"/au\x01thz?k=" + KEY.encode()),
+    request(b"X-Api-Key: " + KEY.encode(), target=b"/" + KEY.encode() * 200),
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + KEY.encode() + b"\r\n\r\n",  # TLS to a clear port
+    b"G\x00T / HTTP/1.1\r\nX-Api-Key: " + KEY.encode() + b"\r\n\r\n",
+], ids=["nul-in-other-header", "control-in-path", "over-long-path", "tls-hello", "nul-in-method"])
+def test_other_unreadable_requests_are_400_or_431(listener: Listener, raw: bytes) -> None:
+    got, headers, body = listener.send(raw)
+    assert got in (400, 431), body
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"] in ("bad_request", "header_too_large")
+
+
+def test_other_paths_are_a_json_404(listener: Listener) -> None:
+    for target in (b"/nope", b"/" + KEY.encode(), b"/healthz/x"):
+        json_answer(listener, request(b"X-Api-Key: " + KEY.encode(), target=target), 404, "not_found")
+
+
+def test_readable_requests_still_get_their_answer(listener: Listener) -> None:
+    json_answer(listener, request(b"X-Api-Key: " + KEY.encode()), 401, "not_found")
+    json_answer(listener, request(b"X-Api-Key: " + KEY.encode() + b"\xff"), 401, "malformed")
+    status, _, body = listener.send(request(target=b"/healthz"))
+    assert status == 200 and json.loads(body) == {"status": "SERVING"}
+
+
+def test_the_grpc_port_prints_nothing_but_json_for_garbage(listener: Listener) -> None:
+    host, _, port = listener.server.addr.rpartition(":")
+    for raw in (request(b"X-Api-Key: " + KEY.encode()),
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + KEY.encode() * 4,
+                b"\x16\x03\x01\x02\x00" + KEY.encode()):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(raw)
+            conn.settimeout(2)
+            try:
+                while conn.recv(65536):
+                    pass
+            except TimeoutError:
+                pass
