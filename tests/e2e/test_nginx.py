@@ -14,11 +14,9 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from google.protobuf import duration_pb2
 
 from keysvc.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
+from tests.e2e._proxies import Reply, Upstream, wait_http
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
@@ -41,61 +40,6 @@ scopes = ["orders:write"]
 path_prefix = "/orders"
 scopes = ["orders:read"]
 """
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class Upstream:
-    """A tiny HTTP server that records every request it receives."""
-
-    seen: list[Seen] = field(default_factory=list)
-    port: int = 0
-
-    def __post_init__(self) -> None:
-        seen = self.seen
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as nginx's upstream block asks
-
-            def _any(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                self.rfile.read(length)
-                seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-                body = b'{"upstream":"ok"}'
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any  # noqa: N815
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> dict[str, str]:
-        return json.loads(self.body)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -151,19 +95,6 @@ def start_nginx(prefix: Path, keysvc: str, upstream: str) -> Nginx:
             time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"nginx did not listen on {port}:\n{nginx.logs()}")
-
-
-def wait_http(port: int, server: ServerProcess) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"keysvc's HTTP listener never answered:\n{server.logs()}")
 
 
 @dataclass

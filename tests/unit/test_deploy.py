@@ -12,6 +12,7 @@ from envoy.config.core.v3 import config_source_pb2
 # Imported for their descriptors: json_format resolves each "@type" from these.
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -38,9 +39,11 @@ def _hcm(bootstrap: bootstrap_pb2.Bootstrap) -> hcm_pb2.HttpConnectionManager:
 def test_ext_authz_filter_asks_keysvc_over_grpc_v3_and_fails_closed(bootstrap: bootstrap_pb2.Bootstrap) -> None:
     manager = _hcm(bootstrap)
     names = [f.name for f in manager.http_filters]
-    assert names == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    # Identity headers are stripped first, so a client's never reach the app on any route.
+    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz",
+                     "envoy.filters.http.router"]
     authz = ext_authz_pb2.ExtAuthz()
-    assert manager.http_filters[0].typed_config.Unpack(authz)
+    assert manager.http_filters[1].typed_config.Unpack(authz)
     assert authz.grpc_service.envoy_grpc.cluster_name == "keysvc"
     assert authz.transport_api_version == config_source_pb2.V3
     assert authz.failure_mode_allow is False

