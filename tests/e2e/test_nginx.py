@@ -24,7 +24,7 @@ from google.protobuf import duration_pb2
 
 from keysvc.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._proxies import Reply, Upstream, wait_http
+from tests.e2e._proxies import Reply, Upstream, send, wait_http
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
@@ -245,6 +245,39 @@ def test_quota_exhausted_is_429_without_retry_after(world: World) -> None:
     assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
     reply = world.stopped("GET", "/orders", {"X-Api-Key": secret}, 429, "quota_exhausted")
     assert "Retry-After" not in reply.headers
+
+
+def test_client_identity_headers_never_reach_the_app_on_the_public_route(world: World) -> None:
+    forged = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("X-Keysvc-Owner-Id", "someone-else"),
+              ("X_Keysvc_Key_Id", "key_00000000000000000")]
+    assert send(world.nginx.port, "GET", "/healthz", forged).status == 200
+    seen = world.upstream.seen[-1]
+    assert seen.path == "/healthz"
+    assert not {"x-keysvc-key-id", "x-keysvc-owner-id", "x_keysvc_key_id"} & set(seen.names)
+
+
+def test_forged_target_headers_never_change_the_decision(world: World) -> None:
+    _, reader = world.key(policy_id="partners", scopes=["orders:read"])
+    forged = {"X-Original-URI": "/public", "X-Original-Method": "GET",
+              "X-Forwarded-Uri": "/public", "X-Forwarded-Method": "GET"}
+    world.stopped("POST", "/orders", {"X-Api-Key": reader, **forged}, 403, "insufficient_scope")
+
+
+def test_two_keys_are_refused(world: World) -> None:
+    _, first = world.key(policy_id="partners")
+    _, second = world.key(policy_id="partners")
+    for headers in ([("X-Api-Key", first), ("Authorization", f"Bearer {second}")],
+                    [("X-Api-Key", first), ("X-Api-Key", second)]):
+        before = len(world.upstream.seen)
+        reply = send(world.nginx.port, "GET", "/orders", headers)
+        assert reply.status == 401 and reply.json()["error"] == "invalid_request"
+        assert len(world.upstream.seen) == before
+
+
+def test_paths_keysvc_cannot_judge_are_400(world: World) -> None:
+    _, reader = world.key(policy_id="partners", scopes=["orders:read"])
+    for path in ("/orders%2F..%2Fpublic", "/public%2F..%2Forders", "/orders/%2e%2e/x", "/x%252Forders"):
+        world.stopped("GET", path, {"X-Api-Key": reader}, 400, "invalid_path")
 
 
 def test_keys_stay_out_of_nginx_logs(world: World) -> None:
