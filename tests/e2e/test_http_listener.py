@@ -59,7 +59,7 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
     store = f"sqlite:///{tmp}/keysvc.db"
     bootstrap(store)
     port = free_port()
-    server = launch(store, tmp, "--http-listen", f"127.0.0.1:{port}")
+    server = launch(store, tmp, "--http-listen", f"127.0.0.1:{port}", "--authz-proxy", "nginx")
     try:
         yield Listener(server, port)
     finally:
@@ -130,6 +130,16 @@ def test_readable_requests_still_get_their_answer(listener: Listener) -> None:
     json_answer(listener, request(b"X-Api-Key: " + KEY.encode() + b"\xff"), 401, "malformed")
     status, _, body = listener.send(request(target=b"/healthz"))
     assert status == 200 and json.loads(body) == {"status": "SERVING"}
+
+
+def test_the_target_comes_only_from_the_configured_proxys_header(listener: Listener) -> None:
+    key = b"X-Api-Key: " + KEY.encode()
+    json_answer(listener, request(key, b"X-Original-URI: /a", b"X-Original-URI: /b"), 400, "invalid_request")
+    json_answer(listener, request(key, b"X-Original-Method: GET", b"X-Original-Method: POST"),
+                400, "invalid_request")
+    json_answer(listener, request(key, b"X-Original-URI: /a%2F..%2Fb"), 400, "invalid_path")
+    # Another proxy's header is not read: this one is judged by its key alone.
+    json_answer(listener, request(key, b"X-Forwarded-Uri: /a%2F..%2Fb"), 401, "not_found")
 
 
 def test_the_grpc_port_prints_nothing_but_json_for_garbage(listener: Listener) -> None:

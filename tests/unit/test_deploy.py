@@ -70,3 +70,11 @@ def test_public_route_skips_ext_authz(bootstrap: bootstrap_pb2.Bootstrap) -> Non
     assert routes[0].typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(per_route)
     assert per_route.disabled
     assert routes[-1].match.prefix == "/" and not routes[-1].typed_per_filter_config
+
+
+@pytest.mark.parametrize("shipped", ["caddy/Caddyfile", "traefik/keysvc.yml", "traefik/traefik.yml"])
+def test_readme_shows_the_shipped_proxy_config_exactly(shipped: str) -> None:
+    # The README's snippet is the tested file itself, not a paraphrase that can drift.
+    readme = (ENVOY.parents[2] / "README.md").read_text()
+    text = (ENVOY.parents[1] / shipped).read_text().rstrip("\n")
+    assert f"\n{text}\n```\n" in readme, f"README's copy of deploy/{shipped} differs from the file"
