@@ -151,7 +151,7 @@ def find_credential(headers: Mapping[str, str], key_headers: Sequence[str]) -> t
         value = headers.get(name)
         if not value:
             continue
-        parts = value.split(",")
+        parts = value.split(",") if "," in value else (value,)
         for part in parts:
             key = part.strip()
             if key and name == "authorization":

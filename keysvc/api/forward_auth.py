@@ -43,8 +43,6 @@ __all__ = ["ForwardAuth", "HttpListener", "make_app"]
 _NO_TARGET = denial("missing_original_uri", "the proxy did not send the request's target", 400)
 _TWO_TARGETS = denial("invalid_request", "the request's target or method was sent more than once", 400)
 _SERVER = ("server", "keysvc")  # instead of aiohttp's name and version, which some proxies pass on
-
-
 _log = structlog.get_logger("keysvc.http")
 # The header line aiohttp quotes in a parse error's message: only its name is read.
 _QUOTED_HEADER = re.compile(r"b['\"]([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):")
@@ -52,6 +50,7 @@ _TOO_LARGE = denial("header_too_large", "a request header, or all of them togeth
 _BAD_REQUEST = denial("bad_request", "the request could not be read", 400)
 _NOT_FOUND = denial("not_found", "keysvc serves /authz and /healthz only", 404)
 _INTERNAL = denial("internal", "internal error", 500)
+_UNREADABLE_KEY = result_for(Decision(Code.MALFORMED), (), 0.0)  # the 401 of a malformed key
 
 
 def _unreadable(exc: BaseException | None, status: int, key_headers: tuple[str, ...]) -> AuthzResult:
@@ -75,9 +74,6 @@ def _response(result: AuthzResult) -> web.Response:
     headers = dict((_SERVER, *result.response_headers))
     headers[ERROR_HEADER] = result.error
     return web.Response(status=result.status, headers=headers, body=result.body.encode())
-
-
-_UNREADABLE_KEY = result_for(Decision(Code.MALFORMED), (), 0.0)
 
 
 class _RequestHandler(web_protocol.RequestHandler):

@@ -10,7 +10,10 @@ line is one JSON object and none holds the key.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,3 +158,30 @@ def test_the_grpc_port_prints_nothing_but_json_for_garbage(listener: Listener) -
                     pass
             except TimeoutError:
                 pass
+
+
+_C_CORE_LOGS = """
+import sys
+if sys.argv[1] == "keysvc":
+    import keysvc.cli  # what every keysvc process imports first
+import grpc
+from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
+channel = grpc.insecure_channel("127.0.0.1:9")
+try:  # an illegal metadata value: gRPC's C core prints an error line, value context included
+    keysvc_pb2_grpc.KeyServiceStub(channel).Validate(
+        keysvc_pb2.ValidateRequest(), metadata=[("authorization", "Bearer " + sys.argv[2] + "\\x7f")], timeout=5)
+except grpc.RpcError as exc:
+    print(exc.code().name)
+"""
+
+
+@pytest.mark.parametrize("importer", ["keysvc", "plain"])
+def test_grpc_c_core_lines_stay_off_in_keysvc_processes(importer: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    done = subprocess.run([sys.executable, "-c", _C_CORE_LOGS, importer, KEY], env=env, check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "INTERNAL", done.stderr
+    if importer == "keysvc":
+        assert done.stderr == ""
+    else:  # the control: without keysvc's default the C core does print (so the check above can fail)
+        assert "Metadata value for key authorization is invalid" in done.stderr
