@@ -51,7 +51,7 @@ FORGED_IDENTITY = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("X-Keysvc-Owne
 # Every header pair a proxy might carry the target in, pointing somewhere harmless.
 FORGED_TARGET = [("X-Original-URI", "/public"), ("X-Original-Method", "GET"),
                  ("X-Forwarded-Uri", "/public"), ("X-Forwarded-Method", "GET"),
-                 ("X-Forwarded-For", "127.0.0.1")]
+                 ("X-Forwarded-For", "10.9.9.9")]
 
 
 def binary(name: str) -> str:
@@ -133,6 +133,11 @@ class World:
         assert "x-api-key" not in seen.names and "authorization" not in seen.names
         assert not any(name.replace("_", "-") in IDENTITY and name not in IDENTITY for name in seen.names)
         assert all(seen.names.count(name) <= 1 for name in IDENTITY)
+        # A client's target headers reach the app no more than they reach keysvc's decision.
+        assert not {"x-original-uri", "x-original-method"} & set(seen.names)
+        assert seen.headers.get("x-forwarded-uri", path) == path
+        assert seen.headers.get("x-forwarded-method", method) == method
+        assert "10.9.9.9" not in seen.headers.get("x-forwarded-for", "")
         for secret in self.secrets:
             assert secret not in json.dumps(seen.headers)
         return seen.headers
@@ -188,6 +193,9 @@ def test_allowed_request_has_keysvcs_identity_and_no_credential(world: World) ->
     headers = world.passed("GET", "/orders/7?x=1", [("X-Api-Key", secret), *FORGED_IDENTITY])
     assert headers["x-keysvc-owner-id"] == "acme" and headers["x-keysvc-key-id"].startswith("key_")
     headers = world.passed("GET", "/orders", [("Authorization", f"Bearer {secret}"), *FORGED_IDENTITY])
+    assert headers["x-keysvc-owner-id"] == "acme"
+    # Forged target headers on an allowed request: judged by the real target, and not passed on.
+    headers = world.passed("GET", "/orders/8", [("X-Api-Key", secret), *FORGED_TARGET])
     assert headers["x-keysvc-owner-id"] == "acme"
 
 

@@ -261,6 +261,10 @@ def test_forged_target_headers_never_change_the_decision(world: World) -> None:
     forged = {"X-Original-URI": "/public", "X-Original-Method": "GET",
               "X-Forwarded-Uri": "/public", "X-Forwarded-Method": "GET"}
     world.stopped("POST", "/orders", {"X-Api-Key": reader, **forged}, 403, "insufficient_scope")
+    assert world.nginx.request("GET", "/orders/9", {"X-Api-Key": reader, **forged}).status == 200
+    seen = world.upstream.seen[-1]
+    assert seen.path == "/orders/9"
+    assert not {"x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method"} & set(seen.names)
 
 
 def test_two_keys_are_refused(world: World) -> None:
