@@ -181,7 +181,7 @@ class ForwardAuth:
             return web.json_response(
                 {"error": "unavailable" if unavailable else "internal",
                  "message": "authorization is temporarily unavailable" if unavailable else "internal error"},
-                status=503 if unavailable else 500,
+                status=503 if unavailable else 500, headers=dict((_SERVER,)),
             )
 
     async def not_found(self, request: web.Request) -> web.Response:
@@ -191,8 +191,8 @@ class ForwardAuth:
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the store answers, 503 otherwise."""
         if self._serving():
-            return web.json_response({"status": "SERVING"})
-        return web.json_response({"status": "NOT_SERVING"}, status=503)
+            return web.json_response({"status": "SERVING"}, headers=dict((_SERVER,)))
+        return web.json_response({"status": "NOT_SERVING"}, status=503, headers=dict((_SERVER,)))
 
 
 def make_app(handlers: ForwardAuth) -> web.Application:

@@ -131,8 +131,9 @@ def test_other_paths_are_a_json_404(listener: Listener) -> None:
 def test_readable_requests_still_get_their_answer(listener: Listener) -> None:
     json_answer(listener, request(b"X-Api-Key: " + KEY.encode()), 401, "not_found")
     json_answer(listener, request(b"X-Api-Key: " + KEY.encode() + b"\xff"), 401, "malformed")
-    status, _, body = listener.send(request(target=b"/healthz"))
+    status, headers, body = listener.send(request(target=b"/healthz"))
     assert status == 200 and json.loads(body) == {"status": "SERVING"}
+    assert headers["server"] == "keysvc"  # never aiohttp's name and version
 
 
 def test_the_target_comes_only_from_the_configured_proxys_header(listener: Listener) -> None:
