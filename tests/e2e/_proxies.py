@@ -112,3 +112,23 @@ def send(port: int, method: str, path: str, headers: list[tuple[str, str]] | Non
         return Reply(response.status, response.headers, response.read())
     finally:
         conn.close()
+
+
+# Targets that some server along the way may read as the public /healthz while the
+# app reads them as a protected path: they must never reach the app without a check.
+SMUGGLED_PUBLIC = ("/orders/..%2F..%2Fhealthz", "/orders/..%2f..%2fhealthz", "/orders/%2e%2e/healthz",
+                   "/orders%2F..%2Fhealthz", "/orders/..%5C..%5Chealthz", "/orders/..%252F..%252Fhealthz")
+
+
+def check_smuggled_public(port: int, upstream: Upstream, path: str) -> Reply:
+    """Send `path` without a key: refused (4xx, never reaching the app), or the proxy itself
+    normalized it to the public /healthz and the app was told exactly that."""
+    before = len(upstream.seen)
+    reply = send(port, "GET", path)
+    if reply.status == 200:
+        assert len(upstream.seen) == before + 1
+        assert upstream.seen[-1].path == "/healthz", (path, upstream.seen[-1].path)
+    else:
+        assert 400 <= reply.status < 500, (path, reply.status, reply.body)
+        assert len(upstream.seen) == before, (path, "reached the app unchecked")
+    return reply

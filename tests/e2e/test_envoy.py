@@ -24,7 +24,7 @@ from google.protobuf import duration_pb2
 
 from keysvc.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._proxies import Reply, Upstream, send, wait_port
+from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_port
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
@@ -211,6 +211,11 @@ def test_escaped_separators_are_refused_by_envoy_or_keysvc(world: World) -> None
     for path in ("/public%2F..%2Forders", "/public%5C..%5Corders", "/public%252F..%252Forders",
                  "/public/%2e%2e/orders%00"):
         world.stopped("GET", path, [("x-api-key", secret)], 400)
+
+
+def test_encoded_separators_never_reach_the_app_unchecked(world: World) -> None:
+    for path in SMUGGLED_PUBLIC:
+        check_smuggled_public(world.port, world.upstream, path)
 
 
 def test_keysvc_down_is_503(world: World) -> None:  # last: it stops keysvc

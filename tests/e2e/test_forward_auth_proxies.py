@@ -24,7 +24,15 @@ import pytest
 from google.protobuf import duration_pb2
 
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._proxies import Reply, Upstream, send, wait_http, wait_port
+from tests.e2e._proxies import (
+    SMUGGLED_PUBLIC,
+    Reply,
+    Upstream,
+    check_smuggled_public,
+    send,
+    wait_http,
+    wait_port,
+)
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
@@ -91,6 +99,10 @@ def start_proxy(kind: str, tmp: Path, port: int, keysvc: str, app: str) -> tuple
                             env={"HOME": str(tmp), "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp),
                                  "PATH": "/usr/bin:/bin"})
     wait_port(port, lambda: proc.poll() is None, kind, log.read_text)
+    deadline = time.monotonic() + 30
+    while send(port, "GET", "/healthz").status == 404:  # Traefik loads the file's routers after listening
+        assert time.monotonic() < deadline, f"{kind} never routed /healthz:\n{log.read_text()}"
+        time.sleep(0.05)
     return proc, log
 
 
@@ -120,13 +132,8 @@ class World:
 
     def passed(self, method: str, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
         """Assert the request reached the app with no credential and no forged identity."""
-        deadline = time.monotonic() + 30
-        while True:  # Traefik's file provider may still be loading the routers
-            before = len(self.upstream.seen)
-            reply = self.send(method, path, headers)
-            if reply.status != 404 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        before = len(self.upstream.seen)
+        reply = self.send(method, path, headers)
         assert reply.status == 200, (reply.status, reply.body)
         assert len(self.upstream.seen) == before + 1
         seen = self.upstream.seen[-1]
@@ -188,12 +195,19 @@ def test_public_route_never_passes_client_identity_headers(world: World) -> None
     assert not set(headers) & set(IDENTITY)
 
 
+def test_encoded_separators_never_reach_the_app_unchecked(world: World) -> None:
+    for path in SMUGGLED_PUBLIC:
+        check_smuggled_public(world.port, world.upstream, path)
+
+
 def test_allowed_request_has_keysvcs_identity_and_no_credential(world: World) -> None:
     secret = world.key(policy_id="partners", scopes=["orders:read"])
     headers = world.passed("GET", "/orders/7?x=1", [("X-Api-Key", secret), *FORGED_IDENTITY])
     assert headers["x-keysvc-owner-id"] == "acme" and headers["x-keysvc-key-id"].startswith("key_")
     headers = world.passed("GET", "/orders", [("Authorization", f"Bearer {secret}"), *FORGED_IDENTITY])
     assert headers["x-keysvc-owner-id"] == "acme"
+    # An encoded "/" in the query string is nobody's path: it passes.
+    world.passed("GET", "/status?next=%2Fa%2E%5C", [("X-Api-Key", secret)])
     # Forged target headers on an allowed request: judged by the real target, and not passed on.
     headers = world.passed("GET", "/orders/8", [("X-Api-Key", secret), *FORGED_TARGET])
     assert headers["x-keysvc-owner-id"] == "acme"

@@ -24,7 +24,7 @@ from google.protobuf import duration_pb2
 
 from keysvc.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._proxies import Reply, Upstream, send, wait_http
+from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_http
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
@@ -276,6 +276,13 @@ def test_two_keys_are_refused(world: World) -> None:
         reply = send(world.nginx.port, "GET", "/orders", headers)
         assert reply.status == 401 and reply.json()["error"] == "invalid_request"
         assert len(world.upstream.seen) == before
+
+
+def test_encoded_separators_never_reach_the_app_unchecked(world: World) -> None:
+    for path in SMUGGLED_PUBLIC:
+        check_smuggled_public(world.nginx.port, world.upstream, path)
+    _, secret = world.key(policy_id="partners")
+    assert world.nginx.request("GET", "/status?next=%2Fa%2E%5C", {"X-Api-Key": secret}).status == 200
 
 
 def test_paths_keysvc_cannot_judge_are_400(world: World) -> None:
