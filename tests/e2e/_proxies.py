@@ -117,7 +117,8 @@ def send(port: int, method: str, path: str, headers: list[tuple[str, str]] | Non
 # Targets that some server along the way may read as the public /healthz while the
 # app reads them as a protected path: they must never reach the app without a check.
 SMUGGLED_PUBLIC = ("/orders/..%2F..%2Fhealthz", "/orders/..%2f..%2fhealthz", "/orders/%2e%2e/healthz",
-                   "/orders%2F..%2Fhealthz", "/orders/..%5C..%5Chealthz", "/orders/..%252F..%252Fhealthz")
+                   "/orders%2F..%2Fhealthz", "/orders/..%5C..%5Chealthz", "/orders/..%252F..%252Fhealthz",
+                   "/orders/..\\..\\healthz", "/orders%00/../../healthz", "/orders/..;/..;/healthz")
 
 
 def check_smuggled_public(port: int, upstream: Upstream, path: str) -> Reply:
