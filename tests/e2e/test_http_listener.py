@@ -69,9 +69,11 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
         server.stop()
     output = server.logs()
     assert KEY not in output and KEY[3:20] not in output
-    for line in output.splitlines():  # every line of the process, every library's: structlog JSON
-        record = json.loads(line)
-        assert isinstance(record, dict) and "event" in record and "level" in record, line
+    records = [json.loads(line) for line in output.splitlines()]  # every library's line: structlog JSON
+    assert all(isinstance(r, dict) and "event" in r and "level" in r for r in records), output
+    refused = [r for r in records if r["event"] == "http request refused"]
+    assert {r["status"] for r in refused} == {400, 401, 431}
+    assert {"BadHttpMessage", "LineTooLong"} <= {r["reason"] for r in refused}
 
 
 def request(*header_lines: bytes, target: bytes = b"/authz") -> bytes:
