@@ -37,7 +37,7 @@ class Request:
     def mark(self, outcome: Mapping[str, Any], now: float) -> RequestMark:
         """Return the mark to record with the write that first answers this request."""
         return RequestMark(self.actor, self.request_id, self.fingerprint,
-                           json.dumps(outcome, sort_keys=True), now + REQUEST_WINDOW_S)
+                           json.dumps(outcome, sort_keys=True), now + REQUEST_WINDOW_S, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +47,10 @@ class Recorded:
     mark: RequestMark
     outcome: Mapping[str, Any]
 
-    def moved_on(self, outcome: Mapping[str, Any]) -> RequestMark:
+    def moved_on(self, outcome: Mapping[str, Any], now: float) -> RequestMark:
         """Return the mark replacing this one (same window) after a re-issued secret."""
         return dataclasses.replace(self.mark, outcome=json.dumps(outcome, sort_keys=True),
-                                   replace=True)
+                                   recorded_at=now, replace=True)
 
 
 def _plain(value: Any) -> Any:

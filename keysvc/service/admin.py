@@ -574,7 +574,7 @@ class AdminService:
                           revision=record.revision + 1)
         await self._store.update_key(
             updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
-            first.moved_on({**first.outcome, "revision": updated.revision}),
+            first.moved_on({**first.outcome, "revision": updated.revision}, now),
         )
         span.set("target.key_id", key_id)
         span.set("outcome", "secret_reissued")

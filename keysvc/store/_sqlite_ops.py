@@ -132,14 +132,14 @@ def get_request(conn: sqlite3.Connection, actor: str, request_id: str, now: floa
     return None if row is None else mark_from_json(actor, request_id, row[0])
 
 
-def put_request(conn: sqlite3.Connection, mark: RequestMark, now: float) -> None:
+def put_request(conn: sqlite3.Connection, mark: RequestMark) -> None:
     """Record a request mark (inside the write's own transaction); forget expired ones.
 
     Raises:
         DuplicateRequestError: a new mark whose (actor, request_id) is recorded.
     """
-    conn.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
-    if not mark.replace and get_request(conn, mark.actor, mark.request_id, now) is not None:
+    conn.execute("DELETE FROM requests WHERE expires_at <= ?", (mark.recorded_at,))
+    if not mark.replace and get_request(conn, mark.actor, mark.request_id, mark.recorded_at):
         raise DuplicateRequestError("request_id: already used by this admin key")
     conn.execute(
         "INSERT OR REPLACE INTO requests (actor, request_id, expires_at, body) VALUES (?, ?, ?, ?)",

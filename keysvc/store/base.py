@@ -52,7 +52,8 @@ class RequestMark:
     `outcome` is the service's own JSON, read back to answer a retry; the mark
     is forgotten after `expires_at` (epoch seconds). `replace` overwrites the
     stored mark (a re-issued secret moves its revision on) instead of
-    refusing when one exists.
+    refusing when one exists; `recorded_at` is the writer's clock, by which
+    a held mark has expired or not.
     """
 
     actor: str
@@ -60,6 +61,7 @@ class RequestMark:
     fingerprint: str
     outcome: str
     expires_at: float
+    recorded_at: float = 0.0
     replace: bool = False
 
 

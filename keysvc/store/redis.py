@@ -157,7 +157,7 @@ class RedisStore:
         if mark is not None:
             keys.append(self._k("req", mark.actor, mark.request_id))
             args += ["replace" if mark.replace else "new", mark_to_json(mark),
-                     int(mark.expires_at * 1000)]
+                     int(mark.expires_at * 1000), repr(mark.recorded_at)]
 
     # -- lifecycle --------------------------------------------------------------
 

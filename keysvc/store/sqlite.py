@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
@@ -113,7 +112,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> str:
             with ops.transaction(conn):
                 if mark is not None:
-                    ops.put_request(conn, mark, time.time())
+                    ops.put_request(conn, mark)
                 work(conn)
                 # Runs under the lock, so the count needs no other guard.
                 self._appended += 1
