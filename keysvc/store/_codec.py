@@ -270,11 +270,11 @@ def check_revision(revision: int, expected_revision: int) -> None:
 def mark_to_json(mark: RequestMark) -> str:
     """Return the stored form of a request mark (its actor and id are the row's key)."""
     return dumps({"fingerprint": mark.fingerprint, "outcome": mark.outcome,
-                  "expires_at": mark.expires_at})
+                  "expires_at": mark.expires_at, "recorded_at": mark.recorded_at})
 
 
 def mark_from_json(actor: str, request_id: str, body: str | bytes) -> RequestMark:
     """Rebuild a request mark from its stored form."""
     data = loads(body)
     return RequestMark(actor, request_id, str(data["fingerprint"]), str(data["outcome"]),
-                       float(data["expires_at"]))
+                       float(data["expires_at"]), float(data.get("recorded_at", 0.0)))
