@@ -139,8 +139,8 @@ class AdminService:
                 await self._store.create_key(
                     record, quota, self._event(EventType.KEY_CREATED, actor, record), mark
                 )
-            except DuplicateRequestError:
-                return await self._reissue(actor, await self._first(req), span)
+            except DuplicateRequestError as exc:
+                return await self._reissue(actor, await self._raced(req, exc), span)
             span.set("target.key_id", record.key_id)
             return KeyView(record, key_status(record, now), None, quota), generated.secret
 
@@ -256,7 +256,8 @@ class AdminService:
                     updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
                     req.mark({"key_id": key_id}, now) if req else None,
                 )
-            except DuplicateRequestError:
+            except (DuplicateRequestError, ConflictError) as exc:
+                await self._raced(req, exc)
                 return await self.get_key(key_id)
             if "quota_remaining" in changes:
                 # After the revision-checked write, so a lost race changes nothing.
@@ -285,12 +286,16 @@ class AdminService:
             record = await self._record(key_id)
             now = self._clock()
             revoke_at = now + grace_s
+            refused = None
             if key_status(record, now) is KeyStatus.REVOKED:
-                raise FailedPreconditionError(f"key {key_id} is already revoked")
-            if record.revoke_at is not None and record.revoke_at <= revoke_at:
-                raise FailedPreconditionError(
+                refused = FailedPreconditionError(f"key {key_id} is already revoked")
+            elif record.revoke_at is not None and record.revoke_at <= revoke_at:
+                refused = FailedPreconditionError(
                     f"key {key_id} is already being revoked sooner; revocation is never postponed"
                 )
+            if refused is not None:  # perhaps by a concurrent attempt of this very request
+                await self._raced(req, refused)
+                return await self.get_key(key_id)
             # A revocation that takes effect now is announced by its own key.revoked event;
             # only a scheduled one is left for the DeadlineAnnouncer.
             announced = revoke_at if grace_s == 0 else record.announced_through
@@ -301,7 +306,8 @@ class AdminService:
                     updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record),
                     req.mark({"key_id": key_id}, now) if req else None,
                 )
-            except DuplicateRequestError:
+            except (DuplicateRequestError, ConflictError) as exc:
+                await self._raced(req, exc)
                 return await self.get_key(key_id)
             return (await self._views([updated]))[0]
 
@@ -331,7 +337,9 @@ class AdminService:
             if status in (KeyStatus.REVOKED, KeyStatus.EXPIRED) or old.revoke_at is not None:
                 state = "being revoked" if status is not KeyStatus.REVOKED and old.revoke_at else (
                     status.name.lower())
-                raise FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
+                refused = FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
+                # Perhaps because a concurrent attempt of this very request rotated it.
+                return await self._rotated(actor, await self._raced(req, refused), span)
             generated = keys.generate(old.hint.rpartition("_")[0] or self._prefix)
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
@@ -349,8 +357,8 @@ class AdminService:
                     retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old),
                     req.mark(outcome, now) if req else None,
                 )
-            except DuplicateRequestError:
-                return await self._rotated(actor, await self._first(req), span)
+            except (DuplicateRequestError, ConflictError) as exc:
+                return await self._rotated(actor, await self._raced(req, exc), span)
             span.set("new.key_id", new.key_id)
             views = await self._views([new, retired])
             return views[0], generated.secret, views[1]
@@ -378,7 +386,8 @@ class AdminService:
                                    policy_version=1),
                     req.mark({"policy_id": created.policy_id, "version": 1}, now) if req else None,
                 )
-            except DuplicateRequestError:
+            except DuplicateRequestError as exc:
+                await self._raced(req, exc)
                 return await self.get_policy(policy.policy_id, 1)
             return created
 
@@ -516,8 +525,8 @@ class AdminService:
                 new, Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version),
                 req.mark({"policy_id": new.policy_id, "version": new.version}, now) if req else None,
             )
-        except DuplicateRequestError:
-            return await self._replayed_version(await self._first(req))
+        except (DuplicateRequestError, ConflictError) as exc:
+            return await self._replayed_version(await self._raced(req, exc))
         span.set("new.version", new.version)
         return new, impact
 
@@ -542,11 +551,15 @@ class AdminService:
 
     # -- replays of a retried request_id ------------------------------------------
 
-    async def _first(self, req: requests.Request | None) -> requests.Recorded:
-        """Return what a concurrent first attempt of `req` recorded (its write won)."""
+    async def _raced(self, req: requests.Request | None, exc: Exception) -> requests.Recorded:
+        """After a refused write, return what a concurrent attempt of `req` recorded.
+
+        Raises:
+            exc: no attempt of `req` recorded anything; the refusal stands.
+        """
         first = await requests.recorded(self._store, req, self._clock())
-        if first is None:  # pragma: no cover - the store just refused the mark as recorded
-            raise ConflictError("request_id: a concurrent attempt of this request is in flight")
+        if first is None:
+            raise exc
         return first
 
     async def _reissue(self, actor: str, first: requests.Recorded, span: Any) -> tuple[KeyView, str]:
@@ -560,10 +573,16 @@ class AdminService:
 
         Raises:
             FailedPreconditionError: the key changed since the first attempt.
+            ConflictError: a concurrent retry re-issued it first (retry again).
         """
         key_id, revision = str(first.outcome["key_id"]), int(first.outcome["revision"])
         record = await self._record(key_id)
         if record.revision != revision:
+            now_recorded = await self._store.get_request(first.mark.actor, first.mark.request_id,
+                                                         self._clock())
+            if now_recorded is not None and now_recorded.outcome != first.mark.outcome:
+                raise ConflictError("request_id: a concurrent retry of this request re-issued "
+                                    "the secret; retry")
             raise FailedPreconditionError(
                 f"request_id: key {key_id} made by this request has changed since; "
                 "its secret is not re-issued"

@@ -64,6 +64,11 @@ class DelayProxy:
         self._ready.set()
         self._loop.run_forever()
         server.close()
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
@@ -177,3 +182,35 @@ def test_a_write_applied_behind_a_timeout_is_retried_safely(
     for plain in (reply.secret, rotated.secret, admin_secret):
         assert plain.encode() not in dump
     direct.close()
+
+
+def test_the_cli_sends_a_request_id_per_command(
+    start_server: Callable[..., ServerProcess], sqlite_url: str,
+) -> None:
+    import json
+    import os
+    import sqlite3
+    import subprocess
+
+    from tests.e2e._servers import keysvc_cmd
+
+    _, admin_secret = bootstrap(sqlite_url)
+    server = start_server(sqlite_url)
+    env = {**os.environ, "KEYSVC_ADMIN_KEY": admin_secret, "KEYSVC_ADDR": server.addr}
+
+    def run(*args: str) -> dict[str, object]:
+        out = subprocess.run(keysvc_cmd(*args, "--json"), env=env, capture_output=True, text=True,
+                             timeout=60, check=True)
+        return dict(json.loads(out.stdout))
+
+    first = run("keys", "create", "--owner", "cli-owner")
+    second = run("keys", "create", "--owner", "cli-owner")
+    assert first["key"] != second["key"]  # a fresh id per command: two keys
+    rid = str(uuid.uuid4())
+    made = run("keys", "create", "--owner", "cli-owner", "--request-id", rid)
+    again = run("keys", "create", "--owner", "cli-owner", "--request-id", rid)
+    assert again["key"]["key_id"] == made["key"]["key_id"]  # type: ignore[index]
+    assert again.get("secretReissued", again.get("secret_reissued")) is True
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+        (recorded,) = db.execute("SELECT COUNT(*) FROM requests").fetchone()
+    assert recorded == 3  # every write command carried one

@@ -16,7 +16,7 @@ import redis
 
 from keysvc import keys
 from keysvc.cache import KeyCache
-from keysvc.errors import FailedPreconditionError, InvalidArgumentError
+from keysvc.errors import ConflictError, FailedPreconditionError, InvalidArgumentError
 from keysvc.model import Code, EventType, KeyStatus, Policy
 from keysvc.service._requests import REQUEST_WINDOW_S
 from keysvc.service.admin import AdminService
@@ -203,3 +203,19 @@ async def test_concurrent_attempts_of_one_request_make_one_key(store: Store) -> 
     made = {r[0].record.key_id for r in results if isinstance(r, tuple)}
     assert len(made) == 1
     assert len((await admin.list_keys(owner_id="o"))[0]) == 1
+
+
+async def test_concurrent_attempts_of_one_rotation_make_one_rotation(store: Store) -> None:
+    admin = AdminService(store)
+    key, _ = await admin.create_key(ADMIN, owner_id="o")
+    results = await asyncio.gather(
+        *(admin.rotate_key(ADMIN, key.record.key_id, 60, RID) for _ in range(5)),
+        return_exceptions=True,
+    )
+    answers = [r for r in results if isinstance(r, tuple)]
+    # A loser is either answered with the winner's rotation or told to retry (ABORTED).
+    assert all(isinstance(r, ConflictError) for r in results if not isinstance(r, tuple)), results
+    assert answers and len({r[0].record.key_id for r in answers}) == 1
+    rotated = [e for e in await store.read_events("", 1000, 0) if e.type is EventType.KEY_ROTATED]
+    assert len(rotated) == 1
+    assert len((await admin.list_keys(owner_id="o"))[0]) == 2
