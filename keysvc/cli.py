@@ -168,6 +168,9 @@ def _call(args: argparse.Namespace, method: str, request: Any, *, admin: bool = 
                     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
                 ):
                     raise
+                import time
+
+                time.sleep(0.25 * attempt)  # give the server's store a moment to come back
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
         channel.close()

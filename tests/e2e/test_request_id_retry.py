@@ -210,7 +210,32 @@ def test_the_cli_sends_a_request_id_per_command(
     made = run("keys", "create", "--owner", "cli-owner", "--request-id", rid)
     again = run("keys", "create", "--owner", "cli-owner", "--request-id", rid)
     assert again["key"]["key_id"] == made["key"]["key_id"]  # type: ignore[index]
-    assert again.get("secretReissued", again.get("secret_reissued")) is True
+    assert again["secret_reissued"] is True
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
         (recorded,) = db.execute("SELECT COUNT(*) FROM requests").fetchone()
     assert recorded == 3  # every write command carried one
+
+
+def test_the_cli_retries_a_timed_out_write_as_the_same_request(
+    start_server: Callable[..., ServerProcess], redis_url: str, proxy: DelayProxy,
+) -> None:
+    import json
+    import os
+    import subprocess
+
+    from tests.e2e._servers import keysvc_cmd
+
+    _, admin_secret = bootstrap(redis_url)
+    server = start_server(f"redis://127.0.0.1:{proxy.port}/0", "--store-timeout-ms", "100")
+    server.stub().ListKeys(pb.ListKeysRequest(), metadata=_md(admin_secret), timeout=10)
+    env = {**os.environ, "KEYSVC_ADMIN_KEY": admin_secret, "KEYSVC_ADDR": server.addr}
+    proxy.arm()
+    out = subprocess.run(keysvc_cmd("keys", "create", "--owner", "cli-retry", "--json"), env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert proxy.fired.wait(10)  # the first attempt did time out behind the proxy
+    created = json.loads(out.stdout)
+    assert created["secret_reissued"] is True
+    direct = redis.Redis.from_url(redis_url)
+    assert _owner_keys(direct, "cli-retry") == [created["key"]["key_id"]]
+    direct.close()
+    assert _valid(server, created["secret"])
