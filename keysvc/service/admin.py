@@ -109,7 +109,7 @@ class AdminService:
                 "metadata": metadata or {}, "expires_at": expires_at, "ttl_s": ttl_s,
                 "prefix": prefix, "quota": quota,
             })
-            if (first := await requests.recorded(self._store, req, self._clock())) is not None:
+            if (first := await self._first_attempt(req, span)) is not None:
                 return await self._reissue(actor, first, span)
             now = self._clock()
             owner_id = check.owner_id(owner_id)
@@ -211,7 +211,7 @@ class AdminService:
                 change won.
         """
         with audit_span("key.update", actor=actor, target_key_id=key_id,
-                        fields=",".join(sorted(changes))):
+                        fields=",".join(sorted(changes))) as span:
             unknown = set(changes) - UPDATABLE_KEY_FIELDS
             if unknown or not changes:
                 raise InvalidArgumentError(
@@ -220,7 +220,7 @@ class AdminService:
                 )
             req = requests.request(actor, request_id, "UpdateKey", {
                 "key_id": key_id, "changes": changes, "expected_revision": expected_revision})
-            if await requests.recorded(self._store, req, self._clock()) is not None:
+            if await self._first_attempt(req, span) is not None:
                 return await self.get_key(key_id)
             record = await self._record(key_id)
             now = self._clock()
@@ -277,11 +277,11 @@ class AdminService:
             FailedPreconditionError: already revoked.
         """
         with audit_span("key.revoke", actor=actor, target_key_id=key_id,
-                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)):
+                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span:
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RevokeKey",
                                    {"key_id": key_id, "grace_s": grace_s, "reason": reason})
-            if await requests.recorded(self._store, req, self._clock()) is not None:
+            if await self._first_attempt(req, span) is not None:
                 return await self.get_key(key_id)
             record = await self._record(key_id)
             now = self._clock()
@@ -329,7 +329,7 @@ class AdminService:
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RotateKey",
                                    {"key_id": key_id, "grace_s": grace_s})
-            if (first := await requests.recorded(self._store, req, self._clock())) is not None:
+            if (first := await self._first_attempt(req, span)) is not None:
                 return await self._rotated(actor, first, span)
             old = await self._record(key_id)
             now = self._clock()
@@ -372,9 +372,9 @@ class AdminService:
             InvalidArgumentError: a field is invalid.
             AlreadyExistsError: the policy_id is taken.
         """
-        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id):
+        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id) as span:
             req = requests.request(actor, request_id, "CreatePolicy", {"policy": policy})
-            if await requests.recorded(self._store, req, self._clock()) is not None:
+            if await self._first_attempt(req, span) is not None:
                 return await self.get_policy(policy.policy_id, 1)
             now = self._clock()
             created = replace(
@@ -475,7 +475,7 @@ class AdminService:
             req = None if dry_run else requests.request(actor, request_id, "RollbackPolicy", {
                 "policy_id": policy_id, "to_version": to_version,
                 "expected_version": expected_version, "allow_breaking": allow_breaking})
-            if (first := await requests.recorded(self._store, req, self._clock())) is not None:
+            if (first := await self._first_attempt(req, span)) is not None:
                 return await self._replayed_version(first)
             target = await self.get_policy(policy_id, to_version) if to_version > 0 else None
             if target is None:
@@ -492,7 +492,7 @@ class AdminService:
         allow_breaking: bool, note: str, event_type: EventType, span: Any,
         req: requests.Request | None = None,
     ) -> tuple[Policy | None, PolicyImpact]:
-        if (first := await requests.recorded(self._store, req, self._clock())) is not None:
+        if (first := await self._first_attempt(req, span)) is not None:
             return await self._replayed_version(first)
         current = await self.get_policy(proposed.policy_id)
         if expected_version != current.version:
@@ -550,6 +550,16 @@ class AdminService:
         return view, secret
 
     # -- replays of a retried request_id ------------------------------------------
+
+    async def _first_attempt(self, req: requests.Request | None, span: Any) -> requests.Recorded | None:
+        """Return what an earlier attempt of `req` recorded; the audit span tells a replay."""
+        if req is None:
+            return None
+        span.set("request_id", req.request_id)
+        first = await requests.recorded(self._store, req, self._clock())
+        if first is not None:
+            span.set("outcome", "replayed")
+        return first
 
     async def _raced(self, req: requests.Request | None, exc: Exception) -> requests.Recorded:
         """After a refused write, return what a concurrent attempt of `req` recorded.

@@ -219,3 +219,29 @@ async def test_concurrent_attempts_of_one_rotation_make_one_rotation(store: Stor
     rotated = [e for e in await store.read_events("", 1000, 0) if e.type is EventType.KEY_ROTATED]
     assert len(rotated) == 1
     assert len((await admin.list_keys(owner_id="o"))[0]) == 2
+
+
+async def test_replays_are_audited_and_their_secrets_never_logged(store: Store) -> None:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from keysvc.testing import capture_logs, capture_spans
+
+    admin = AdminService(store)
+    with capture_spans() as spans, capture_logs() as logs:
+        key, lost = await admin.create_key(ADMIN, owner_id="o", request_id=RID)
+        _, reissued = await admin.create_key(ADMIN, owner_id="o", request_id=RID)
+        new, lost_new, _ = await admin.rotate_key(ADMIN, key.record.key_id, 60, "rot-1")
+        _, reissued_new, _ = await admin.rotate_key(ADMIN, key.record.key_id, 60, "rot-1")
+        await admin.revoke_key(ADMIN, new.record.key_id, request_id="rev-1")
+        await admin.revoke_key(ADMIN, new.record.key_id, request_id="rev-1")
+    finished = [s for s in spans.get_finished_spans() if s.name.startswith("audit.")]
+    outcomes = [(s.name, (s.attributes or {}).get("keysvc.outcome")) for s in finished]
+    assert outcomes == [
+        ("audit.key.create", "ok"), ("audit.key.create", "secret_reissued"),
+        ("audit.key.rotate", "ok"), ("audit.key.rotate", "secret_reissued"),
+        ("audit.key.revoke", "ok"), ("audit.key.revoke", "replayed"),
+    ]
+    assert all((s.attributes or {}).get("keysvc.request_id") for s in finished)
+    text = "\n".join(s.to_json() for s in finished if isinstance(s, ReadableSpan)) + logs.getvalue()
+    for plain in (lost, reissued, lost_new, reissued_new):
+        assert plain not in text and plain[3:] not in text
