@@ -74,6 +74,7 @@ class AdminService:
         self._prefix = default_prefix
         self._clock = clock
         self._pages = PageTokens(store, clock)
+        self._replays = requests.Replays(store, clock, default_prefix)
 
     # -- keys -------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class AdminService:
         """Make a key; return it and its plaintext secret (the only copy).
 
         A retry with the same `request_id` makes no second key: it returns the
-        first one with a re-issued secret (see `_reissue`).
+        first one with a re-issued secret (see `Replays.rekey`).
 
         Raises:
             InvalidArgumentError: a field is invalid, or the lifetime exceeds
@@ -109,7 +110,7 @@ class AdminService:
                 "metadata": metadata or {}, "expires_at": expires_at, "ttl_s": ttl_s,
                 "prefix": prefix, "quota": quota,
             })
-            if (first := await self._first_attempt(req, span)) is not None:
+            if (first := await self._replays.first_attempt(req, span)) is not None:
                 return await self._reissue(actor, first, span)
             now = self._clock()
             owner_id = check.owner_id(owner_id)
@@ -140,7 +141,7 @@ class AdminService:
                     record, quota, self._event(EventType.KEY_CREATED, actor, record), mark
                 )
             except DuplicateRequestError as exc:
-                return await self._reissue(actor, await self._raced(req, exc), span)
+                return await self._reissue(actor, await self._replays.raced(req, exc), span)
             span.set("target.key_id", record.key_id)
             return KeyView(record, key_status(record, now), None, quota), generated.secret
 
@@ -220,7 +221,7 @@ class AdminService:
                 )
             req = requests.request(actor, request_id, "UpdateKey", {
                 "key_id": key_id, "changes": changes, "expected_revision": expected_revision})
-            if await self._first_attempt(req, span) is not None:
+            if await self._replays.first_attempt(req, span) is not None:
                 return await self.get_key(key_id)
             record = await self._record(key_id)
             now = self._clock()
@@ -257,7 +258,7 @@ class AdminService:
                     req.mark({"key_id": key_id}, now) if req else None,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
-                await self._raced(req, exc)
+                await self._replays.raced(req, exc)
                 return await self.get_key(key_id)
             if "quota_remaining" in changes:
                 # After the revision-checked write, so a lost race changes nothing.
@@ -281,7 +282,7 @@ class AdminService:
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RevokeKey",
                                    {"key_id": key_id, "grace_s": grace_s, "reason": reason})
-            if await self._first_attempt(req, span) is not None:
+            if await self._replays.first_attempt(req, span) is not None:
                 return await self.get_key(key_id)
             record = await self._record(key_id)
             now = self._clock()
@@ -294,7 +295,7 @@ class AdminService:
                     f"key {key_id} is already being revoked sooner; revocation is never postponed"
                 )
             if refused is not None:  # perhaps by a concurrent attempt of this very request
-                await self._raced(req, refused)
+                await self._replays.raced(req, refused)
                 return await self.get_key(key_id)
             # A revocation that takes effect now is announced by its own key.revoked event;
             # only a scheduled one is left for the DeadlineAnnouncer.
@@ -307,7 +308,7 @@ class AdminService:
                     req.mark({"key_id": key_id}, now) if req else None,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
-                await self._raced(req, exc)
+                await self._replays.raced(req, exc)
                 return await self.get_key(key_id)
             return (await self._views([updated]))[0]
 
@@ -329,7 +330,7 @@ class AdminService:
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RotateKey",
                                    {"key_id": key_id, "grace_s": grace_s})
-            if (first := await self._first_attempt(req, span)) is not None:
+            if (first := await self._replays.first_attempt(req, span)) is not None:
                 return await self._rotated(actor, first, span)
             old = await self._record(key_id)
             now = self._clock()
@@ -339,7 +340,7 @@ class AdminService:
                     status.name.lower())
                 refused = FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
                 # Perhaps because a concurrent attempt of this very request rotated it.
-                return await self._rotated(actor, await self._raced(req, refused), span)
+                return await self._rotated(actor, await self._replays.raced(req, refused), span)
             generated = keys.generate(old.hint.rpartition("_")[0] or self._prefix)
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
@@ -358,7 +359,7 @@ class AdminService:
                     req.mark(outcome, now) if req else None,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
-                return await self._rotated(actor, await self._raced(req, exc), span)
+                return await self._rotated(actor, await self._replays.raced(req, exc), span)
             span.set("new.key_id", new.key_id)
             views = await self._views([new, retired])
             return views[0], generated.secret, views[1]
@@ -374,7 +375,7 @@ class AdminService:
         """
         with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id) as span:
             req = requests.request(actor, request_id, "CreatePolicy", {"policy": policy})
-            if await self._first_attempt(req, span) is not None:
+            if await self._replays.first_attempt(req, span) is not None:
                 return await self.get_policy(policy.policy_id, 1)
             now = self._clock()
             created = replace(
@@ -387,7 +388,7 @@ class AdminService:
                     req.mark({"policy_id": created.policy_id, "version": 1}, now) if req else None,
                 )
             except DuplicateRequestError as exc:
-                await self._raced(req, exc)
+                await self._replays.raced(req, exc)
                 return await self.get_policy(policy.policy_id, 1)
             return created
 
@@ -475,7 +476,7 @@ class AdminService:
             req = None if dry_run else requests.request(actor, request_id, "RollbackPolicy", {
                 "policy_id": policy_id, "to_version": to_version,
                 "expected_version": expected_version, "allow_breaking": allow_breaking})
-            if (first := await self._first_attempt(req, span)) is not None:
+            if (first := await self._replays.first_attempt(req, span)) is not None:
                 return await self._replayed_version(first)
             target = await self.get_policy(policy_id, to_version) if to_version > 0 else None
             if target is None:
@@ -492,7 +493,7 @@ class AdminService:
         allow_breaking: bool, note: str, event_type: EventType, span: Any,
         req: requests.Request | None = None,
     ) -> tuple[Policy | None, PolicyImpact]:
-        if (first := await self._first_attempt(req, span)) is not None:
+        if (first := await self._replays.first_attempt(req, span)) is not None:
             return await self._replayed_version(first)
         current = await self.get_policy(proposed.policy_id)
         if expected_version != current.version:
@@ -526,7 +527,7 @@ class AdminService:
                 req.mark({"policy_id": new.policy_id, "version": new.version}, now) if req else None,
             )
         except (DuplicateRequestError, ConflictError) as exc:
-            return await self._replayed_version(await self._raced(req, exc))
+            return await self._replayed_version(await self._replays.raced(req, exc))
         span.set("new.version", new.version)
         return new, impact
 
@@ -549,66 +550,13 @@ class AdminService:
         await self._store.set_meta("bootstrap_key_id", view.record.key_id)
         return view, secret
 
-    # -- replays of a retried request_id ------------------------------------------
-
-    async def _first_attempt(self, req: requests.Request | None, span: Any) -> requests.Recorded | None:
-        """Return what an earlier attempt of `req` recorded; the audit span tells a replay."""
-        if req is None:
-            return None
-        span.set("request_id", req.request_id)
-        first = await requests.recorded(self._store, req, self._clock())
-        if first is not None:
-            span.set("outcome", "replayed")
-        return first
-
-    async def _raced(self, req: requests.Request | None, exc: Exception) -> requests.Recorded:
-        """After a refused write, return what a concurrent attempt of `req` recorded.
-
-        Raises:
-            exc: no attempt of `req` recorded anything; the refusal stands.
-        """
-        first = await requests.recorded(self._store, req, self._clock())
-        if first is None:
-            raise exc
-        return first
+    # -- replays of a retried request_id (see _requests) ---------------------------
 
     async def _reissue(self, actor: str, first: requests.Recorded, span: Any) -> tuple[KeyView, str]:
-        """Answer a retried CreateKey/RotateKey: the same key, with a fresh secret.
-
-        Only the secret's SHA-256 is kept, so the lost one cannot be sent again.
-        The new hash replaces it in one write with the moved-on request mark, so
-        a retry of the retry works too; the unseen secret stops working. The
-        key must be as the first attempt left it: a key changed since (used
-        by someone who did get the first answer) is not re-keyed.
-
-        Raises:
-            FailedPreconditionError: the key changed since the first attempt.
-            ConflictError: a concurrent retry re-issued it first (retry again).
-        """
-        key_id, revision = str(first.outcome["key_id"]), int(first.outcome["revision"])
-        record = await self._record(key_id)
-        if record.revision != revision:
-            now_recorded = await self._store.get_request(first.mark.actor, first.mark.request_id,
-                                                         self._clock())
-            if now_recorded is not None and now_recorded.outcome != first.mark.outcome:
-                raise ConflictError("request_id: a concurrent retry of this request re-issued "
-                                    "the secret; retry")
-            raise FailedPreconditionError(
-                f"request_id: key {key_id} made by this request has changed since; "
-                "its secret is not re-issued"
-            )
-        generated = keys.generate(record.hint.rpartition("_")[0] or self._prefix)
-        now = self._clock()
-        updated = replace(record, key_hash=generated.key_hash, hint=generated.hint, updated_at=now,
-                          revision=record.revision + 1)
-        await self._store.update_key(
-            updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
-            first.moved_on({**first.outcome, "revision": updated.revision}, now),
-        )
-        span.set("target.key_id", key_id)
-        span.set("outcome", "secret_reissued")
-        view = (await self._views([updated]))[0]
-        return replace(view, secret_reissued=True), generated.secret
+        """Answer a retried CreateKey/RotateKey: the same key, with a fresh secret."""
+        record, secret = await self._replays.rekey(actor, first, span)
+        view = (await self._views([record]))[0]
+        return replace(view, secret_reissued=True), secret
 
     async def _rotated(
         self, actor: str, first: requests.Recorded, span: Any
