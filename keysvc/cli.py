@@ -144,10 +144,38 @@ def _auth() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
 
 
+_WRITE_ATTEMPTS = 3  # a write with a request_id is retried this often on UNAVAILABLE
+
+
 def _call(args: argparse.Namespace, method: str, request: Any, *, admin: bool = True) -> Any:
+    """Call `method`; a write carries a request_id (fresh unless --request-id names one).
+
+    With it a write that answered UNAVAILABLE (perhaps applied, perhaps not)
+    is retried as the same request, so it never acts twice.
+    """
+    import grpc
+
+    writes = "request_id" in type(request).DESCRIPTOR.fields_by_name
+    if writes and not request.request_id:
+        import uuid
+
+        request.request_id = getattr(args, "request_id", None) or str(uuid.uuid4())
     stub, channel = _stub(args)
     try:
-        return getattr(stub, method)(request, metadata=_auth() if admin else None, timeout=args.timeout)
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                return getattr(stub, method)(
+                    request, metadata=_auth() if admin else None, timeout=args.timeout
+                )
+            except grpc.RpcError as exc:
+                if not writes or attempt == _WRITE_ATTEMPTS or exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
+                ):
+                    raise
+                import time
+
+                time.sleep(0.25 * attempt)  # give the server's store a moment to come back
+        raise AssertionError("unreachable")  # pragma: no cover
     finally:
         channel.close()
 
@@ -199,6 +227,12 @@ def _human_impact(impact: dict[str, Any]) -> None:
           else "not breaking")
 
 
+def _print_secret(response: Any) -> None:
+    if response.secret_reissued:
+        print("\n(a retry of an earlier request: this secret replaces the one it issued)")
+    print(f"\nsecret (shown once): {response.secret}")
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one branch per subcommand
     from google.protobuf import field_mask_pb2
 
@@ -220,7 +254,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one 
             _print_json(_to_dict(response))
         else:
             _human_key(_to_dict(response.key))
-            print(f"\nsecret (shown once): {response.secret}")
+            _print_secret(response)
         return 0
     if action == "get":
         _show(args, _call(args, "GetKey", pb.GetKeyRequest(key_id=args.key_id)).key, _human_key)
@@ -285,7 +319,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one 
         _human_key(_to_dict(response.key))
         print(f"previous key {response.previous.key_id} stops working at "
               f"{_to_dict(response.previous).get('revoke_at')}")
-        print(f"\nsecret (shown once): {response.secret}")
+        _print_secret(response)
     return 0
 
 
@@ -430,6 +464,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
                        help="server address [KEYSVC_ADDR]")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+        p.add_argument("--request-id", help="id of a write, to repeat it safely "
+                       "(default: a fresh UUID per command)")
         return p
 
     def meta(value: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CursorExpiredError",
+    "DuplicateRequestError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "KeysvcError",
@@ -40,6 +41,10 @@ class NotFoundError(KeysvcError):
 
 class AlreadyExistsError(KeysvcError):
     """A key or policy with that id exists already."""
+
+
+class DuplicateRequestError(AlreadyExistsError):
+    """A write's request_id is recorded already: the request was made before."""
 
 
 class FailedPreconditionError(KeysvcError):

@@ -132,9 +132,11 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             scopes=list(request.scopes), metadata=dict(request.metadata),
             expires_at=conv.timestamp_s(request.expires_at) if request.HasField("expires_at") else None,
             ttl_s=_optional_duration(request, "ttl"), prefix=request.prefix,
-            quota=request.quota if request.HasField("quota") else None,
+            quota=request.quota if request.HasField("quota") else None, request_id=request.request_id,
         )
-        return pb.CreateKeyResponse(key=conv.key_to_pb(view), secret=secret)
+        return pb.CreateKeyResponse(
+            key=conv.key_to_pb(view), secret=secret, secret_reissued=view.secret_reissued
+        )
 
     @_rpc
     async def GetKey(self, request: pb.GetKeyRequest, context: _Context) -> pb.GetKeyResponse:
@@ -170,7 +172,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             else:
                 changes[path] = None  # the service names the unknown field
         view = await self._admin.update_key(
-            ACTOR.get(), request.key_id, changes, request.expected_revision
+            ACTOR.get(), request.key_id, changes, request.expected_revision, request.request_id
         )
         return pb.UpdateKeyResponse(key=conv.key_to_pb(view))
 
@@ -178,7 +180,8 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context: _Context) -> pb.RevokeKeyResponse:
         """Revoke now or after the grace period."""
         view = await self._admin.revoke_key(
-            ACTOR.get(), request.key_id, conv.duration_s(request.grace_period), request.reason
+            ACTOR.get(), request.key_id, conv.duration_s(request.grace_period), request.reason,
+            request.request_id,
         )
         return pb.RevokeKeyResponse(key=conv.key_to_pb(view))
 
@@ -186,16 +189,21 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     async def RotateKey(self, request: pb.RotateKeyRequest, context: _Context) -> pb.RotateKeyResponse:
         """New secret; the old one works for the grace period."""
         new, secret, old = await self._admin.rotate_key(
-            ACTOR.get(), request.key_id, conv.duration_s(request.grace_period)
+            ACTOR.get(), request.key_id, conv.duration_s(request.grace_period), request.request_id
         )
-        return pb.RotateKeyResponse(key=conv.key_to_pb(new), secret=secret, previous=conv.key_to_pb(old))
+        return pb.RotateKeyResponse(
+            key=conv.key_to_pb(new), secret=secret, previous=conv.key_to_pb(old),
+            secret_reissued=new.secret_reissued,
+        )
 
     @_rpc
     async def CreatePolicy(
         self, request: pb.CreatePolicyRequest, context: _Context
     ) -> pb.CreatePolicyResponse:
         """Version 1 of a policy."""
-        policy = await self._admin.create_policy(ACTOR.get(), conv.policy_from_pb(request.policy))
+        policy = await self._admin.create_policy(
+            ACTOR.get(), conv.policy_from_pb(request.policy), request.request_id
+        )
         return pb.CreatePolicyResponse(policy=conv.policy_to_pb(policy))
 
     @_rpc
@@ -222,7 +230,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         policy, impact = await self._admin.update_policy(
             ACTOR.get(), conv.policy_from_pb(request.policy), expected_version=request.expected_version,
             dry_run=request.dry_run, allow_breaking=request.allow_breaking,
-            change_note=request.change_note,
+            change_note=request.change_note, request_id=request.request_id,
         )
         return pb.UpdatePolicyResponse(
             policy=conv.policy_to_pb(policy) if policy else None, impact=conv.impact_to_pb(impact),
@@ -237,7 +245,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         policy, impact = await self._admin.rollback_policy(
             ACTOR.get(), request.policy_id, request.to_version,
             expected_version=request.expected_version, dry_run=request.dry_run,
-            allow_breaking=request.allow_breaking,
+            allow_breaking=request.allow_breaking, request_id=request.request_id,
         )
         return pb.RollbackPolicyResponse(
             policy=conv.policy_to_pb(policy) if policy else None, impact=conv.impact_to_pb(impact),

@@ -15,6 +15,7 @@ from keysvc import keys
 from keysvc.errors import (
     AlreadyExistsError,
     ConflictError,
+    DuplicateRequestError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -22,6 +23,8 @@ from keysvc.errors import (
 from keysvc.model import ADMIN_SCOPE, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
 from keysvc.policy import PolicyDiff, diff
 from keysvc.service import _checks as check
+from keysvc.service import _requests as requests
+from keysvc.service._pages import PageTokens
 from keysvc.store.base import Store
 from keysvc.telemetry import audit_span
 
@@ -41,6 +44,8 @@ class KeyView:
     status: KeyStatus
     last_used_at: float | None = None
     quota_remaining: int | None = None
+    # The secret returned with this view replaces one never seen (a retried request_id).
+    secret_reissued: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,8 @@ class AdminService:
         self._store = store
         self._prefix = default_prefix
         self._clock = clock
+        self._pages = PageTokens(store, clock)
+        self._replays = requests.Replays(store, clock, default_prefix)
 
     # -- keys -------------------------------------------------------------
 
@@ -84,15 +91,27 @@ class AdminService:
         ttl_s: float | None = None,
         prefix: str = "",
         quota: int | None = None,
+        request_id: str = "",
     ) -> tuple[KeyView, str]:
         """Make a key; return it and its plaintext secret (the only copy).
+
+        A retry with the same `request_id` makes no second key: it returns the
+        first one with a re-issued secret (see `Replays.rekey`).
 
         Raises:
             InvalidArgumentError: a field is invalid, or the lifetime exceeds
                 the policy's max key TTL.
             NotFoundError: the policy does not exist.
+            FailedPreconditionError: `request_id` was used for another request.
         """
         with audit_span("key.create", actor=actor, target_policy_id=policy_id) as span:
+            req = requests.request(actor, request_id, "CreateKey", {
+                "owner_id": owner_id, "name": name, "policy_id": policy_id, "scopes": scopes,
+                "metadata": metadata or {}, "expires_at": expires_at, "ttl_s": ttl_s,
+                "prefix": prefix, "quota": quota,
+            })
+            if (first := await self._replays.first_attempt(req, span)) is not None:
+                return await self._reissue(actor, first, span)
             now = self._clock()
             owner_id = check.owner_id(owner_id)
             name = check.text("name", name)
@@ -116,7 +135,13 @@ class AdminService:
                 owner_id=owner_id, created_at=now, updated_at=now, name=name, policy_id=policy_id,
                 scopes=own_scopes, metadata=meta, expires_at=expires_at, has_quota=quota is not None,
             )
-            await self._store.create_key(record, quota, self._event(EventType.KEY_CREATED, actor, record))
+            mark = req.mark({"key_id": record.key_id, "revision": record.revision}, now) if req else None
+            try:
+                await self._store.create_key(
+                    record, quota, self._event(EventType.KEY_CREATED, actor, record), mark
+                )
+            except DuplicateRequestError as exc:
+                return await self._reissue(actor, await self._replays.raced(req, exc), span)
             span.set("target.key_id", record.key_id)
             return KeyView(record, key_status(record, now), None, quota), generated.secret
 
@@ -160,17 +185,22 @@ class AdminService:
         """
         if owner_id:
             check.owner_id(owner_id)
-        page = await self._store.list_keys(owner_id, check.page_size(page_size), page_token)
+        size = check.page_size(page_size)
+        bound = {"owner_id": owner_id, "status": None if status is None else status.name,
+                 "page_size": size, "unused_for_s": unused_for_s}
+        position = await self._pages.open("ListKeys", bound, page_token)
+        page = await self._store.list_keys(owner_id, size, position)
         views = await self._views(page.keys)
         if status is not None:
             views = [v for v in views if v.status is status]
         if unused_for_s is not None:
             cutoff = self._clock() - unused_for_s
             views = [v for v in views if v.last_used_at is None or v.last_used_at <= cutoff]
-        return views, page.next_token
+        return views, await self._pages.issue("ListKeys", bound, page.next_token)
 
-    async def update_key(
-        self, actor: str, key_id: str, changes: Mapping[str, Any], expected_revision: int = 0
+    async def update_key(  # noqa: PLR0912 - one branch per updatable field
+        self, actor: str, key_id: str, changes: Mapping[str, Any], expected_revision: int = 0,
+        request_id: str = "",
     ) -> KeyView:
         """Apply `changes` (field name -> new value) to a key.
 
@@ -182,13 +212,17 @@ class AdminService:
                 change won.
         """
         with audit_span("key.update", actor=actor, target_key_id=key_id,
-                        fields=",".join(sorted(changes))):
+                        fields=",".join(sorted(changes))) as span:
             unknown = set(changes) - UPDATABLE_KEY_FIELDS
             if unknown or not changes:
                 raise InvalidArgumentError(
                     f"update_mask: name some of {', '.join(sorted(UPDATABLE_KEY_FIELDS))}"
                     + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
                 )
+            req = requests.request(actor, request_id, "UpdateKey", {
+                "key_id": key_id, "changes": changes, "expected_revision": expected_revision})
+            if await self._replays.first_attempt(req, span) is not None:
+                return await self.get_key(key_id)
             record = await self._record(key_id)
             now = self._clock()
             if key_status(record, now) is KeyStatus.REVOKED:
@@ -218,50 +252,75 @@ class AdminService:
                     raise InvalidArgumentError("quota_remaining: must be >= 0")
                 fields["has_quota"] = quota is not None
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
-            await self._store.update_key(
-                updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record)
-            )
+            try:
+                await self._store.update_key(
+                    updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
+                    req.mark({"key_id": key_id}, now) if req else None,
+                )
+            except (DuplicateRequestError, ConflictError) as exc:
+                await self._replays.raced(req, exc)
+                return await self.get_key(key_id)
             if "quota_remaining" in changes:
                 # After the revision-checked write, so a lost race changes nothing.
                 await self._store.set_quota(key_id, quota)
             return (await self._views([updated]))[0]
 
-    async def revoke_key(self, actor: str, key_id: str, grace_s: float = 0.0, reason: str = "") -> KeyView:
+    async def revoke_key(
+        self, actor: str, key_id: str, grace_s: float = 0.0, reason: str = "", request_id: str = ""
+    ) -> KeyView:
         """Revoke a key now, or schedule it `grace_s` from now.
 
-        A scheduled revocation may be brought forward, never pushed back.
+        A scheduled revocation may be brought forward, never pushed back. A retry
+        with the same `request_id` returns the key as it is now, changing nothing.
 
         Raises:
             NotFoundError: no such key.
             FailedPreconditionError: already revoked.
         """
         with audit_span("key.revoke", actor=actor, target_key_id=key_id,
-                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)):
+                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span:
             grace_s = check.duration("grace_period", grace_s)
+            req = requests.request(actor, request_id, "RevokeKey",
+                                   {"key_id": key_id, "grace_s": grace_s, "reason": reason})
+            if await self._replays.first_attempt(req, span) is not None:
+                return await self.get_key(key_id)
             record = await self._record(key_id)
             now = self._clock()
             revoke_at = now + grace_s
+            refused = None
             if key_status(record, now) is KeyStatus.REVOKED:
-                raise FailedPreconditionError(f"key {key_id} is already revoked")
-            if record.revoke_at is not None and record.revoke_at <= revoke_at:
-                raise FailedPreconditionError(
+                refused = FailedPreconditionError(f"key {key_id} is already revoked")
+            elif record.revoke_at is not None and record.revoke_at <= revoke_at:
+                refused = FailedPreconditionError(
                     f"key {key_id} is already being revoked sooner; revocation is never postponed"
                 )
+            if refused is not None:  # perhaps by a concurrent attempt of this very request
+                await self._replays.raced(req, refused)
+                return await self.get_key(key_id)
             # A revocation that takes effect now is announced by its own key.revoked event;
             # only a scheduled one is left for the DeadlineAnnouncer.
             announced = revoke_at if grace_s == 0 else record.announced_through
             updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1,
                               announced_through=announced)
-            await self._store.update_key(
-                updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record)
-            )
+            try:
+                await self._store.update_key(
+                    updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record),
+                    req.mark({"key_id": key_id}, now) if req else None,
+                )
+            except (DuplicateRequestError, ConflictError) as exc:
+                await self._replays.raced(req, exc)
+                return await self.get_key(key_id)
             return (await self._views([updated]))[0]
 
-    async def rotate_key(self, actor: str, key_id: str, grace_s: float = 0.0) -> tuple[KeyView, str, KeyView]:
+    async def rotate_key(
+        self, actor: str, key_id: str, grace_s: float = 0.0, request_id: str = ""
+    ) -> tuple[KeyView, str, KeyView]:
         """Issue a new key with the same owner, policy, scopes and metadata.
 
         The old key is revoked `grace_s` from now. Its remaining quota moves to
-        the new key. Returns (new key, its secret, old key).
+        the new key. Returns (new key, its secret, old key). A retry with the
+        same `request_id` makes no second rotation: it returns the same new key
+        with a re-issued secret, and the old key's grace runs on unchanged.
 
         Raises:
             NotFoundError: no such key.
@@ -269,13 +328,19 @@ class AdminService:
         """
         with audit_span("key.rotate", actor=actor, target_key_id=key_id, grace_s=int(grace_s)) as span:
             grace_s = check.duration("grace_period", grace_s)
+            req = requests.request(actor, request_id, "RotateKey",
+                                   {"key_id": key_id, "grace_s": grace_s})
+            if (first := await self._replays.first_attempt(req, span)) is not None:
+                return await self._rotated(actor, first, span)
             old = await self._record(key_id)
             now = self._clock()
             status = key_status(old, now)
             if status in (KeyStatus.REVOKED, KeyStatus.EXPIRED) or old.revoke_at is not None:
                 state = "being revoked" if status is not KeyStatus.REVOKED and old.revoke_at else (
                     status.name.lower())
-                raise FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
+                refused = FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
+                # Perhaps because a concurrent attempt of this very request rotated it.
+                return await self._rotated(actor, await self._replays.raced(req, refused), span)
             generated = keys.generate(old.hint.rpartition("_")[0] or self._prefix)
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
@@ -287,31 +352,44 @@ class AdminService:
                 revision=old.revision + 1,
             )
             quota = await self._store.get_quota(old.key_id) if old.has_quota else None
-            await self._store.rotate_key(
-                retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old)
-            )
+            outcome = {"key_id": new.key_id, "revision": new.revision, "previous": old.key_id}
+            try:
+                await self._store.rotate_key(
+                    retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old),
+                    req.mark(outcome, now) if req else None,
+                )
+            except (DuplicateRequestError, ConflictError) as exc:
+                return await self._rotated(actor, await self._replays.raced(req, exc), span)
             span.set("new.key_id", new.key_id)
             views = await self._views([new, retired])
             return views[0], generated.secret, views[1]
 
     # -- policies -----------------------------------------------------------
 
-    async def create_policy(self, actor: str, policy: Policy) -> Policy:
-        """Make version 1 of a policy.
+    async def create_policy(self, actor: str, policy: Policy, request_id: str = "") -> Policy:
+        """Make version 1 of a policy (a retry with the same `request_id` returns it).
 
         Raises:
             InvalidArgumentError: a field is invalid.
             AlreadyExistsError: the policy_id is taken.
         """
-        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id):
+        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id) as span:
+            req = requests.request(actor, request_id, "CreatePolicy", {"policy": policy})
+            if await self._replays.first_attempt(req, span) is not None:
+                return await self.get_policy(policy.policy_id, 1)
             now = self._clock()
             created = replace(
                 _checked_policy(policy), version=1, created_at=now, updated_at=now, updated_by=actor,
             )
-            await self._store.create_policy(
-                created, Event(EventType.POLICY_CREATED, now, actor, policy_id=created.policy_id,
-                               policy_version=1),
-            )
+            try:
+                await self._store.create_policy(
+                    created, Event(EventType.POLICY_CREATED, now, actor, policy_id=created.policy_id,
+                                   policy_version=1),
+                    req.mark({"policy_id": created.policy_id, "version": 1}, now) if req else None,
+                )
+            except DuplicateRequestError as exc:
+                await self._replays.raced(req, exc)
+                return await self.get_policy(policy.policy_id, 1)
             return created
 
     async def get_policy(self, policy_id: str, version: int = 0) -> Policy:
@@ -329,16 +407,21 @@ class AdminService:
 
     async def list_policies(self, page_size: int = 0, page_token: str = "") -> tuple[list[Policy], str]:
         """Page through policies (current versions)."""
-        page = await self._store.list_policies(check.page_size(page_size), page_token)
-        return list(page.policies), page.next_token
+        bound = {"page_size": check.page_size(page_size)}
+        position = await self._pages.open("ListPolicies", bound, page_token)
+        page = await self._store.list_policies(bound["page_size"], position)
+        return list(page.policies), await self._pages.issue("ListPolicies", bound, page.next_token)
 
     async def list_policy_versions(
         self, policy_id: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Policy], str]:
         """Page through one policy's versions, newest first."""
         check.policy_id(policy_id)
-        page = await self._store.list_policy_versions(policy_id, check.page_size(page_size), page_token)
-        return list(page.policies), page.next_token
+        size = check.page_size(page_size)
+        bound = {"policy_id": policy_id, "page_size": size}
+        position = await self._pages.open("ListPolicyVersions", bound, page_token)
+        page = await self._store.list_policy_versions(policy_id, size, position)
+        return list(page.policies), await self._pages.issue("ListPolicyVersions", bound, page.next_token)
 
     async def update_policy(
         self,
@@ -349,8 +432,12 @@ class AdminService:
         dry_run: bool = False,
         allow_breaking: bool = False,
         change_note: str = "",
+        request_id: str = "",
     ) -> tuple[Policy | None, PolicyImpact]:
         """Write version N+1, or only report its impact when `dry_run`.
+
+        A retry with the same `request_id` writes no second version: it returns
+        the first one (a dry run records nothing).
 
         Raises:
             NotFoundError: no such policy.
@@ -359,9 +446,12 @@ class AdminService:
         """
         with audit_span("policy.update", actor=actor, target_policy_id=proposed.policy_id,
                         dry_run=dry_run) as span:
+            req = None if dry_run else requests.request(actor, request_id, "UpdatePolicy", {
+                "policy": proposed, "expected_version": expected_version,
+                "allow_breaking": allow_breaking, "change_note": change_note})
             return await self._write_version(
                 actor, proposed, expected_version, dry_run, allow_breaking,
-                check.text("change_note", change_note, 256), EventType.POLICY_UPDATED, span,
+                check.text("change_note", change_note, 256), EventType.POLICY_UPDATED, span, req,
             )
 
     async def rollback_policy(
@@ -373,8 +463,9 @@ class AdminService:
         expected_version: int = 0,
         dry_run: bool = False,
         allow_breaking: bool = False,
+        request_id: str = "",
     ) -> tuple[Policy | None, PolicyImpact]:
-        """Make `to_version`'s content current as a new version.
+        """Make `to_version`'s content current as a new version (replayed as update_policy).
 
         Raises:
             NotFoundError: no such policy or version.
@@ -382,6 +473,11 @@ class AdminService:
         """
         with audit_span("policy.rollback", actor=actor, target_policy_id=policy_id,
                         to_version=to_version, dry_run=dry_run) as span:
+            req = None if dry_run else requests.request(actor, request_id, "RollbackPolicy", {
+                "policy_id": policy_id, "to_version": to_version,
+                "expected_version": expected_version, "allow_breaking": allow_breaking})
+            if (first := await self._replays.first_attempt(req, span)) is not None:
+                return await self._replayed_version(first)
             target = await self.get_policy(policy_id, to_version) if to_version > 0 else None
             if target is None:
                 raise InvalidArgumentError("to_version: must be an existing version (>= 1)")
@@ -389,13 +485,16 @@ class AdminService:
                 expected_version = (await self.get_policy(policy_id)).version
             return await self._write_version(
                 actor, target, expected_version, dry_run, allow_breaking,
-                f"rollback to version {to_version}", EventType.POLICY_ROLLED_BACK, span,
+                f"rollback to version {to_version}", EventType.POLICY_ROLLED_BACK, span, req,
             )
 
     async def _write_version(
         self, actor: str, proposed: Policy, expected_version: int, dry_run: bool,
         allow_breaking: bool, note: str, event_type: EventType, span: Any,
+        req: requests.Request | None = None,
     ) -> tuple[Policy | None, PolicyImpact]:
+        if (first := await self._replays.first_attempt(req, span)) is not None:
+            return await self._replayed_version(first)
         current = await self.get_policy(proposed.policy_id)
         if expected_version != current.version:
             raise ConflictError(
@@ -422,9 +521,13 @@ class AdminService:
             checked, version=current.version + 1, created_at=current.created_at, updated_at=now,
             updated_by=actor, change_note=note,
         )
-        await self._store.put_policy_version(
-            new, Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version)
-        )
+        try:
+            await self._store.put_policy_version(
+                new, Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version),
+                req.mark({"policy_id": new.policy_id, "version": new.version}, now) if req else None,
+            )
+        except (DuplicateRequestError, ConflictError) as exc:
+            return await self._replayed_version(await self._replays.raced(req, exc))
         span.set("new.version", new.version)
         return new, impact
 
@@ -446,6 +549,29 @@ class AdminService:
         )
         await self._store.set_meta("bootstrap_key_id", view.record.key_id)
         return view, secret
+
+    # -- replays of a retried request_id (see _requests) ---------------------------
+
+    async def _reissue(self, actor: str, first: requests.Recorded, span: Any) -> tuple[KeyView, str]:
+        """Answer a retried CreateKey/RotateKey: the same key, with a fresh secret."""
+        record, secret = await self._replays.rekey(actor, first, span)
+        view = (await self._views([record]))[0]
+        return replace(view, secret_reissued=True), secret
+
+    async def _rotated(
+        self, actor: str, first: requests.Recorded, span: Any
+    ) -> tuple[KeyView, str, KeyView]:
+        """Answer a retried RotateKey: the same new key, re-keyed; the old one as it is."""
+        new, secret = await self._reissue(actor, first, span)
+        return new, secret, await self.get_key(str(first.outcome["previous"]))
+
+    async def _replayed_version(self, first: requests.Recorded) -> tuple[Policy, PolicyImpact]:
+        """Answer a retried UpdatePolicy/RollbackPolicy with the version it wrote."""
+        policy_id, version = str(first.outcome["policy_id"]), int(first.outcome["version"])
+        written = await self.get_policy(policy_id, version)
+        before = await self.get_policy(policy_id, version - 1)
+        count, sample = await self._store.keys_with_policy(policy_id, _SAMPLE_KEYS)
+        return written, PolicyImpact(diff(before, written), count, sample)
 
     # -- helpers ----------------------------------------------------------------
 

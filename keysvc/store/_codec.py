@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from keysvc._shared import SharedValues
 from keysvc.errors import InvalidArgumentError
 from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.store.base import RequestMark
 
 __all__ = [
     "check_page_size",
@@ -29,6 +30,8 @@ __all__ = [
     "event_from_dict",
     "event_to_dict",
     "loads",
+    "mark_from_json",
+    "mark_to_json",
     "paginate",
     "policy_from_dict",
     "policy_to_dict",
@@ -235,7 +238,8 @@ def decode_int_token(kind: str, token: str) -> int:
         InvalidArgumentError: the token was not issued for this listing.
     """
     value = decode_token(kind, token)
-    if not (value.isascii() and value.isdigit()):
+    # At most 18 digits: any larger number is no position (and overflows SQLite).
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
         raise InvalidArgumentError("invalid page token")
     return int(value)
 
@@ -261,3 +265,16 @@ def check_revision(revision: int, expected_revision: int) -> None:
     """
     if revision != expected_revision + 1:
         raise InvalidArgumentError(f"record revision {revision} is not expected_revision + 1")
+
+
+def mark_to_json(mark: RequestMark) -> str:
+    """Return the stored form of a request mark (its actor and id are the row's key)."""
+    return dumps({"fingerprint": mark.fingerprint, "outcome": mark.outcome,
+                  "expires_at": mark.expires_at, "recorded_at": mark.recorded_at})
+
+
+def mark_from_json(actor: str, request_id: str, body: str | bytes) -> RequestMark:
+    """Rebuild a request mark from its stored form."""
+    data = loads(body)
+    return RequestMark(actor, request_id, str(data["fingerprint"]), str(data["outcome"]),
+                       float(data["expires_at"]), float(data.get("recorded_at", 0.0)))

@@ -9,7 +9,25 @@ half-way.
 
 from __future__ import annotations
 
-__all__ = ["CREATE_QUOTA", "PUT_KEYS", "PUT_POLICY", "TAKE", "TOUCH"]
+__all__ = ["CREATE_QUOTA", "ENSURE_META", "PUT_KEYS", "PUT_POLICY", "TAKE", "TOUCH"]
+
+# The request mark a lifecycle script may take last: one more KEYS entry (the
+# mark) and four more ARGV (mode 'new' or 'replace', mark JSON, expiry as
+# epoch ms, the writer's clock). 'new' refuses the whole write when the mark
+# is held and not expired by the writer's clock.
+_MARK_CHECK = """
+local mark, margv = nil, nil
+if #KEYS > {keys} then mark, margv = KEYS[#KEYS], #ARGV - 3 end
+if mark and ARGV[margv] == 'new' then
+  local held = redis.call('GET', mark)
+  if held and cjson.decode(held)['expires_at'] > tonumber(ARGV[margv + 3]) then
+    return {{'DUPLICATE'}}
+  end
+end
+"""
+_MARK_WRITE = """
+if mark then redis.call('SET', mark, ARGV[margv + 1], 'PXAT', ARGV[margv + 2]) end
+"""
 
 # KEYS[1] event stream, KEYS[2] index of all key_ids, KEYS[3] deadline index
 # (zset key_id -> next unannounced deadline), then 7 per record:
@@ -18,9 +36,11 @@ __all__ = ["CREATE_QUOTA", "PUT_KEYS", "PUT_POLICY", "TAKE", "TOUCH"]
 # ARGV[1] stream retention, ARGV[2] event JSON, then 4 per record:
 #   key_id, expected revision (0: must not exist yet), record JSON,
 #   next deadline ('' when none).
+# Then optionally the request mark (see _MARK_CHECK).
 # Returns {status} or {'OK', event id}.
 PUT_KEYS = """
-local n = (#KEYS - 3) / 7
+local n = math.floor((#KEYS - 3) / 7)
+""" + _MARK_CHECK.format(keys="3 + n * 7") + """
 for i = 0, n - 1 do
   local k, a = 4 + i * 7, 3 + i * 4
   local expected = tonumber(ARGV[a + 1])
@@ -53,14 +73,17 @@ for i = 0, n - 1 do
     redis.call('ZADD', KEYS[3], ARGV[a + 3], id)
   end
 end
+""" + _MARK_WRITE + """
 return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])}
 """
 
 # KEYS[1] event stream, KEYS[2] index of policy ids, KEYS[3] current version,
 # KEYS[4] hash of all versions.
 # ARGV[1] retention, ARGV[2] event JSON, ARGV[3] policy_id, ARGV[4] version,
-# ARGV[5] policy JSON, ARGV[6] 'create' or 'put'.
+# ARGV[5] policy JSON, ARGV[6] 'create' or 'put'; then optionally the request
+# mark (see _MARK_CHECK).
 PUT_POLICY = """
+""" + _MARK_CHECK.format(keys=4) + """
 local version = tonumber(ARGV[4])
 local current = redis.call('GET', KEYS[3])
 if ARGV[6] == 'create' then
@@ -72,6 +95,7 @@ end
 redis.call('SET', KEYS[3], ARGV[5])
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
+""" + _MARK_WRITE + """
 return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])}
 """
 
@@ -131,4 +155,11 @@ TOUCH = """
 local current = tonumber(redis.call('GET', KEYS[1]))
 if not current or current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
+"""
+
+# KEYS[1] meta hash; ARGV[1] name, ARGV[2] value. Sets it only when absent;
+# returns the stored value.
+ENSURE_META = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
 """

@@ -14,6 +14,7 @@ from keysvc.errors import (
     AlreadyExistsError,
     ConflictError,
     CursorExpiredError,
+    DuplicateRequestError,
     NotFoundError,
 )
 from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit, next_deadline
@@ -22,17 +23,21 @@ from keysvc.store._codec import (
     event_from_dict,
     event_to_dict,
     loads,
+    mark_from_json,
+    mark_to_json,
     policy_from_dict,
     policy_to_dict,
     record_from_dict,
     record_to_dict,
 )
 from keysvc.store._counters import QuotaCounter, plan_take, window_start
+from keysvc.store.base import RequestMark
 
 __all__ = [
     "append_event",
     "get_key",
     "get_policy",
+    "get_request",
     "insert_key",
     "insert_policy",
     "keys_page",
@@ -42,6 +47,7 @@ __all__ = [
     "policies_page",
     "policy_versions_page",
     "put_policy_version",
+    "put_request",
     "read_events",
     "replace_key",
     "set_quota",
@@ -112,6 +118,33 @@ def read_events(conn: sqlite3.Connection, after_id: int | None, limit: int) -> l
             "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id or 0, limit)
         ).fetchall()
     return [event_from_dict(loads(body), str(event_id)) for event_id, body in rows]
+
+
+# -- request ids --------------------------------------------------------------
+
+
+def get_request(conn: sqlite3.Connection, actor: str, request_id: str, now: float) -> RequestMark | None:
+    """Return the unexpired mark of (actor, request_id), or None."""
+    row = conn.execute(
+        "SELECT body FROM requests WHERE actor = ? AND request_id = ? AND expires_at > ?",
+        (actor, request_id, now),
+    ).fetchone()
+    return None if row is None else mark_from_json(actor, request_id, row[0])
+
+
+def put_request(conn: sqlite3.Connection, mark: RequestMark) -> None:
+    """Record a request mark (inside the write's own transaction); forget expired ones.
+
+    Raises:
+        DuplicateRequestError: a new mark whose (actor, request_id) is recorded.
+    """
+    conn.execute("DELETE FROM requests WHERE expires_at <= ?", (mark.recorded_at,))
+    if not mark.replace and get_request(conn, mark.actor, mark.request_id, mark.recorded_at):
+        raise DuplicateRequestError("request_id: already used by this admin key")
+    conn.execute(
+        "INSERT OR REPLACE INTO requests (actor, request_id, expires_at, body) VALUES (?, ?, ?, ?)",
+        (mark.actor, mark.request_id, mark.expires_at, mark_to_json(mark)),
+    )
 
 
 # -- keys ---------------------------------------------------------------------

@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS last_used (
     key_id TEXT PRIMARY KEY,
     at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    actor TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (actor, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_expiry ON requests (expires_at);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL

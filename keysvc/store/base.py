@@ -11,6 +11,10 @@ Failure behaviour, for every method unless it says otherwise:
 - Every lifecycle write appends exactly one `Event` to the event log in the
   same transaction as the change, so a follower never sees a change without
   its event or an event without its change.
+- A lifecycle write given a `RequestMark` records it in that same
+  transaction: after a timeout, the mark is there exactly when the change is.
+  A new mark (`replace=False`) whose (actor, request_id) is recorded and not
+  expired refuses the whole write with `DuplicateRequestError`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Protocol
 
 from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
 
-__all__ = ["KeyPage", "PolicyPage", "Store"]
+__all__ = ["KeyPage", "PolicyPage", "RequestMark", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,27 @@ class PolicyPage:
     next_token: str
 
 
+@dataclass(frozen=True, slots=True)
+class RequestMark:
+    """A client request_id, recorded with the write it made, so a retry replays it.
+
+    `fingerprint` is a digest of the request's fields (never a secret);
+    `outcome` is the service's own JSON, read back to answer a retry; the mark
+    is forgotten after `expires_at` (epoch seconds). `replace` overwrites the
+    stored mark (a re-issued secret moves its revision on) instead of
+    refusing when one exists; `recorded_at` is the writer's clock, by which
+    a held mark has expired or not.
+    """
+
+    actor: str
+    request_id: str
+    fingerprint: str
+    outcome: str
+    expires_at: float
+    recorded_at: float = 0.0
+    replace: bool = False
+
+
 class Store(Protocol):
     """Durable keys, policies, counters and the event log."""
 
@@ -55,11 +80,14 @@ class Store(Protocol):
 
     # -- keys -------------------------------------------------------------
 
-    async def create_key(self, record: KeyRecord, quota: int | None, event: Event) -> None:
+    async def create_key(
+        self, record: KeyRecord, quota: int | None, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Insert a new key (and its quota counter when `quota` is not None).
 
         Raises:
             AlreadyExistsError: the key_id or key_hash exists already.
+            DuplicateRequestError: `mark` is recorded already.
         """
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -86,12 +114,17 @@ class Store(Protocol):
         Backed by an index kept in the same transaction as every key write.
         """
 
-    async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
+    async def update_key(
+        self, record: KeyRecord, expected_revision: int, event: Event,
+        mark: RequestMark | None = None,
+    ) -> None:
         """Replace a key's record; `record.revision` must be `expected_revision + 1`.
 
         Raises:
             NotFoundError: no such key.
             ConflictError: the stored revision is not `expected_revision`.
+            AlreadyExistsError: the record's new key_hash belongs to another key.
+            DuplicateRequestError: `mark` is recorded already.
         """
 
     async def rotate_key(
@@ -101,12 +134,14 @@ class Store(Protocol):
         new: KeyRecord,
         quota: int | None,
         event: Event,
+        mark: RequestMark | None = None,
     ) -> None:
         """Atomically replace `old` (revision-checked, as update_key) and insert `new`.
 
         Raises:
             NotFoundError, ConflictError: as update_key.
             AlreadyExistsError: as create_key, for `new`.
+            DuplicateRequestError: `mark` is recorded already.
         """
 
     # -- counters (hot path for keys with a rate limit or quota) ------------
@@ -142,11 +177,14 @@ class Store(Protocol):
 
     # -- policies -----------------------------------------------------------
 
-    async def create_policy(self, policy: Policy, event: Event) -> None:
+    async def create_policy(
+        self, policy: Policy, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Insert version 1 of a new policy.
 
         Raises:
             AlreadyExistsError: the policy_id exists already.
+            DuplicateRequestError: `mark` is recorded already.
         """
 
     async def get_policy(self, policy_id: str, version: int = 0) -> Policy | None:
@@ -155,12 +193,15 @@ class Store(Protocol):
     async def list_policies(self, page_size: int, page_token: str) -> PolicyPage:
         """Page through the current version of every policy, ordered by policy_id."""
 
-    async def put_policy_version(self, policy: Policy, event: Event) -> None:
+    async def put_policy_version(
+        self, policy: Policy, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Append `policy` as the new current version; it must be current + 1.
 
         Raises:
             NotFoundError: no such policy.
             ConflictError: the current version is not `policy.version - 1`.
+            DuplicateRequestError: `mark` is recorded already.
         """
 
     async def list_policy_versions(
@@ -179,6 +220,17 @@ class Store(Protocol):
 
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value."""
+
+    async def ensure_meta(self, name: str, value: str) -> str:
+        """Set a small named value unless one is set; return the stored one.
+
+        Atomic: of several processes racing, one value wins and all get it.
+        """
+
+    # -- request ids ----------------------------------------------------------
+
+    async def get_request(self, actor: str, request_id: str, now: float) -> RequestMark | None:
+        """Return the mark recorded for (actor, request_id), or None (also once expired)."""
 
     # -- event log ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Key schema (`ns` = namespace):
     {ns}:policy:<id>:versions  HASH    version -> Policy JSON, every version
     {ns}:policies              ZSET    every policy_id, score 0
     {ns}:meta                  HASH    name -> value
+    {ns}:req:<actor>:<req_id>  STRING  RequestMark JSON, expiring (PXAT) with the mark
     {ns}:due                   ZSET    key_id -> next unannounced expiry/revocation time
     {ns}:events                STREAM  event log, field `e` = Event JSON
     ns:c:{<key_id>}:q          HASH    quota {remaining, refilled_at}
@@ -51,6 +52,7 @@ from keysvc.errors import (
     AlreadyExistsError,
     ConfigError,
     ConflictError,
+    DuplicateRequestError,
     InvalidArgumentError,
     NotFoundError,
 )
@@ -72,6 +74,8 @@ from keysvc.store._codec import (
     dumps,
     event_to_dict,
     loads,
+    mark_from_json,
+    mark_to_json,
     paginate,
     policy_from_dict,
     policy_to_dict,
@@ -81,12 +85,14 @@ from keysvc.store._codec import (
 from keysvc.store._redis_counters import RedisCounters
 from keysvc.store._redis_io import Caller, make_client, text
 from keysvc.store._redis_stream import parse_stream_id, read_entries, wait_for_entry
-from keysvc.store.base import KeyPage, PolicyPage
+from keysvc.store.base import KeyPage, PolicyPage, RequestMark
 
 __all__ = ["RedisStore"]
 
 
 def _refused(status: str, what: str) -> Exception:
+    if status == "DUPLICATE":
+        return DuplicateRequestError(f"request_id: already used by this admin key ({what})")
     if status == "EXISTS":
         return AlreadyExistsError(f"{what} exists already")
     if status == "NOT_FOUND":
@@ -139,9 +145,19 @@ class RedisStore:
         self._counters = RedisCounters(self._client, namespace, self._call)
         self._put_keys = self._client.register_script(lua.PUT_KEYS)
         self._put_policy = self._client.register_script(lua.PUT_POLICY)
+        self._ensure_meta = self._client.register_script(lua.ENSURE_META)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
+
+    def _with_mark(
+        self, keys: list[str], args: list[str | int], mark: RequestMark | None
+    ) -> None:
+        """Append a request mark to a lifecycle script's KEYS and ARGV (see `_redis_scripts`)."""
+        if mark is not None:
+            keys.append(self._k("req", mark.actor, mark.request_id))
+            args += ["replace" if mark.replace else "new", mark_to_json(mark),
+                     int(mark.expires_at * 1000), repr(mark.recorded_at)]
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -171,7 +187,8 @@ class RedisStore:
         ]
 
     async def _put_records(
-        self, writes: Sequence[tuple[KeyRecord, KeyRecord | None, int]], event: Event
+        self, writes: Sequence[tuple[KeyRecord, KeyRecord | None, int]], event: Event,
+        mark: RequestMark | None = None,
     ) -> str:
         """Run PUT_KEYS: (record, its stored version or None, expected revision) each."""
         keys = [self._events, self._k("keys"), self._k("due")]
@@ -180,6 +197,7 @@ class RedisStore:
             keys += self._record_keys(new, old)
             due = next_deadline(new)
             args += [new.key_id, expected, dumps(record_to_dict(new)), "" if due is None else repr(due)]
+        self._with_mark(keys, args, mark)
         reply = await self._call.write(self._put_keys(keys=keys, args=args))
         if reply[0] != "OK":
             raise _refused(str(reply[0]), f"key {writes[0][0].key_id}")
@@ -197,7 +215,7 @@ class RedisStore:
             created = await self._counters.create_quota(record.key_id, quota, record.created_at)
         try:
             await write()
-        except (AlreadyExistsError, NotFoundError, ConflictError):
+        except (AlreadyExistsError, NotFoundError, ConflictError):  # DuplicateRequestError too
             if created:
                 await self._counters.set_quota(record.key_id, None)
             raise
@@ -215,10 +233,12 @@ class RedisStore:
             )
         return stored
 
-    async def create_key(self, record: KeyRecord, quota: int | None, event: Event) -> None:
+    async def create_key(
+        self, record: KeyRecord, quota: int | None, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Insert a new key and its event in one script (its quota counter just before)."""
         await self._with_new_quota(
-            record, quota, lambda: self._put_records([(record, None, 0)], event)
+            record, quota, lambda: self._put_records([(record, None, 0)], event, mark)
         )
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -282,10 +302,13 @@ class RedisStore:
         count, ids = await self._call.read(op)
         return int(count), [text(i) for i in ids][: max(0, limit)]
 
-    async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
+    async def update_key(
+        self, record: KeyRecord, expected_revision: int, event: Event,
+        mark: RequestMark | None = None,
+    ) -> None:
         """Replace a key's record if it is still at `expected_revision`."""
         stored = await self._stored(record, expected_revision)
-        await self._put_records([(record, stored, expected_revision)], event)
+        await self._put_records([(record, stored, expected_revision)], event, mark)
 
     async def rotate_key(
         self,
@@ -294,6 +317,7 @@ class RedisStore:
         new: KeyRecord,
         quota: int | None,
         event: Event,
+        mark: RequestMark | None = None,
     ) -> None:
         """Replace `old` and insert `new` in one script (`new`'s quota counter just before)."""
         stored = await self._stored(old, expected_revision)
@@ -302,7 +326,9 @@ class RedisStore:
         await self._with_new_quota(
             new,
             quota,
-            lambda: self._put_records([(old, stored, expected_revision), (new, None, 0)], event),
+            lambda: self._put_records(
+                [(old, stored, expected_revision), (new, None, 0)], event, mark
+            ),
         )
 
     # -- counters (per-key slots: see _redis_counters) ------------------------------
@@ -337,7 +363,9 @@ class RedisStore:
 
     # -- policies ---------------------------------------------------------------
 
-    async def _put_policy_version(self, policy: Policy, event: Event, mode: str) -> None:
+    async def _put_policy_version(
+        self, policy: Policy, event: Event, mode: str, mark: RequestMark | None
+    ) -> None:
         keys = [
             self._events,
             self._k("policies"),
@@ -352,15 +380,18 @@ class RedisStore:
             dumps(policy_to_dict(policy)),
             mode,
         ]
+        self._with_mark(keys, args, mark)
         reply = await self._call.write(self._put_policy(keys=keys, args=args))
         if reply[0] != "OK":
             raise _refused(str(reply[0]), f"policy {policy.policy_id}")
 
-    async def create_policy(self, policy: Policy, event: Event) -> None:
+    async def create_policy(
+        self, policy: Policy, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Insert version 1 of a new policy and its event in one script."""
         if policy.version != 1:
             raise InvalidArgumentError("a new policy starts at version 1")
-        await self._put_policy_version(policy, event, "create")
+        await self._put_policy_version(policy, event, "create", mark)
 
     async def get_policy(self, policy_id: str, version: int = 0) -> Policy | None:
         """Return the current version (version=0) or a given version, or None."""
@@ -378,9 +409,11 @@ class RedisStore:
         bodies = await self._mget([self._k("policy", i) for i in ids])
         return PolicyPage([policy_from_dict(loads(b)) for b in bodies if b is not None], token)
 
-    async def put_policy_version(self, policy: Policy, event: Event) -> None:
+    async def put_policy_version(
+        self, policy: Policy, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Append `policy` as the new current version if the current one is `version - 1`."""
-        await self._put_policy_version(policy, event, "put")
+        await self._put_policy_version(policy, event, "put", mark)
 
     async def list_policy_versions(
         self, policy_id: str, page_size: int, page_token: str
@@ -410,6 +443,23 @@ class RedisStore:
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value."""
         await self._call.write(self._client.hset(self._k("meta"), name, value))
+
+    async def ensure_meta(self, name: str, value: str) -> str:
+        """Set a small named value unless one is set (HSETNX); return the stored one."""
+        stored = await self._call.write(
+            self._ensure_meta(keys=[self._k("meta")], args=[name, value])
+        )
+        return text(stored)
+
+    # -- request ids ------------------------------------------------------------
+
+    async def get_request(self, actor: str, request_id: str, now: float) -> RequestMark | None:
+        """Return the unexpired mark of (actor, request_id), or None."""
+        body = await self._call.read(lambda: self._client.get(self._k("req", actor, request_id)))
+        if body is None:
+            return None
+        mark = mark_from_json(actor, request_id, body)
+        return mark if mark.expires_at > now else None
 
     # -- event log (see _redis_stream) ------------------------------------------------
 

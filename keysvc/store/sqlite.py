@@ -37,7 +37,7 @@ from keysvc.store._codec import (
     paginate,
 )
 from keysvc.store._sqlite_schema import connect
-from keysvc.store.base import KeyPage, PolicyPage
+from keysvc.store.base import KeyPage, PolicyPage, RequestMark
 
 __all__ = ["SqliteStore"]
 
@@ -103,11 +103,16 @@ class SqliteStore:
                     raise StoreUnavailableError(f"SQLite store {self._path}: {exc}") from exc
                 raise
 
-    async def _change(self, work: Callable[[sqlite3.Connection], object], event: Event) -> str:
-        """Run a lifecycle write and append its event, in one transaction."""
+    async def _change(
+        self, work: Callable[[sqlite3.Connection], object], event: Event,
+        mark: RequestMark | None = None,
+    ) -> str:
+        """Run a lifecycle write and append its event (and record `mark`), in one transaction."""
 
         def run(conn: sqlite3.Connection) -> str:
             with ops.transaction(conn):
+                if mark is not None:
+                    ops.put_request(conn, mark)
                 work(conn)
                 # Runs under the lock, so the count needs no other guard.
                 self._appended += 1
@@ -151,9 +156,11 @@ class SqliteStore:
 
     # -- keys -------------------------------------------------------------------
 
-    async def create_key(self, record: KeyRecord, quota: int | None, event: Event) -> None:
+    async def create_key(
+        self, record: KeyRecord, quota: int | None, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Insert a new key, its quota counter and its event in one transaction."""
-        await self._change(partial(ops.insert_key, record=record, quota=quota), event)
+        await self._change(partial(ops.insert_key, record=record, quota=quota), event, mark)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """Return the key with this public id, or None."""
@@ -180,11 +187,15 @@ class SqliteStore:
         """Return keys whose next unannounced deadline has passed, soonest first."""
         return await self._run(partial(ops.due_keys, now=now, limit=max(1, limit)))
 
-    async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
+    async def update_key(
+        self, record: KeyRecord, expected_revision: int, event: Event,
+        mark: RequestMark | None = None,
+    ) -> None:
         """Replace a key's record if it is still at `expected_revision`."""
         check_revision(record.revision, expected_revision)
         await self._change(
-            partial(ops.replace_key, record=record, expected_revision=expected_revision), event
+            partial(ops.replace_key, record=record, expected_revision=expected_revision), event,
+            mark,
         )
 
     async def rotate_key(
@@ -194,6 +205,7 @@ class SqliteStore:
         new: KeyRecord,
         quota: int | None,
         event: Event,
+        mark: RequestMark | None = None,
     ) -> None:
         """Replace `old` and insert `new` (and its quota counter) in one transaction."""
         check_revision(old.revision, expected_revision)
@@ -202,7 +214,7 @@ class SqliteStore:
             ops.replace_key(conn, old, expected_revision)
             ops.insert_key(conn, new, quota)
 
-        await self._change(work, event)
+        await self._change(work, event, mark)
 
     # -- counters ---------------------------------------------------------------
 
@@ -251,11 +263,13 @@ class SqliteStore:
 
     # -- policies ---------------------------------------------------------------
 
-    async def create_policy(self, policy: Policy, event: Event) -> None:
+    async def create_policy(
+        self, policy: Policy, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Insert version 1 of a new policy and its event in one transaction."""
         if policy.version != 1:
             raise InvalidArgumentError("a new policy starts at version 1")
-        await self._change(partial(ops.insert_policy, policy=policy), event)
+        await self._change(partial(ops.insert_policy, policy=policy), event, mark)
 
     async def get_policy(self, policy_id: str, version: int = 0) -> Policy | None:
         """Return the current version (version=0) or a given version, or None."""
@@ -269,9 +283,11 @@ class SqliteStore:
         policies, token = paginate(rows, page_size, "policies", lambda p: p.policy_id)
         return PolicyPage(policies, token)
 
-    async def put_policy_version(self, policy: Policy, event: Event) -> None:
+    async def put_policy_version(
+        self, policy: Policy, event: Event, mark: RequestMark | None = None
+    ) -> None:
         """Append `policy` as the new current version if the current one is `version - 1`."""
-        await self._change(partial(ops.put_policy_version, policy=policy), event)
+        await self._change(partial(ops.put_policy_version, policy=policy), event, mark)
 
     async def list_policy_versions(
         self, policy_id: str, page_size: int, page_token: str
@@ -302,6 +318,23 @@ class SqliteStore:
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+        )
+
+    async def ensure_meta(self, name: str, value: str) -> str:
+        """Set a small named value unless one is set; return the stored one."""
+
+        def work(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (name, value))
+            return str(conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0])
+
+        return await self._write(work)
+
+    # -- request ids --------------------------------------------------------------
+
+    async def get_request(self, actor: str, request_id: str, now: float) -> RequestMark | None:
+        """Return the unexpired mark of (actor, request_id), or None."""
+        return await self._run(
+            partial(ops.get_request, actor=actor, request_id=request_id, now=now)
         )
 
     # -- event log --------------------------------------------------------------

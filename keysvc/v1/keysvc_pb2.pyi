@@ -171,7 +171,7 @@ class Key(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., hint: _Optional[str] = ..., name: _Optional[str] = ..., owner_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., enabled: _Optional[bool] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quota_remaining: _Optional[int] = ..., rotated_from: _Optional[str] = ..., rotated_to: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "owner_id", "policy_id", "scopes", "metadata", "expires_at", "ttl", "prefix", "quota")
+    __slots__ = ("name", "owner_id", "policy_id", "scopes", "metadata", "expires_at", "ttl", "prefix", "quota", "request_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class CreateKeyRequest(_message.Message):
     TTL_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     QUOTA_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     owner_id: str
     policy_id: str
@@ -197,15 +198,18 @@ class CreateKeyRequest(_message.Message):
     ttl: _duration_pb2.Duration
     prefix: str
     quota: int
-    def __init__(self, name: _Optional[str] = ..., owner_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prefix: _Optional[str] = ..., quota: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., owner_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prefix: _Optional[str] = ..., quota: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
-    __slots__ = ("key", "secret")
+    __slots__ = ("key", "secret", "secret_reissued")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    SECRET_REISSUED_FIELD_NUMBER: _ClassVar[int]
     key: Key
     secret: str
-    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+    secret_reissued: bool
+    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ..., secret: _Optional[str] = ..., secret_reissued: _Optional[bool] = ...) -> None: ...
 
 class GetKeyRequest(_message.Message):
     __slots__ = ("key_id",)
@@ -242,16 +246,18 @@ class ListKeysResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "key", "update_mask", "expected_revision")
+    __slots__ = ("key_id", "key", "update_mask", "expected_revision", "request_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     key: Key
     update_mask: _field_mask_pb2.FieldMask
     expected_revision: int
-    def __init__(self, key_id: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., expected_revision: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, key_id: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., expected_revision: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpdateKeyResponse(_message.Message):
     __slots__ = ("key",)
@@ -260,14 +266,16 @@ class UpdateKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
-    __slots__ = ("key_id", "grace_period", "reason")
+    __slots__ = ("key_id", "grace_period", "reason", "request_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     grace_period: _duration_pb2.Duration
     reason: str
-    def __init__(self, key_id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, key_id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RevokeKeyResponse(_message.Message):
     __slots__ = ("key",)
@@ -276,22 +284,26 @@ class RevokeKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "grace_period")
+    __slots__ = ("key_id", "grace_period", "request_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     grace_period: _duration_pb2.Duration
-    def __init__(self, key_id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, key_id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RotateKeyResponse(_message.Message):
-    __slots__ = ("key", "secret", "previous")
+    __slots__ = ("key", "secret", "previous", "secret_reissued")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_REISSUED_FIELD_NUMBER: _ClassVar[int]
     key: Key
     secret: str
     previous: Key
-    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ..., secret: _Optional[str] = ..., previous: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
+    secret_reissued: bool
+    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ..., secret: _Optional[str] = ..., previous: _Optional[_Union[Key, _Mapping]] = ..., secret_reissued: _Optional[bool] = ...) -> None: ...
 
 class RateLimit(_message.Message):
     __slots__ = ("requests", "window")
@@ -338,10 +350,12 @@ class Policy(_message.Message):
     def __init__(self, policy_id: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., allowed_cidrs: _Optional[_Iterable[str]] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., quota_refill: _Optional[_Union[QuotaRefill, _Mapping]] = ..., max_key_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., change_note: _Optional[str] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
-    __slots__ = ("policy",)
+    __slots__ = ("policy", "request_id")
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
-    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreatePolicyResponse(_message.Message):
     __slots__ = ("policy",)
@@ -380,18 +394,20 @@ class ListPoliciesResponse(_message.Message):
     def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdatePolicyRequest(_message.Message):
-    __slots__ = ("policy", "expected_version", "dry_run", "allow_breaking", "change_note")
+    __slots__ = ("policy", "expected_version", "dry_run", "allow_breaking", "change_note", "request_id")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_BREAKING_FIELD_NUMBER: _ClassVar[int]
     CHANGE_NOTE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
     expected_version: int
     dry_run: bool
     allow_breaking: bool
     change_note: str
-    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., expected_version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., allow_breaking: _Optional[bool] = ..., change_note: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., expected_version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., allow_breaking: _Optional[bool] = ..., change_note: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PolicyImpact(_message.Message):
     __slots__ = ("keys_affected", "sample_key_ids", "scopes_added", "scopes_removed", "cidrs_added", "cidrs_removed", "limits_tightened", "limits_loosened", "breaking")
@@ -426,18 +442,20 @@ class UpdatePolicyResponse(_message.Message):
     def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., impact: _Optional[_Union[PolicyImpact, _Mapping]] = ..., applied: _Optional[bool] = ...) -> None: ...
 
 class RollbackPolicyRequest(_message.Message):
-    __slots__ = ("policy_id", "to_version", "expected_version", "dry_run", "allow_breaking")
+    __slots__ = ("policy_id", "to_version", "expected_version", "dry_run", "allow_breaking", "request_id")
     POLICY_ID_FIELD_NUMBER: _ClassVar[int]
     TO_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_BREAKING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     policy_id: str
     to_version: int
     expected_version: int
     dry_run: bool
     allow_breaking: bool
-    def __init__(self, policy_id: _Optional[str] = ..., to_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., allow_breaking: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, policy_id: _Optional[str] = ..., to_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., allow_breaking: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RollbackPolicyResponse(_message.Message):
     __slots__ = ("policy", "impact", "applied")

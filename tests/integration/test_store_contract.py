@@ -18,12 +18,13 @@ from keysvc.errors import (
     AlreadyExistsError,
     ConflictError,
     CursorExpiredError,
+    DuplicateRequestError,
     InvalidArgumentError,
     NotFoundError,
     StoreUnavailableError,
 )
 from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
-from keysvc.store.base import Store
+from keysvc.store.base import RequestMark, Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
 
@@ -566,3 +567,59 @@ async def test_sqlite_processes_share_the_event_log(tmp_path: Path) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+# -- request marks ----------------------------------------------------------------
+
+
+NOW = time.time()  # Redis expires a mark by its own clock
+
+
+def mark(request_id: str = "r1", **kw: Any) -> RequestMark:
+    fields: dict[str, Any] = {"actor": "admin-1", "request_id": request_id, "fingerprint": "f",
+                              "outcome": '{"key_id": "k1"}', "expires_at": NOW + 3600,
+                              "recorded_at": NOW}
+    fields.update(kw)
+    return RequestMark(**fields)
+
+
+async def test_a_request_mark_is_written_with_its_change_or_not_at_all(store: Store) -> None:
+    await store.create_key(rec("k1"), None, ev(EventType.KEY_CREATED), mark())
+    assert await store.get_request("admin-1", "r1", NOW) == mark()
+    assert await store.get_request("admin-2", "r1", NOW) is None  # scoped to the actor
+    before = await store.last_cursor()
+    # A held mark refuses the whole write: no key, no quota, no event.
+    with pytest.raises(DuplicateRequestError):
+        await store.create_key(rec("k2"), 5, ev(), mark(fingerprint="g"))
+    with pytest.raises(DuplicateRequestError):
+        await store.update_key(rec("k1", revision=2, name="x"), 1, ev(), mark())
+    with pytest.raises(DuplicateRequestError):
+        await store.create_policy(pol("p1"), ev(), mark())
+    assert await store.get_key("k2") is None and await store.get_quota("k2") is None
+    assert (await store.get_key("k1")) == rec("k1")
+    assert await store.get_policy("p1") is None
+    assert await store.last_cursor() == before
+    # A refused write records no mark.
+    with pytest.raises(ConflictError):
+        await store.update_key(rec("k1", revision=8), 7, ev(), mark("r2"))
+    with pytest.raises(AlreadyExistsError):
+        await store.create_key(rec("k1"), None, ev(), mark("r3"))
+    assert await store.get_request("admin-1", "r2", NOW) is None
+    assert await store.get_request("admin-1", "r3", NOW) is None
+    # Replacing moves the mark on, in the write that needs it.
+    moved = mark(outcome='{"key_id": "k1", "revision": 2}', replace=True)
+    await store.update_key(rec("k1", revision=2, key_hash="h-new"), 1, ev(), moved)
+    got = await store.get_request("admin-1", "r1", NOW)
+    assert got is not None and got.outcome == moved.outcome
+    await store.create_policy(pol("p1"), ev(), mark("r4"))
+    await store.put_policy_version(pol("p1", 2), ev(), mark("r5"))
+    assert await store.get_request("admin-1", "r5", NOW) is not None
+
+
+async def test_an_expired_request_mark_is_forgotten(store: Store) -> None:
+    await store.create_key(rec("k1"), None, ev(), mark(expires_at=time.time() + 3600))
+    later = time.time() + 7200
+    assert await store.get_request("admin-1", "r1", later) is None
+    await store.create_key(rec("k2"), None, ev(), mark(expires_at=later + 3600, recorded_at=later))
+    got = await store.get_request("admin-1", "r1", later)
+    assert got is not None and got.expires_at == later + 3600
