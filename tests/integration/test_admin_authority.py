@@ -51,8 +51,11 @@ async def test_a_bounded_actor_cannot_create_keys_beyond_its_scopes_or_lifetime(
         await admin.create_key(actor, owner_id="o", scopes=["read"], expires_at=time.time() + 2 * HOUR)
     with pytest.raises(PermissionDeniedError, match=r"policy_id: policy 'wide'"):
         await admin.create_key(actor, owner_id="o", policy_id="wide", scopes=["read"])
+    # No root admin key (an admin key without a policy, unbounded) from a bounded one.
+    with pytest.raises(PermissionDeniedError, match=r"policy_id: .*must follow one too"):
+        await admin.create_key(actor, owner_id="o", scopes=[ADMIN_SCOPE])
     # Within its bounds it may act; a key it makes never outlives its own bound.
-    minted, _ = await admin.create_key(actor, owner_id="o", scopes=[ADMIN_SCOPE])
+    minted, _ = await admin.create_key(actor, owner_id="o", scopes=["read"])
     assert minted.record.expires_at is not None and minted.record.expires_at <= time.time() + HOUR + 1
     on_ops, _ = await admin.create_key(actor, owner_id="o", policy_id="ops")
     assert on_ops.record.expires_at is not None
@@ -182,7 +185,7 @@ async def test_a_policy_change_cannot_take_admin_from_the_last_admin_keys(store:
         await admin.update_policy(actor, Policy("admins", 0, 0.0, 0.0, scopes=("read",)),
                                   expected_version=1, allow_breaking=True)
     assert (await admin.get_policy("admins")).version == 1
-    await admin.create_key(actor, owner_id="root2", scopes=[ADMIN_SCOPE])
+    await admin.create_key(OPERATOR, owner_id="root2", scopes=[ADMIN_SCOPE])
     policy, _ = await admin.update_policy(actor, Policy("admins", 0, 0.0, 0.0, scopes=("read",)),
                                           expected_version=1, allow_breaking=True)
     assert policy is not None and policy.version == 2
