@@ -230,7 +230,10 @@ class AdminService:
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
             if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
                 authority.check_key(grantor, updated, policy)
-            if not authority.durable_admin(updated, policy, now):
+            before = policy if policy_id == record.policy_id else await self._key_policy(record)
+            # Only a change that takes a working admin key's authority needs the (scanning) guard.
+            if authority.durable_admin(record, before, now) and not authority.durable_admin(
+                    updated, policy, now):
                 await authority.guard_last_admin(
                     self._store, actor, now,
                     lambda r, _: r.key_id == key_id,
@@ -271,7 +274,8 @@ class AdminService:
             updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1,
                               announced_through=announced)
             await authority.load(self._store, actor, now)
-            await authority.guard_last_admin(self._store, actor, now, lambda r, _: r.key_id == key_id)
+            if authority.durable_admin(record, await self._key_policy(record), now):
+                await authority.guard_last_admin(self._store, actor, now, lambda r, _: r.key_id == key_id)
             await self._store.update_key(
                 updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record)
             )
@@ -494,6 +498,9 @@ class AdminService:
 
     async def _policy(self, policy_id: str) -> Policy:
         return await self.get_policy(policy_id)
+
+    async def _key_policy(self, record: KeyRecord) -> Policy | None:
+        return await self._store.get_policy(record.policy_id) if record.policy_id else None
 
     async def _views(self, records: Sequence[KeyRecord]) -> list[KeyView]:
         now = self._clock()
