@@ -88,6 +88,8 @@ async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: St
         await admin.update_key(narrowed.record.key_id, narrowed.record.key_id, {"scopes": []})
     assert (await admin.get_key(target)).record.scopes == ("read",)
     assert (await admin.get_key(narrowed.record.key_id)).record.scopes == (ADMIN_SCOPE,)
+    # Revoking grants nothing: a bounded actor may revoke a wider key.
+    assert (await admin.revoke_key(actor, wider.record.key_id)).status is KeyStatus.REVOKED
 
 
 async def test_a_bounded_actor_cannot_write_policies_beyond_its_authority(store: Store) -> None:
@@ -189,6 +191,19 @@ async def test_a_policy_change_cannot_take_admin_from_the_last_admin_keys(store:
     policy, _ = await admin.update_policy(actor, Policy("admins", 0, 0.0, 0.0, scopes=("read",)),
                                           expected_version=1, allow_breaking=True)
     assert policy is not None and policy.version == 2
+
+
+async def test_a_rollback_cannot_take_admin_from_the_last_admin_keys(store: Store) -> None:
+    admin = AdminService(store)
+    await admin.create_policy(OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=("read",)))
+    escalated, impact = await admin.update_policy(
+        OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=("read", ADMIN_SCOPE)), expected_version=1,
+        allow_breaking=True)
+    assert escalated is not None and impact.diff.breaking
+    only, _ = await admin.create_key(OPERATOR, owner_id="root", policy_id="admins")
+    with pytest.raises(FailedPreconditionError, match="no active admin key"):
+        await admin.rollback_policy(only.record.key_id, "admins", 1, allow_breaking=True)
+    assert (await admin.get_policy("admins")).version == 2
 
 
 async def test_two_concurrent_revocations_of_the_two_last_admins_do_not_both_succeed(store: Store) -> None:
