@@ -13,8 +13,9 @@ what it writes is bounded in turn:
 - scopes: the key's effective scopes, or a policy's scopes, are a subset of
   the actor's own effective scopes;
 - lifetime: an actor whose policy has `max_key_ttl` writes only keys that
-  expire within it, on policies whose own `max_key_ttl` is at most as long,
-  and policies with such a bound.
+  expire within it and no later than the actor's own key (so no chain of
+  renewals outlives it), on policies whose own `max_key_ttl` is at most as
+  long, and policies with such a bound.
 Rate limits, quotas and allowed CIDRs limit how the actor itself calls; they
 are not passed on as bounds.
 """
@@ -84,6 +85,7 @@ class Authority:
     actor: str
     scopes: frozenset[str] | None = None
     max_key_ttl_s: int | None = None
+    expires_at: float | None = None  # the actor's own expiry, when max_key_ttl_s bounds it
 
 
 async def load(store: Store, actor: str, now: float, client_ip: str = "") -> Authority:
@@ -124,7 +126,8 @@ async def load(store: Store, actor: str, now: float, client_ip: str = "") -> Aut
                                     rule="admin_scope")
     if policy is None:
         return Authority(actor)  # a root admin key
-    return Authority(actor, frozenset(effective_scopes(record, policy)), policy.max_key_ttl_s)
+    return Authority(actor, frozenset(effective_scopes(record, policy)), policy.max_key_ttl_s,
+                     record.expires_at if policy.max_key_ttl_s is not None else None)
 
 
 def _within_scopes(authority: Authority, scopes: Iterable[str], what: str) -> None:
@@ -195,25 +198,32 @@ def bounded_expiry(
     """
     if explicit and expires_at is not None and expires_at <= now:
         raise InvalidArgumentError("expires_at: must be in the future")
-    bounds: list[tuple[int, str]] = []
+    bounds: list[tuple[float, str]] = []  # (latest expiry allowed, whose rule)
     if policy is not None and policy.max_key_ttl_s is not None:
-        bounds.append((policy.max_key_ttl_s, "policy"))
+        bounds.append((now + policy.max_key_ttl_s, "policy"))
     if authority.max_key_ttl_s is not None:
-        bounds.append((authority.max_key_ttl_s, "actor"))
+        bounds.append((now + authority.max_key_ttl_s, "actor"))
+        if authority.expires_at is not None:
+            bounds.append((authority.expires_at, "actor_expiry"))
     if not bounds:
         return expires_at
-    seconds, whose = min(bounds)
-    latest = now + seconds
+    latest, whose = min(bounds)
     if not clear and (expires_at is None or (not explicit and expires_at > latest)):
         return latest
     if clear or (expires_at is not None and expires_at > latest + 1):
         if whose == "policy" and policy is not None:
             raise InvalidArgumentError(
-                f"expires_at: policy {safe(policy.policy_id)} allows keys of at most {seconds} seconds",
-                rule="policy_max_key_ttl",
+                f"expires_at: policy {safe(policy.policy_id)} allows keys of at most "
+                f"{policy.max_key_ttl_s} seconds", rule="policy_max_key_ttl",
+            )
+        if whose == "actor_expiry":
+            raise PermissionDeniedError(
+                f"expires_at: a key admin key {authority.actor} writes may not outlive it "
+                "(its policy has a max_key_ttl)", rule="actor_max_key_ttl",
             )
         raise PermissionDeniedError(
-            f"expires_at: admin key {authority.actor} may grant keys of at most {seconds} seconds "
+            f"expires_at: admin key {authority.actor} may grant keys of at most "
+            f"{authority.max_key_ttl_s} seconds "
             "(its policy's max_key_ttl)", rule="actor_max_key_ttl",
         )
     return expires_at

@@ -63,6 +63,22 @@ async def test_a_bounded_actor_cannot_create_keys_beyond_its_scopes_or_lifetime(
     assert sorted(k.record.key_id for k in keys) == sorted([minted.record.key_id, on_ops.record.key_id])
 
 
+async def test_no_key_a_bounded_actor_writes_outlives_the_actor(store: Store) -> None:
+    admin, _, _ = await world(store)
+    soon = time.time() + 600
+    short, _ = await admin.create_key(OPERATOR, owner_id="ops", policy_id="ops", expires_at=soon)
+    actor = short.record.key_id
+    # Within max_key_ttl (1 h), but past its own expiry: no renewing itself, no longer-lived heir.
+    with pytest.raises(PermissionDeniedError, match="may not outlive it"):
+        await admin.update_key(actor, actor, {"expires_at": soon + 600})
+    with pytest.raises(PermissionDeniedError, match="may not outlive it"):
+        await admin.create_key(actor, owner_id="o", policy_id="ops", expires_at=soon + 600)
+    heir, _ = await admin.create_key(actor, owner_id="o", policy_id="ops")
+    assert heir.record.expires_at is not None and heir.record.expires_at <= soon
+    rotated, _, _ = await admin.rotate_key(actor, actor)
+    assert rotated.record.expires_at is not None and rotated.record.expires_at <= soon
+
+
 async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: Store) -> None:
     admin, _, ops = await world(store)
     actor = ops.record.key_id
