@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from keysvc.errors import KeysvcError, PermissionDeniedError, UnauthenticatedError
+from keysvc.errors import PermissionDeniedError, StoreUnavailableError, UnauthenticatedError
 from keysvc.model import ADMIN_SCOPE, Code
 from keysvc.policy import ip_allowed
 from keysvc.service.validator import ValidationRequest, Validator
@@ -132,7 +132,7 @@ class AdminAuth:
                 code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, UnauthenticatedError) else (
                     grpc.StatusCode.PERMISSION_DENIED)
                 await self._refuse(context, action, key_id, exc.rule or "denied", code, str(exc))
-            except KeysvcError:  # the store did not answer: fail closed
+            except StoreUnavailableError:  # fail closed
                 await self._refuse(context, action, key_id, "unavailable", grpc.StatusCode.UNAVAILABLE,
                                    "key store unavailable; cannot authenticate")
             return key_id
