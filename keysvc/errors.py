@@ -24,7 +24,18 @@ __all__ = [
 
 
 class KeysvcError(Exception):
-    """Base of every error keysvc raises on purpose."""
+    """Base of every error keysvc raises on purpose.
+
+    Args:
+        message: for the caller: names the field and the rule, never a value
+            that could be a secret.
+        rule: a short stable name of the rule that refused (e.g. "actor_scopes"),
+            recorded on the audit span of the refused change.
+    """
+
+    def __init__(self, message: str = "", *, rule: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 class MalformedKeyError(KeysvcError):

@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from keysvc.model import Code, Decision, KeyRecord, KeyStatus, Policy, RateLimit, key_status
+from keysvc.model import ADMIN_SCOPE, Code, Decision, KeyRecord, KeyStatus, Policy, RateLimit, key_status
 
 __all__ = [
     "Grant",
@@ -147,9 +147,19 @@ class PolicyDiff:
     cidrs_narrowed: bool = False
 
     @property
+    def escalates(self) -> bool:
+        """True when the change gives the policy's keys admin authority."""
+        return ADMIN_SCOPE in self.scopes_added
+
+    @property
     def breaking(self) -> bool:
-        """True when a request allowed before could be refused after."""
-        return bool(self.scopes_removed or self.limits_tightened or self.cidrs_narrowed)
+        """True when a request allowed before could be refused after, or keys gain admin authority.
+
+        Granting keysvc:admin refuses nothing, but turns every key on the policy
+        into an admin key: it needs the same explicit `allow_breaking`.
+        """
+        return bool(self.scopes_removed or self.limits_tightened or self.cidrs_narrowed
+                    or self.escalates)
 
     @property
     def changed(self) -> bool:

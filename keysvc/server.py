@@ -150,7 +150,7 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     """One gRPC server on the configured stack, serving every service keysvc has."""
     s = app.settings
     options = [("grpc.max_receive_message_length", s.max_request_bytes), ("grpc.so_reuseport", 1)]
-    keyservice = AdminAuth(app.validator, admin_enabled=admin_enabled).protect(
+    keyservice = AdminAuth(app.validator, app.admin.authority, admin_enabled=admin_enabled).protect(
         KeyServiceServicer(app.validator, app.admin, app.store)
     )
     authorization: Any = AuthorizationServicer(app.authorizer)

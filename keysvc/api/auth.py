@@ -2,9 +2,12 @@
 
 Admin keys are ordinary keys whose effective scopes hold `keysvc:admin`. The
 wrapper validates the `authorization: Bearer <key>` metadata through the
-same Validator as the hot path (so revocation reaches admin keys as fast as
-any other), audits every refusal, and runs the handler with the caller's
-key_id in `ACTOR`.
+same Validator as the hot path (its shape checks, and the key's rate limit
+and quota, count for admin calls too), with the gRPC peer as the client
+address, then reads the key again from the store (`authority`): the control
+plane fails closed, so neither fail-open, nor the stale window, nor a cached
+record admits an admin call. It audits every refusal, and runs the handler
+with the caller's key_id in `ACTOR`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from keysvc.errors import PermissionDeniedError, StoreUnavailableError, UnauthenticatedError
 from keysvc.model import ADMIN_SCOPE, Code
+from keysvc.policy import ip_allowed
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.telemetry import audit_span
 from keysvc.v1 import keysvc_pb2
@@ -40,6 +45,26 @@ _READ_ACTIONS = {
 }
 
 
+_LOCAL = ("127.0.0.1", "::1")
+Authority = Callable[[str, str], Awaitable[None]]
+
+
+def peer_address(peer: str) -> str:
+    """The client address of a gRPC peer string ("" when it has none).
+
+    `ipv4:10.0.0.1:5000` and `ipv6:[::1]:5000` give the address; a unix socket
+    (`unix:...`) is local and gives 127.0.0.1 (`_client_ip` also accepts ::1).
+    """
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    if kind in ("unix", "unix-abstract"):
+        return _LOCAL[0]
+    return ""
+
+
 def _bearer(metadata: Any) -> str:
     for name, value in metadata or ():
         if name == "authorization" and isinstance(value, str):
@@ -58,12 +83,15 @@ class AdminAuth:
 
     Args:
         validator: the process's validator.
+        authority: `AdminService.authority`: checks (key_id, client address)
+            against the store; raises a typed error to refuse.
         admin_enabled: False on a listener that must not serve admin RPCs
             (when admin RPCs have their own listener).
     """
 
-    def __init__(self, validator: Validator, *, admin_enabled: bool = True) -> None:
+    def __init__(self, validator: Validator, authority: Authority, *, admin_enabled: bool = True) -> None:
         self._validator = validator
+        self._authority = authority
         self._admin_enabled = admin_enabled
 
     def protect(self, servicer: Any) -> Any:
@@ -85,9 +113,28 @@ class AdminAuth:
             await self._refuse(context, action, "", "missing_credentials",
                                grpc.StatusCode.UNAUTHENTICATED,
                                "admin RPCs need 'authorization: Bearer <admin key>' metadata")
-        decision = await self._validator.validate(ValidationRequest(token, (ADMIN_SCOPE,)))
+        peer = context.peer()
+        client_ip = peer_address(peer)
+        decision = await self._validator.validate(ValidationRequest(token, (ADMIN_SCOPE,), client_ip))
         key_id = decision.record.key_id if decision.record is not None else ""
+        if decision.code is Code.IP_NOT_ALLOWED and peer.startswith("unix") and decision.policy is not None \
+                and ip_allowed(_LOCAL[1], decision.policy.allowed_cidrs):
+            client_ip = _LOCAL[1]  # local either way: a policy that admits ::1 admits a unix socket
+            decision = await self._validator.validate(ValidationRequest(token, (ADMIN_SCOPE,), client_ip))
+        if decision.code is Code.VALID and decision.record is None:
+            # The validator's fail-open answer: fail-open is for the data plane only.
+            await self._refuse(context, action, "", "unavailable", grpc.StatusCode.UNAVAILABLE,
+                               "key store unavailable; cannot authenticate")
         if decision.code is Code.VALID:
+            try:
+                await self._authority(key_id, client_ip)
+            except (UnauthenticatedError, PermissionDeniedError) as exc:
+                code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, UnauthenticatedError) else (
+                    grpc.StatusCode.PERMISSION_DENIED)
+                await self._refuse(context, action, key_id, exc.rule or "denied", code, str(exc))
+            except StoreUnavailableError:  # fail closed
+                await self._refuse(context, action, key_id, "unavailable", grpc.StatusCode.UNAVAILABLE,
+                                   "key store unavailable; cannot authenticate")
             return key_id
         if decision.code in _UNAUTHENTICATED:
             await self._refuse(context, action, key_id, decision.code.name.lower(),
@@ -98,6 +145,10 @@ class AdminAuth:
         if decision.code in (Code.RATE_LIMITED, Code.QUOTA_EXHAUSTED):
             await self._refuse(context, action, key_id, decision.code.name.lower(),
                                grpc.StatusCode.RESOURCE_EXHAUSTED, decision.message)
+        if decision.code is Code.IP_NOT_ALLOWED:
+            await self._refuse(context, action, key_id, "ip_not_allowed", grpc.StatusCode.PERMISSION_DENIED,
+                               f"admin key {key_id} may not call admin RPCs from this address "
+                               "(policy's allowed_cidrs)")
         await self._refuse(context, action, key_id, decision.code.name.lower(),
                            grpc.StatusCode.PERMISSION_DENIED,
                            f"key {key_id} may not call admin RPCs (needs scope {ADMIN_SCOPE!r})")

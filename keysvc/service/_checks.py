@@ -1,4 +1,8 @@
-"""Input limits for admin requests: every field bounded, every error named."""
+"""Input limits for admin requests: every field bounded, every error named.
+
+Messages name the field, the rule and at most an entry's position: never the
+value, which may be a secret pasted in the wrong field.
+"""
 
 from __future__ import annotations
 
@@ -67,10 +71,11 @@ def scopes(field: str, values: Iterable[str]) -> tuple[str, ...]:
     result = tuple(dict.fromkeys(values))
     if len(result) > MAX_SCOPES:
         raise InvalidArgumentError(f"{field}: at most {MAX_SCOPES} scopes")
-    for scope in result:
+    for position, scope in enumerate(result):
         if len(scope) > MAX_SCOPE_LEN or not _SCOPE_RE.fullmatch(scope):
             raise InvalidArgumentError(
-                f"{field}: {scope[:40]!r} is not a scope (letters, digits and : . _ * / -)"
+                f"{field}: entry {position} is not a scope (1-{MAX_SCOPE_LEN} of letters, digits "
+                "and : . _ * / -)"
             )
     return result
 
@@ -83,7 +88,7 @@ def metadata(values: Mapping[str, str]) -> dict[str, str]:
         if not k or len(k) > MAX_METADATA_KEY or not k.isprintable():
             raise InvalidArgumentError(f"metadata: keys are 1-{MAX_METADATA_KEY} printable characters")
         if len(v) > MAX_METADATA_VALUE:
-            raise InvalidArgumentError(f"metadata[{k!r}]: at most {MAX_METADATA_VALUE} characters")
+            raise InvalidArgumentError(f"metadata: values are at most {MAX_METADATA_VALUE} characters")
     return dict(values)
 
 
@@ -92,10 +97,14 @@ def cidrs(values: Iterable[str]) -> tuple[str, ...]:
     result = tuple(dict.fromkeys(values))
     if len(result) > MAX_CIDRS:
         raise InvalidArgumentError(f"allowed_cidrs: at most {MAX_CIDRS}")
-    try:
-        return tuple(dict.fromkeys(str(n) for n in parse_cidrs(result)))
-    except ValueError as exc:
-        raise InvalidArgumentError(f"allowed_cidrs: {exc}") from None
+    for position, value in enumerate(result):
+        try:
+            parse_cidrs((value,))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"allowed_cidrs: entry {position} is not an IP address or network"
+            ) from None
+    return tuple(dict.fromkeys(str(n) for n in parse_cidrs(result)))
 
 
 def page_size(value: int) -> int:

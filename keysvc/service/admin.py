@@ -6,6 +6,7 @@ span. Knows no protobuf.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from keysvc.errors import (
 )
 from keysvc.model import ADMIN_SCOPE, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
 from keysvc.policy import PolicyDiff, diff
+from keysvc.service import _authority as authority
 from keysvc.service import _checks as check
 from keysvc.service import _requests as requests
 from keysvc.service._pages import PageTokens
@@ -34,6 +36,7 @@ UPDATABLE_KEY_FIELDS = frozenset(
     {"name", "metadata", "scopes", "expires_at", "enabled", "policy_id", "quota_remaining"}
 )
 _SAMPLE_KEYS = 20
+_FIELD_NAME_RE = re.compile(r"[a-z][a-z_]{0,31}")  # cannot hold a key (no digits, no capitals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +106,10 @@ class AdminService:
                 the policy's max key TTL.
             NotFoundError: the policy does not exist.
             FailedPreconditionError: `request_id` was used for another request.
+            PermissionDeniedError: the key would hold more than the actor.
         """
-        with audit_span("key.create", actor=actor, target_policy_id=policy_id) as span:
+        with audit_span("key.create", actor=actor, target_policy_id=policy_id) as span, \
+                authority.audited_rule(span):
             req = requests.request(actor, request_id, "CreateKey", {
                 "owner_id": owner_id, "name": name, "policy_id": policy_id, "scopes": scopes,
                 "metadata": metadata or {}, "expires_at": expires_at, "ttl_s": ttl_s,
@@ -122,19 +127,24 @@ class AdminService:
                 raise InvalidArgumentError("quota: must be >= 0")
             try:
                 generated = keys.generate(prefix or self._prefix)
-            except ValueError as exc:
-                raise InvalidArgumentError(f"prefix: {exc}") from None
+            except ValueError:
+                raise InvalidArgumentError(
+                    "prefix: 1-16 lower-case letters or digits, starting with a letter"
+                ) from None
             if ttl_s is not None:
                 if expires_at is not None:
                     raise InvalidArgumentError("give expires_at or ttl, not both")
                 expires_at = now + check.duration("ttl", ttl_s, maximum=100 * 365 * 86400)
+            grantor = await authority.load(self._store, actor, now)
             policy = await self._policy(policy_id) if policy_id else None
-            expires_at = self._within_max_ttl(expires_at, policy, now)
+            expires_at = authority.bounded_expiry(expires_at, explicit=True, policy=policy,
+                                                  authority=grantor, now=now)
             record = KeyRecord(
                 key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
                 owner_id=owner_id, created_at=now, updated_at=now, name=name, policy_id=policy_id,
                 scopes=own_scopes, metadata=meta, expires_at=expires_at, has_quota=quota is not None,
             )
+            authority.check_key(grantor, record, policy)
             mark = req.mark({"key_id": record.key_id, "revision": record.revision}, now) if req else None
             try:
                 await self._store.create_key(
@@ -145,21 +155,15 @@ class AdminService:
             span.set("target.key_id", record.key_id)
             return KeyView(record, key_status(record, now), None, quota), generated.secret
 
-    @staticmethod
-    def _within_max_ttl(expires_at: float | None, policy: Policy | None, now: float) -> float | None:
-        if expires_at is not None and expires_at <= now:
-            raise InvalidArgumentError("expires_at: must be in the future")
-        if policy is None or policy.max_key_ttl_s is None:
-            return expires_at
-        latest = now + policy.max_key_ttl_s
-        if expires_at is None:
-            return latest
-        if expires_at > latest + 1:
-            raise InvalidArgumentError(
-                f"expires_at: policy {policy.policy_id!r} allows keys of at most "
-                f"{policy.max_key_ttl_s} seconds"
-            )
-        return expires_at
+    async def authority(self, actor: str, client_ip: str = "") -> None:
+        """Check, from the store, that `actor` is a working admin key (for admin auth).
+
+        Raises:
+            UnauthenticatedError: the key is gone, revoked, expired or disabled.
+            PermissionDeniedError: it lacks keysvc:admin, or `client_ip` is not allowed.
+            StoreUnavailableError: the store does not answer (fail closed).
+        """
+        await authority.load(self._store, actor, self._clock(), client_ip)
 
     async def get_key(self, key_id: str) -> KeyView:
         """Return one key with its counters.
@@ -207,17 +211,24 @@ class AdminService:
         Raises:
             InvalidArgumentError: an unknown field or a bad value.
             NotFoundError: no such key (or policy).
-            FailedPreconditionError: the key is revoked.
+            FailedPreconditionError: the key is revoked, or it is the last admin key
+                and the change takes its authority.
+            PermissionDeniedError: the key would hold more than the actor.
             ConflictError: `expected_revision` is set and stale, or a concurrent
                 change won.
         """
+        unknown = set(changes) - UPDATABLE_KEY_FIELDS
         with audit_span("key.update", actor=actor, target_key_id=key_id,
-                        fields=",".join(sorted(changes))) as span:
-            unknown = set(changes) - UPDATABLE_KEY_FIELDS
+                        fields=",".join(sorted(set(changes) - unknown))) as span, \
+                authority.audited_rule(span):
             if unknown or not changes:
+                # Unknown paths are client text: only short field-name-shaped ones are named.
+                named = sorted(p for p in unknown if _FIELD_NAME_RE.fullmatch(p))
+                others = len(unknown) - len(named)
                 raise InvalidArgumentError(
                     f"update_mask: name some of {', '.join(sorted(UPDATABLE_KEY_FIELDS))}"
-                    + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
+                    + (f"; unknown: {', '.join(named)}" if named else "")
+                    + (f"; {others} other unknown path(s)" if others else "")
                 )
             req = requests.request(actor, request_id, "UpdateKey", {
                 "key_id": key_id, "changes": changes, "expected_revision": expected_revision})
@@ -231,27 +242,36 @@ class AdminService:
                 raise ConflictError(
                     f"key {key_id} is at revision {record.revision}, not {expected_revision}"
                 )
-            fields: dict[str, Any] = {}
-            if "name" in changes:
-                fields["name"] = check.text("name", changes["name"])
-            if "metadata" in changes:
-                fields["metadata"] = check.metadata(changes["metadata"])
-            if "scopes" in changes:
-                fields["scopes"] = check.scopes("scopes", changes["scopes"])
-            if "enabled" in changes:
-                fields["enabled"] = bool(changes["enabled"])
-            policy = None
-            if "policy_id" in changes:
-                fields["policy_id"] = check.policy_id(changes["policy_id"], required=False)
-                policy = await self._policy(fields["policy_id"]) if fields["policy_id"] else None
-            if "expires_at" in changes:
-                fields["expires_at"] = self._within_max_ttl(changes["expires_at"], policy, now)
+            fields = _plain_fields(changes)
+            policy_id = check.policy_id(changes.get("policy_id", record.policy_id), required=False)
+            fields["policy_id"] = policy_id
+            grantor = await authority.load(self._store, actor, now)
+            policy = await self._policy(policy_id) if policy_id else None
+            # The bounds hold on every path that sets an expiry or a policy or grants
+            # (scopes, enabled); a name or metadata edit re-grants nothing.
+            if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
+                explicit = "expires_at" in changes
+                fields["expires_at"] = authority.bounded_expiry(
+                    changes["expires_at"] if explicit else record.expires_at, explicit=explicit,
+                    policy=policy, authority=grantor, now=now,
+                    clear=explicit and changes["expires_at"] is None,
+                )
             quota = changes.get("quota_remaining")
             if "quota_remaining" in changes:
                 if quota is not None and quota < 0:
                     raise InvalidArgumentError("quota_remaining: must be >= 0")
                 fields["has_quota"] = quota is not None
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
+            if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
+                authority.check_key(grantor, updated, policy)
+            before = policy if policy_id == record.policy_id else await self._key_policy(record)
+            # Only a change that takes a working admin key's authority needs the (scanning) guard.
+            if authority.durable_admin(record, before, now) and not authority.durable_admin(
+                    updated, policy, now):
+                await authority.guard_last_admin(
+                    self._store, actor, now,
+                    lambda r, _: r.key_id == key_id,
+                )
             try:
                 await self._store.update_key(
                     updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
@@ -278,7 +298,8 @@ class AdminService:
             FailedPreconditionError: already revoked.
         """
         with audit_span("key.revoke", actor=actor, target_key_id=key_id,
-                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span:
+                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span, \
+                authority.audited_rule(span):
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RevokeKey",
                                    {"key_id": key_id, "grace_s": grace_s, "reason": reason})
@@ -302,6 +323,9 @@ class AdminService:
             announced = revoke_at if grace_s == 0 else record.announced_through
             updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1,
                               announced_through=announced)
+            await authority.load(self._store, actor, now)
+            if authority.durable_admin(record, await self._key_policy(record), now):
+                await authority.guard_last_admin(self._store, actor, now, lambda r, _: r.key_id == key_id)
             try:
                 await self._store.update_key(
                     updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record),
@@ -326,7 +350,8 @@ class AdminService:
             NotFoundError: no such key.
             FailedPreconditionError: the key is revoked, being revoked or expired.
         """
-        with audit_span("key.rotate", actor=actor, target_key_id=key_id, grace_s=int(grace_s)) as span:
+        with audit_span("key.rotate", actor=actor, target_key_id=key_id, grace_s=int(grace_s)) as span, \
+                authority.audited_rule(span):
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RotateKey",
                                    {"key_id": key_id, "grace_s": grace_s})
@@ -341,12 +366,17 @@ class AdminService:
                 refused = FailedPreconditionError(f"key {key_id} is {state}; cannot rotate")
                 # Perhaps because a concurrent attempt of this very request rotated it.
                 return await self._rotated(actor, await self._replays.raced(req, refused), span)
+            grantor = await authority.load(self._store, actor, now)
+            policy = await self._policy(old.policy_id) if old.policy_id else None
             generated = keys.generate(old.hint.rpartition("_")[0] or self._prefix)
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
                 created_at=now, updated_at=now, revoke_at=None, rotated_from=old.key_id,
                 rotated_to="", revision=1,
+                expires_at=authority.bounded_expiry(old.expires_at, explicit=False, policy=policy,
+                                                    authority=grantor, now=now),
             )
+            authority.check_key(grantor, new, policy)
             retired = replace(
                 old, revoke_at=now + grace_s, rotated_to=new.key_id, updated_at=now,
                 revision=old.revision + 1,
@@ -372,8 +402,10 @@ class AdminService:
         Raises:
             InvalidArgumentError: a field is invalid.
             AlreadyExistsError: the policy_id is taken.
+            PermissionDeniedError: the policy would grant more than the actor holds.
         """
-        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id) as span:
+        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id) as span, \
+                authority.audited_rule(span):
             req = requests.request(actor, request_id, "CreatePolicy", {"policy": policy})
             if await self._replays.first_attempt(req, span) is not None:
                 return await self.get_policy(policy.policy_id, 1)
@@ -381,6 +413,7 @@ class AdminService:
             created = replace(
                 _checked_policy(policy), version=1, created_at=now, updated_at=now, updated_by=actor,
             )
+            authority.check_policy(await authority.load(self._store, actor, now), created)
             try:
                 await self._store.create_policy(
                     created, Event(EventType.POLICY_CREATED, now, actor, policy_id=created.policy_id,
@@ -401,7 +434,7 @@ class AdminService:
         check.policy_id(policy_id)
         policy = await self._store.get_policy(policy_id, version)
         if policy is None:
-            what = f"policy {policy_id!r}" + (f" version {version}" if version else "")
+            what = f"policy {authority.safe(policy_id)}" + (f" version {version}" if version else "")
             raise NotFoundError(f"{what} not found")
         return policy
 
@@ -502,6 +535,9 @@ class AdminService:
                 f"not {expected_version}"
             )
         checked = _checked_policy(proposed)
+        with authority.audited_rule(span):
+            # A dry run reports a refusal too: it predicts what applying would do.
+            authority.check_policy(await authority.load(self._store, actor, self._clock()), checked)
         change = diff(current, checked)
         count, sample = await self._store.keys_with_policy(current.policy_id, _SAMPLE_KEYS)
         impact = PolicyImpact(change, count, sample)
@@ -514,9 +550,14 @@ class AdminService:
         if change.breaking and not allow_breaking:
             raise FailedPreconditionError(
                 f"breaking change to policy {current.policy_id!r} ({_describe(change)}) affects "
-                f"{count} keys; set allow_breaking to apply it"
+                f"{count} keys; set allow_breaking to apply it", rule="breaking_change",
             )
         now = self._clock()
+        if ADMIN_SCOPE in change.scopes_removed:
+            with authority.audited_rule(span):
+                await authority.guard_last_admin(
+                    self._store, actor, now, lambda r, _: r.policy_id == current.policy_id
+                )
         new = replace(
             checked, version=current.version + 1, created_at=current.created_at, updated_at=now,
             updated_by=actor, change_note=note,
@@ -584,6 +625,9 @@ class AdminService:
     async def _policy(self, policy_id: str) -> Policy:
         return await self.get_policy(policy_id)
 
+    async def _key_policy(self, record: KeyRecord) -> Policy | None:
+        return await self._store.get_policy(record.policy_id) if record.policy_id else None
+
     async def _views(self, records: Sequence[KeyRecord]) -> list[KeyView]:
         now = self._clock()
         used = await self._store.last_used([r.key_id for r in records]) if records else {}
@@ -596,6 +640,20 @@ class AdminService:
     def _event(self, kind: EventType, actor: str, record: KeyRecord) -> Event:
         return Event(kind, self._clock(), actor, key_id=record.key_id, key_hash=record.key_hash,
                      policy_id=record.policy_id)
+
+
+def _plain_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked values of the update fields that need no store read."""
+    fields: dict[str, Any] = {}
+    if "name" in changes:
+        fields["name"] = check.text("name", changes["name"])
+    if "metadata" in changes:
+        fields["metadata"] = check.metadata(changes["metadata"])
+    if "scopes" in changes:
+        fields["scopes"] = check.scopes("scopes", changes["scopes"])
+    if "enabled" in changes:
+        fields["enabled"] = bool(changes["enabled"])
+    return fields
 
 
 def _checked_policy(policy: Policy) -> Policy:
@@ -619,9 +677,11 @@ def _checked_policy(policy: Policy) -> Policy:
 def _describe(change: PolicyDiff) -> str:
     parts = []
     if change.scopes_added:
-        parts.append("scopes +" + ",".join(change.scopes_added))
+        parts.append("scopes +" + ",".join(authority.safe(s, quote=False) for s in change.scopes_added))
+    if change.escalates:
+        parts.append(f"grants {ADMIN_SCOPE} (an escalation)")
     if change.scopes_removed:
-        parts.append("scopes -" + ",".join(change.scopes_removed))
+        parts.append("scopes -" + ",".join(authority.safe(s, quote=False) for s in change.scopes_removed))
     if change.cidrs_added:
         parts.append("cidrs +" + ",".join(change.cidrs_added))
     if change.cidrs_removed:

@@ -112,3 +112,15 @@ async def test_concurrent_updates_with_the_same_expected_version_one_wins(store:
     current = await admin.get_policy("partners")
     assert current.version == 2
     assert current.description == winners[0][0].description  # type: ignore[index,union-attr]
+
+
+async def test_granting_admin_through_a_policy_is_breaking(store: Store) -> None:
+    admin, _ = await setup(store)
+    escalated = replace(BASE, scopes=(*BASE.scopes, "keysvc:admin"))
+    policy, impact = await admin.update_policy("admin-1", escalated, expected_version=1, dry_run=True)
+    assert policy is None and impact.diff.breaking and impact.diff.scopes_added == ("keysvc:admin",)
+    with pytest.raises(FailedPreconditionError, match="allow_breaking"):
+        await admin.update_policy("admin-1", escalated, expected_version=1)
+    assert (await admin.get_policy("partners")).version == 1
+    policy, _ = await admin.update_policy("admin-1", escalated, expected_version=1, allow_breaking=True)
+    assert policy is not None and policy.version == 2

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from keysvc.errors import InvalidArgumentError
-from keysvc.keys import new_key_id
+from keysvc.keys import generate, new_key_id
 from keysvc.service import _checks as check
 
 pytestmark = pytest.mark.unit
@@ -134,9 +136,10 @@ def test_metadata_errors_name_the_field(values: dict[str, str]) -> None:
         check.metadata(values)
 
 
-def test_metadata_value_error_names_the_entry() -> None:
-    with pytest.raises(InvalidArgumentError, match=r"^metadata\['team'\]: at most 512"):
+def test_metadata_value_error_names_the_rule_not_the_entry() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^metadata: values are at most 512") as info:
         check.metadata({"team": "v" * (check.MAX_METADATA_VALUE + 1)})
+    assert "team" not in str(info.value)
 
 
 # -- cidrs -------------------------------------------------------------------------
@@ -205,3 +208,34 @@ def test_duration_custom_maximum() -> None:
     assert check.duration("ttl", 3600.0, maximum=3600) == 3600.0
     with pytest.raises(InvalidArgumentError, match=r"^ttl: must be between 0 and 3600 seconds"):
         check.duration("ttl", 3601.0, maximum=3600)
+
+
+# -- nothing echoed ----------------------------------------------------------------
+
+
+SECRET = generate().secret
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: check.scopes("scopes", ["ok", SECRET + " "]),
+        lambda: check.scopes("scopes", [" " + SECRET]),
+        lambda: check.scopes("scopes", [SECRET * 3]),
+        lambda: check.cidrs([SECRET]),
+        lambda: check.cidrs(["10.0.0.0/8", f"{SECRET}/8"]),
+        lambda: check.metadata({SECRET: "x" * (check.MAX_METADATA_VALUE + 1)}),
+        lambda: check.metadata({SECRET + "\n": "v"}),
+        lambda: check.owner_id(SECRET + " "),
+        lambda: check.key_id(SECRET),
+        lambda: check.policy_id(SECRET),
+        lambda: check.text("name", SECRET + "\n"),
+    ],
+)
+def test_errors_never_echo_the_value(call: Callable[[], object]) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        call()
+    message = str(info.value)
+    assert SECRET not in message and SECRET[:12] not in message
+    assert message.split(":", maxsplit=1)[0] in {"scopes", "allowed_cidrs", "metadata", "owner_id", "key_id",
+                                      "policy_id", "name"}

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.model import Code, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.model import ADMIN_SCOPE, Code, KeyRecord, Policy, QuotaRefill, RateLimit
 from keysvc.policy import PolicyDiff, diff, effective_scopes, evaluate
 
 pytestmark = pytest.mark.unit
@@ -181,6 +181,13 @@ def test_scopes_added_are_not_breaking() -> None:
     assert not result.breaking
 
 
+def test_granting_admin_is_an_escalation_and_breaking() -> None:
+    result = diff(pol(scopes=("a",)), pol(scopes=("a", ADMIN_SCOPE)))
+    assert result.scopes_added == (ADMIN_SCOPE,) and result.scopes_removed == ()
+    assert result.escalates and result.breaking
+    assert not diff(pol(scopes=("a", ADMIN_SCOPE)), pol(scopes=("a", ADMIN_SCOPE, "b"))).breaking
+
+
 def test_scopes_removed_are_breaking() -> None:
     result = diff(pol(scopes=("a", "b", "c")), pol(scopes=("b",)))
     assert result.scopes_removed == ("a", "c")
@@ -341,6 +348,7 @@ def test_several_changes_are_all_reported() -> None:
     [
         (PolicyDiff(), False, False),
         (PolicyDiff(scopes_added=("a",)), True, False),
+        (PolicyDiff(scopes_added=("a", ADMIN_SCOPE)), True, True),
         (PolicyDiff(scopes_removed=("a",)), True, True),
         (PolicyDiff(cidrs_added=("10.0.0.0/8",)), True, False),
         (PolicyDiff(cidrs_removed=("10.0.0.0/8",)), True, False),
