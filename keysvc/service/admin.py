@@ -202,7 +202,7 @@ class AdminService:
             views = [v for v in views if v.last_used_at is None or v.last_used_at <= cutoff]
         return views, await self._pages.issue("ListKeys", bound, page.next_token)
 
-    async def update_key(  # noqa: PLR0912 - one branch per updatable field
+    async def update_key(
         self, actor: str, key_id: str, changes: Mapping[str, Any], expected_revision: int = 0,
         request_id: str = "",
     ) -> KeyView:
