@@ -25,7 +25,7 @@ from keysvc.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.integration
 
-ACTOR = "key_admin000000000001"
+ACTOR = "operator-a"  # an in-process operator (not a key id)
 
 
 class Clock:

@@ -26,8 +26,8 @@ from keysvc.store.redis import RedisStore
 
 pytestmark = pytest.mark.integration
 
-ADMIN = "key_admin000000000001"
-OTHER_ADMIN = "key_admin000000000002"
+ADMIN = "operator-a"  # in-process operators (not key ids): unbounded, as `keysvc bootstrap`
+OTHER_ADMIN = "operator-b"
 RID = "0b7c4d52-7a51-4c1e-9a43-7f7f4f7f2a10"
 
 
