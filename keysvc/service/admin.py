@@ -19,7 +19,16 @@ from keysvc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from keysvc.model import ADMIN_SCOPE, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
+from keysvc.model import (
+    ADMIN_SCOPE,
+    Event,
+    EventType,
+    KeyRecord,
+    KeyStatus,
+    Policy,
+    budget_of,
+    key_status,
+)
 from keysvc.policy import PolicyDiff, diff
 from keysvc.service import _checks as check
 from keysvc.store.base import Store
@@ -218,12 +227,11 @@ class AdminService:
                     raise InvalidArgumentError("quota_remaining: must be >= 0")
                 fields["has_quota"] = quota is not None
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
+            # The counter is written with the record (see Store.update_key). A
+            # removed quota leaves its counter unread: a rotated sibling may share it.
             await self._store.update_key(
-                updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record)
+                updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record), quota
             )
-            if "quota_remaining" in changes:
-                # After the revision-checked write, so a lost race changes nothing.
-                await self._store.set_quota(key_id, quota)
             return (await self._views([updated]))[0]
 
     async def revoke_key(self, actor: str, key_id: str, grace_s: float = 0.0, reason: str = "") -> KeyView:
@@ -260,8 +268,10 @@ class AdminService:
     async def rotate_key(self, actor: str, key_id: str, grace_s: float = 0.0) -> tuple[KeyView, str, KeyView]:
         """Issue a new key with the same owner, policy, scopes and metadata.
 
-        The old key is revoked `grace_s` from now. Its remaining quota moves to
-        the new key. Returns (new key, its secret, old key).
+        The old key is revoked `grace_s` from now. The new key inherits the
+        old one's budget: during the grace period both secrets spend one quota
+        and one rate window, so a rotation never doubles them. Returns (new
+        key, its secret, old key).
 
         Raises:
             NotFoundError: no such key.
@@ -280,15 +290,15 @@ class AdminService:
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
                 created_at=now, updated_at=now, revoke_at=None, rotated_from=old.key_id,
-                rotated_to="", revision=1,
+                rotated_to="", revision=1, budget_id=budget_of(old),
             )
             retired = replace(
                 old, revoke_at=now + grace_s, rotated_to=new.key_id, updated_at=now,
                 revision=old.revision + 1,
             )
-            quota = await self._store.get_quota(old.key_id) if old.has_quota else None
+            # No new counter: the budget (and its quota counter) is carried over.
             await self._store.rotate_key(
-                retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old)
+                retired, old.revision, new, None, self._event(EventType.KEY_ROTATED, actor, old)
             )
             span.set("new.key_id", new.key_id)
             views = await self._views([new, retired])
@@ -463,7 +473,7 @@ class AdminService:
         used = await self._store.last_used([r.key_id for r in records]) if records else {}
         views = []
         for r in records:
-            quota = await self._store.get_quota(r.key_id) if r.has_quota else None
+            quota = await self._store.get_quota(budget_of(r)) if r.has_quota else None
             views.append(KeyView(r, key_status(r, now), used.get(r.key_id), quota))
         return views
 

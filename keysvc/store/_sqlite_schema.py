@@ -12,7 +12,7 @@ import sqlite3
 
 from keysvc.errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "connect"]
+__all__ = ["SCHEMA_VERSION", "connect", "connect_reader"]
 
 SCHEMA_VERSION = 1
 
@@ -83,8 +83,10 @@ def connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
     )
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a power loss may drop the last commits but never
-        # corrupts the file; an fsync per admin change is not worth it here.
+        # NORMAL in WAL mode: a power loss may drop the last commits (never
+        # corrupting the file). Good enough for counters and last-use times;
+        # SqliteStore switches to FULL around each lifecycle write, so an
+        # acknowledged revocation survives a power loss.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -112,4 +114,31 @@ def connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
+    return conn
+
+
+def connect_reader(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open a read-only connection to a keysvc file (creating the schema if it has none).
+
+    Raises:
+        sqlite3.Error: the file cannot be opened.
+        ConfigError: the file was written by a newer keysvc.
+    """
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        row = conn.execute(
+            "SELECT value FROM store_meta WHERE name = 'schema_version'"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        row = None  # a new file: no tables yet
+    except BaseException:
+        conn.close()
+        raise
+    if row is None or int(row[0]) != SCHEMA_VERSION:
+        # Let the writer's path create or check the schema, then read through it.
+        conn.close()
+        conn = connect(path, busy_timeout_s)
+    conn.execute("PRAGMA query_only=1")
     return conn

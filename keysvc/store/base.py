@@ -86,8 +86,16 @@ class Store(Protocol):
         Backed by an index kept in the same transaction as every key write.
         """
 
-    async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
+    async def update_key(
+        self, record: KeyRecord, expected_revision: int, event: Event, quota: int | None = None
+    ) -> None:
         """Replace a key's record; `record.revision` must be `expected_revision + 1`.
+
+        With `quota`, also set the remaining quota of the record's budget:
+        in the same transaction where the backend can (SQLite); Redis writes
+        the counter (another slot) just after the revision-checked record, so
+        a failure between leaves the old value, or a missing counter that
+        `take` refuses, never an unlimited key.
 
         Raises:
             NotFoundError: no such key.
@@ -122,9 +130,14 @@ class Store(Protocol):
     ) -> CounterResult:
         """Atomically take one request from the rate limit and `cost` from the quota.
 
-        Fixed windows aligned to multiples of `window_s` since the epoch. Nothing
-        is taken when either would be exceeded. With `refill`, the quota is reset
-        to `refill.amount` when `refill.interval_s` has passed since its last reset.
+        `key_id` names the counters: the key's budget (`model.budget_of`),
+        which a rotated key shares with its predecessor. Fixed windows aligned
+        to multiples of `window_s` since the epoch, on the store's clock where
+        it has one shared by every sidecar (Redis's TIME), else on `now`
+        (SQLite: one host, one clock); `counted_at` says which. Nothing is
+        taken when either would be exceeded. With `refill`, the quota is reset
+        to `refill.amount` when `refill.interval_s` has passed since its last
+        reset. A quota whose counter is missing refuses (`quota_missing`).
         One round trip (one Lua call in Redis; one transaction in SQLite).
         """
 

@@ -2,12 +2,25 @@
 
 Several processes may open the same file (`--workers N`); WAL mode lets their
 readers run beside the one writer, and every write is one `BEGIN IMMEDIATE`
-transaction (its event row included), so it takes the write lock up front and
-waits at most `busy_timeout_s` for it.
+transaction (its event row included), so it takes the write lock up front.
 
-sqlite3 blocks, so each call runs in a worker thread (`asyncio.to_thread`)
-over one connection per store, serialised by a lock: SQLite has one writer
-per file anyway, and a cache hit never reaches the store.
+sqlite3 blocks, so each call runs in a worker thread (`asyncio.to_thread`).
+A store holds two connections, each used by one thread at a time under its
+own lock: one for writes (SQLite has one writer per file anyway) and one,
+read-only, for reads, so a read never queues behind a write that waits for
+another process's lock.
+
+Timeouts: every call has a deadline of `busy_timeout_s` (the store timeout):
+waiting for its connection, waiting for the file's write lock (SQLite's busy
+timeout, set to what is left) and running (a progress handler interrupts a
+statement past it) all count, and running out raises StoreUnavailableError.
+
+Durability: lifecycle writes (keys, policies, their events) commit with
+`synchronous=FULL`, so an acknowledged change (a revocation) survives a power
+loss; counters and last-use times commit with NORMAL (WAL: a power loss may
+drop the last ones, never corrupt the file).
+
+Clock: one file, one host, one clock: takes count on the caller's `now`.
 
 The event log is a table whose AUTOINCREMENT id is the cursor. Other
 processes' events are found by polling every `poll_interval_s`; this
@@ -22,12 +35,21 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
 from keysvc.errors import InvalidArgumentError, StoreUnavailableError
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.model import (
+    CounterResult,
+    Event,
+    KeyRecord,
+    Policy,
+    QuotaRefill,
+    RateLimit,
+    budget_of,
+)
 from keysvc.store import _sqlite_ops as ops
 from keysvc.store._codec import (
     check_page_size,
@@ -36,7 +58,7 @@ from keysvc.store._codec import (
     decode_token,
     paginate,
 )
-from keysvc.store._sqlite_schema import connect
+from keysvc.store._sqlite_schema import connect, connect_reader
 from keysvc.store.base import KeyPage, PolicyPage
 
 __all__ = ["SqliteStore"]
@@ -50,6 +72,35 @@ def _parse_cursor(after: str) -> int:
     return int(after)
 
 
+class _Connection:
+    """One lazily opened connection and the lock its users hold."""
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+        self.lock = threading.Lock()
+        self._opener = opener
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def open(self) -> sqlite3.Connection:
+        """Return the connection, opening it on first use (call under `lock`).
+
+        Raises:
+            StoreUnavailableError: the store was closed.
+        """
+        if self._closed:
+            raise StoreUnavailableError("the SQLite store is closed")
+        if self._conn is None:
+            self._conn = self._opener()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection for good (call under `lock`)."""
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class SqliteStore:
     """`Store` on one SQLite file in WAL mode; several processes may share the file.
 
@@ -58,8 +109,9 @@ class SqliteStore:
         event_retention: events kept in the log (trimmed in batches of ~1%).
         poll_interval_s: how often a blocked `read_events` looks for other
             processes' events.
-        busy_timeout_s: how long a call waits for another process's write
-            lock before raising StoreUnavailableError.
+        busy_timeout_s: the deadline of one call (connection, another
+            process's write lock and the work itself) before it raises
+            StoreUnavailableError.
     """
 
     def __init__(
@@ -78,52 +130,66 @@ class SqliteStore:
         self._busy_timeout_s = busy_timeout_s
         self._trim_every = max(1, min(1000, event_retention // 100))
         self._appended = 0
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+        # One connection per role, each used under its lock by one thread at a time.
+        self._writer = _Connection(partial(connect, path, busy_timeout_s))
+        self._reader = _Connection(partial(connect_reader, path, busy_timeout_s))
         self._wakeup: asyncio.Event | None = None
 
     # -- plumbing -------------------------------------------------------------
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await asyncio.to_thread(self._locked, work)
+        """Run a read on the read connection."""
+        return await asyncio.to_thread(self._on, self._reader, work, None)
 
-    def _locked(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailableError("the SQLite store is closed")
-            try:
-                if self._conn is None:
-                    self._conn = connect(self._path, self._busy_timeout_s)
-                return work(self._conn)
-            except sqlite3.DatabaseError as exc:
-                # Locked, I/O, full disk, not a database: the store cannot
-                # answer. Integrity and programming errors are bugs: let them be.
-                if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
-                    raise StoreUnavailableError(f"SQLite store {self._path}: {exc}") from exc
-                raise
+    async def _run_write(
+        self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = False
+    ) -> _T:
+        """Run a write (its own transaction) on the write connection."""
+        return await asyncio.to_thread(self._on, self._writer, work, durable)
+
+    def _on(
+        self, role: _Connection, work: Callable[[sqlite3.Connection], _T], durable: bool | None
+    ) -> _T:
+        deadline = time.monotonic() + self._busy_timeout_s
+        if not role.lock.acquire(timeout=self._busy_timeout_s):
+            raise StoreUnavailableError(
+                f"SQLite store {self._path}: no connection free within the store timeout"
+            )
+        try:
+            conn = role.open()
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            conn.execute(f"PRAGMA busy_timeout = {left_ms}")
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            if durable is None:
+                return work(conn)
+            conn.execute("PRAGMA synchronous = " + ("FULL" if durable else "NORMAL"))
+            with ops.transaction(conn):
+                return work(conn)
+        except sqlite3.DatabaseError as exc:
+            # Locked, interrupted, I/O, full disk, not a database: the store
+            # cannot answer. Integrity and programming errors are bugs: let them be.
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                raise StoreUnavailableError(f"SQLite store {self._path}: {exc}") from exc
+            raise
+        finally:
+            role.lock.release()
 
     async def _change(self, work: Callable[[sqlite3.Connection], object], event: Event) -> str:
         """Run a lifecycle write and append its event, in one transaction."""
 
         def run(conn: sqlite3.Connection) -> str:
-            with ops.transaction(conn):
-                work(conn)
-                # Runs under the lock, so the count needs no other guard.
-                self._appended += 1
-                trim = self._appended % self._trim_every == 0
-                return ops.append_event(conn, event, self._retention if trim else None)
+            work(conn)
+            # Runs under the write connection's lock: the count needs no other guard.
+            self._appended += 1
+            trim = self._appended % self._trim_every == 0
+            return ops.append_event(conn, event, self._retention if trim else None)
 
-        cursor = await self._run(run)
+        cursor = await self._run_write(run, durable=True)
         self._wake()
         return cursor
 
     async def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        def run(conn: sqlite3.Connection) -> _T:
-            with ops.transaction(conn):
-                return work(conn)
-
-        return await self._run(run)
+        return await self._run_write(work)
 
     def _wake(self) -> None:
         # This process's readers need not wait for their next poll.
@@ -138,14 +204,12 @@ class SqliteStore:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        """Close the connection; later calls raise StoreUnavailableError. Idempotent."""
+        """Close both connections; later calls raise StoreUnavailableError. Idempotent."""
 
         def run() -> None:
-            with self._lock:
-                self._closed = True
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+            for role in (self._writer, self._reader):
+                with role.lock:
+                    role.close()
 
         await asyncio.to_thread(run)
 
@@ -180,12 +244,23 @@ class SqliteStore:
         """Return keys whose next unannounced deadline has passed, soonest first."""
         return await self._run(partial(ops.due_keys, now=now, limit=max(1, limit)))
 
-    async def update_key(self, record: KeyRecord, expected_revision: int, event: Event) -> None:
-        """Replace a key's record if it is still at `expected_revision`."""
+    async def update_key(
+        self, record: KeyRecord, expected_revision: int, event: Event, quota: int | None = None
+    ) -> None:
+        """Replace a key's record if it is still at `expected_revision` (and set `quota`).
+
+        The record, its quota counter and its event are one transaction.
+        """
         check_revision(record.revision, expected_revision)
-        await self._change(
-            partial(ops.replace_key, record=record, expected_revision=expected_revision), event
-        )
+        if quota is not None and quota < 0:
+            raise InvalidArgumentError("remaining quota must be >= 0")
+
+        def work(conn: sqlite3.Connection) -> None:
+            ops.replace_key(conn, record, expected_revision)
+            if quota is not None:
+                ops.set_quota(conn, budget_of(record), quota)
+
+        await self._change(work, event)
 
     async def rotate_key(
         self,
@@ -227,7 +302,7 @@ class SqliteStore:
         """Set (or with None, remove) a key's remaining quota; its refill cadence is kept."""
         if remaining is not None and remaining < 0:
             raise InvalidArgumentError("remaining quota must be >= 0")
-        await self._run(partial(ops.set_quota, key_id=key_id, remaining=remaining))
+        await self._write(partial(ops.set_quota, key_id=key_id, remaining=remaining))
 
     async def get_quota(self, key_id: str) -> int | None:
         """Return a key's remaining quota, or None when it has none."""
@@ -296,7 +371,7 @@ class SqliteStore:
 
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value."""
-        await self._run(
+        await self._write(
             lambda conn: conn.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
