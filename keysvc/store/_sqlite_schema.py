@@ -9,10 +9,12 @@ across processes sharing the file.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable
 
-from keysvc.errors import ConfigError
+from keysvc.errors import ConfigError, StoreUnavailableError
 
-__all__ = ["SCHEMA_VERSION", "connect", "connect_reader"]
+__all__ = ["SCHEMA_VERSION", "Connection", "connect", "connect_reader"]
 
 SCHEMA_VERSION = 1
 
@@ -142,3 +144,32 @@ def connect_reader(path: str, busy_timeout_s: float) -> sqlite3.Connection:
         conn = connect(path, busy_timeout_s)
     conn.execute("PRAGMA query_only=1")
     return conn
+
+
+class Connection:
+    """One lazily opened connection and the lock its users hold."""
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+        self.lock = threading.Lock()
+        self._opener = opener
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def open(self) -> sqlite3.Connection:
+        """Return the connection, opening it on first use (call under `lock`).
+
+        Raises:
+            StoreUnavailableError: the store was closed.
+        """
+        if self._closed:
+            raise StoreUnavailableError("the SQLite store is closed")
+        if self._conn is None:
+            self._conn = self._opener()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection for good (call under `lock`)."""
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

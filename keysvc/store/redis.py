@@ -57,8 +57,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import structlog
-from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from keysvc.errors import (
@@ -67,7 +65,6 @@ from keysvc.errors import (
     ConflictError,
     InvalidArgumentError,
     NotFoundError,
-    StoreUnavailableError,
 )
 from keysvc.model import (
     CounterResult,
@@ -95,13 +92,11 @@ from keysvc.store._codec import (
     record_to_dict,
 )
 from keysvc.store._redis_counters import RedisCounters
-from keysvc.store._redis_io import Caller, make_client, text
+from keysvc.store._redis_io import Caller, make_client, text, warn_if_evictable
 from keysvc.store._redis_stream import parse_stream_id, read_entries, wait_for_entry
 from keysvc.store.base import KeyPage, PolicyPage
 
 __all__ = ["RedisStore"]
-
-log = structlog.get_logger("keysvc.store")
 
 
 def _refused(status: str, what: str) -> Exception:
@@ -174,26 +169,7 @@ class RedisStore:
         await self._call.read(self._client.ping)
         if not self._eviction_checked:
             self._eviction_checked = True
-            await self._warn_if_evictable()
-
-    async def _warn_if_evictable(self) -> None:
-        # Any eviction policy may drop keysvc's keys: volatile-* the rate
-        # windows (they have TTLs), allkeys-* a quota counter or a record.
-        try:
-            reply = await self._call.read(
-                lambda: self._client.config_get("maxmemory-policy")
-            )
-        except (StoreUnavailableError, RedisError):
-            log.info("redis.maxmemory_policy_unknown", reason="CONFIG GET refused or failed")
-            return
-        value = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
-        policy = "" if value is None else text(value)
-        if policy and policy != "noeviction":
-            log.warning(
-                "redis.evicting_policy", maxmemory_policy=policy,
-                advice="set maxmemory-policy noeviction: an evicted quota counter "
-                "refuses its key, an evicted rate window resets it",
-            )
+            await warn_if_evictable(self._client, self._call)
 
     async def close(self) -> None:
         """Close both connection pools. Idempotent."""

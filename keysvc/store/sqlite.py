@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -58,7 +57,7 @@ from keysvc.store._codec import (
     decode_token,
     paginate,
 )
-from keysvc.store._sqlite_schema import connect, connect_reader
+from keysvc.store._sqlite_schema import Connection, connect, connect_reader
 from keysvc.store.base import KeyPage, PolicyPage
 
 __all__ = ["SqliteStore"]
@@ -70,35 +69,6 @@ def _parse_cursor(after: str) -> int:
     if not (after.isascii() and after.isdigit()):
         raise InvalidArgumentError("invalid event cursor")
     return int(after)
-
-
-class _Connection:
-    """One lazily opened connection and the lock its users hold."""
-
-    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
-        self.lock = threading.Lock()
-        self._opener = opener
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-
-    def open(self) -> sqlite3.Connection:
-        """Return the connection, opening it on first use (call under `lock`).
-
-        Raises:
-            StoreUnavailableError: the store was closed.
-        """
-        if self._closed:
-            raise StoreUnavailableError("the SQLite store is closed")
-        if self._conn is None:
-            self._conn = self._opener()
-        return self._conn
-
-    def close(self) -> None:
-        """Close the connection for good (call under `lock`)."""
-        self._closed = True
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 class SqliteStore:
@@ -131,8 +101,8 @@ class SqliteStore:
         self._trim_every = max(1, min(1000, event_retention // 100))
         self._appended = 0
         # One connection per role, each used under its lock by one thread at a time.
-        self._writer = _Connection(partial(connect, path, busy_timeout_s))
-        self._reader = _Connection(partial(connect_reader, path, busy_timeout_s))
+        self._writer = Connection(partial(connect, path, busy_timeout_s))
+        self._reader = Connection(partial(connect_reader, path, busy_timeout_s))
         self._wakeup: asyncio.Event | None = None
 
     # -- plumbing -------------------------------------------------------------
@@ -148,7 +118,7 @@ class SqliteStore:
         return await asyncio.to_thread(self._on, self._writer, work, durable)
 
     def _on(
-        self, role: _Connection, work: Callable[[sqlite3.Connection], _T], durable: bool | None
+        self, role: Connection, work: Callable[[sqlite3.Connection], _T], durable: bool | None
     ) -> _T:
         deadline = time.monotonic() + self._busy_timeout_s
         if not role.lock.acquire(timeout=self._busy_timeout_s):

@@ -210,3 +210,26 @@ async def test_sqlite_update_with_quota_is_one_transaction(tmp_path: Path) -> No
         assert decision.code is Code.VALID
     finally:
         await store.close()
+
+
+async def test_an_evicting_redis_is_warned_about_at_start(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        for policy, warned in (("allkeys-lru", True), ("volatile-ttl", True), ("noeviction", False)):
+            client.config_set("maxmemory-policy", policy)
+            store = RedisStore(redis_url, timeout_s=2.0)
+            try:
+                with capture_logs() as logs:
+                    await store.ping()
+                    await store.ping()  # checked once, at the first answer
+            finally:
+                await store.close()
+            found = [r for r in logs.records() if r["event"] == "redis.evicting_policy"]
+            assert len(found) == (1 if warned else 0), (policy, logs.lines())
+            if warned:
+                assert found[0]["level"] == "warning"
+                assert found[0]["maxmemory_policy"] == policy
+    finally:
+        client.config_set("maxmemory-policy", before)
+        client.close()
