@@ -11,7 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from keysvc.errors import StoreUnavailableError
@@ -52,7 +52,9 @@ def unavailable() -> Iterator[None]:
     """Turn "Redis cannot answer now" errors into StoreUnavailableError."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError,
+            OSError) as exc:
+        # OutOfMemoryError: redis-py strips the "OOM" prefix the check below looks for.
         raise StoreUnavailableError(f"redis: {exc}") from exc
     except ResponseError as exc:
         if str(exc).startswith(_UNAVAILABLE_REPLIES):

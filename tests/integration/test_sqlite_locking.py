@@ -107,3 +107,19 @@ async def test_reads_do_not_queue_behind_a_waiting_write(
         assert await store.get_key("k2") is not None
     finally:
         await store.close()
+
+
+async def test_lifecycle_writes_commit_with_full_sync(tmp_path: Path) -> None:
+    """An acknowledged revocation must survive a power loss: FULL, not NORMAL."""
+    store = SqliteStore(str(tmp_path / "k.db"))
+    try:
+        def synchronous() -> int:
+            conn = store._writer.open()  # the connection the last write committed on
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+        await store.touch({"k0": 1.0})
+        assert synchronous() == 1  # NORMAL: last-use times may be lost, never corrupted
+        await store.create_key(rec("k1"), None, ev())
+        assert synchronous() == 2  # FULL
+    finally:
+        await store.close()
