@@ -29,6 +29,7 @@ __all__ = ["ValidationRequest", "Validator"]
 log = structlog.get_logger("keysvc.validator")
 
 _MISSING_QUOTA_WARNED_MAX = 1024
+_SKEW_NOTICED_S = 1.0
 
 _MALFORMED = Decision(Code.MALFORMED, message="key is malformed")
 _NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
@@ -52,10 +53,11 @@ def _on_local_clock(result: CounterResult, now: float) -> CounterResult:
 
     The store counts on its own clock, so skewed sidecars share one window;
     each then tells its clients (and its over-limit memo) how long is left
-    by its own clock.
+    by its own clock. An offset under `_SKEW_NOTICED_S` cannot be told from
+    the call's own latency: the store's (whole-second) window end is kept.
     """
     state = result.rate_limit
-    if state is None or result.counted_at is None or result.counted_at == now:
+    if state is None or result.counted_at is None or abs(now - result.counted_at) < _SKEW_NOTICED_S:
         return result
     moved = RateLimitState(state.limit, state.remaining, state.reset_at - result.counted_at + now)
     return replace(result, rate_limit=moved, counted_at=now)
