@@ -112,6 +112,10 @@ class Store(Protocol):
     ) -> None:
         """Atomically replace `old` (revision-checked, as update_key) and insert `new`.
 
+        `new` normally inherits `old`'s budget (`budget_id`), whose counters
+        already exist: `quota` None writes none. A `quota` sets the counter
+        of `new`'s budget, as create_key does.
+
         Raises:
             NotFoundError, ConflictError: as update_key.
             AlreadyExistsError: as create_key, for `new`.

@@ -216,12 +216,12 @@ class RedisStore:
         # the outcome is unknown; a counter of a key never made is harmless.)
         created = False
         if quota is not None:
-            created = await self._counters.create_quota(record.key_id, quota, record.created_at)
+            created = await self._counters.create_quota(budget_of(record), quota, record.created_at)
         try:
             await write()
         except (AlreadyExistsError, NotFoundError, ConflictError):
             if created:
-                await self._counters.set_quota(record.key_id, None)
+                await self._counters.set_quota(budget_of(record), None)
             raise
 
     async def _stored(self, record: KeyRecord, expected_revision: int) -> KeyRecord:
