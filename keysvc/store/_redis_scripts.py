@@ -81,15 +81,17 @@ return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV
 #   refill amount (-1: no refill), refill interval s, now ('': Redis's TIME),
 #   window slack ms.
 # Time comes from the server (TIME) so sidecars with skewed clocks share one
-# window and one refill cadence; Redis 7 replicates a script's effects, so
-# a non-deterministic command is safe here. The window's start lives in its
-# hash, not its name, so KEYS need no clock.
+# window and one refill cadence; Redis 7 replicates a script's effects, so a
+# non-deterministic command is safe here (older servers are asked for it).
+# The window's start lives in its hash, not its name, so KEYS need no clock.
 # Returns {allowed, rate ok, used in window, quota state (1 counted, 0 none,
 #   -1 missing), quota remaining, the time used}.
 TAKE = """
 local cost, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = tonumber(ARGV[7])
 if not now then
+  -- Effects replication: implicit from Redis 7 on (and the default since 5).
+  if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
