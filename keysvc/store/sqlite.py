@@ -109,19 +109,26 @@ class SqliteStore:
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run a read on the read connection."""
-        return await asyncio.to_thread(self._on, self._reader, work, None)
+        deadline = time.monotonic() + self._busy_timeout_s
+        return await asyncio.to_thread(self._on, self._reader, work, None, deadline)
 
     async def _run_write(
         self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = False
     ) -> _T:
         """Run a write (its own transaction) on the write connection."""
-        return await asyncio.to_thread(self._on, self._writer, work, durable)
+        deadline = time.monotonic() + self._busy_timeout_s
+        return await asyncio.to_thread(self._on, self._writer, work, durable, deadline)
 
     def _on(
-        self, role: Connection, work: Callable[[sqlite3.Connection], _T], durable: bool | None
+        self,
+        role: Connection,
+        work: Callable[[sqlite3.Connection], _T],
+        durable: bool | None,
+        deadline: float,
     ) -> _T:
-        deadline = time.monotonic() + self._busy_timeout_s
-        if not role.lock.acquire(timeout=self._busy_timeout_s):
+        # The deadline started with the call, so time queued for a worker
+        # thread or the connection counts too.
+        if not role.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StoreUnavailableError(
                 f"SQLite store {self._path}: no connection free within the store timeout"
             )

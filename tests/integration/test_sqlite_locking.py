@@ -88,6 +88,21 @@ async def test_a_locked_file_fails_writes_within_the_store_timeout_and_reads_go_
         await store.close()
 
 
+async def test_queued_writes_each_keep_the_store_timeout(
+    lock_holder: tuple[Path, Callable[[], None]],
+) -> None:
+    """Writes queued behind one that waits for the lock do not wait a timeout each in turn."""
+    path, _ = lock_holder
+    store = SqliteStore(str(path), busy_timeout_s=0.1)
+    try:
+        # 40 x 0.1 s in turn would be 4 s; each keeping its own deadline, a fraction.
+        writes = [store.set_meta(f"m{i}", "v") for i in range(40)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 3.0)
+        assert all(isinstance(o, StoreUnavailableError) for o in outcomes), outcomes
+    finally:
+        await store.close()
+
+
 async def test_reads_do_not_queue_behind_a_waiting_write(
     lock_holder: tuple[Path, Callable[[], None]],
 ) -> None:
