@@ -22,6 +22,7 @@ __all__ = [
     "QuotaRefill",
     "RateLimit",
     "RateLimitState",
+    "budget_of",
     "key_status",
     "next_deadline",
 ]
@@ -105,8 +106,15 @@ class KeyRecord:
     rotated_from: str = ""
     rotated_to: str = ""
     has_quota: bool = False
+    budget_id: str = ""
+    """Whose counters this key spends: "" its own; a rotated key keeps its predecessor's."""
     revision: int = 1
     announced_through: float = 0.0
+
+
+def budget_of(record: KeyRecord) -> str:
+    """Return the id the key's rate windows and quota are counted under."""
+    return record.budget_id or record.key_id
 
 
 def key_status(record: KeyRecord, now: float) -> KeyStatus:
@@ -177,6 +185,10 @@ class CounterResult:
     rate_limit: RateLimitState | None = None
     quota_remaining: int | None = None
     rate_limited: bool = False
+    quota_missing: bool = False
+    """A quota was asked for and its counter is gone (the take was refused)."""
+    counted_at: float | None = None
+    """The store's clock when it counted (`rate_limit.reset_at` is on that clock)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ def make_store(settings: Settings) -> Store:
         # sqlite:///rel.db -> rel.db ; sqlite:////abs/path.db -> /abs/path.db
         return SqliteStore(
             path, event_retention=settings.event_retention,
-            poll_interval_s=settings.event_poll_ms / 1000,
+            poll_interval_s=settings.event_poll_ms / 1000, busy_timeout_s=timeout_s,
         )
     from keysvc.store.redis import RedisStore
 

@@ -21,7 +21,16 @@ from keysvc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from keysvc.model import ADMIN_SCOPE, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
+from keysvc.model import (
+    ADMIN_SCOPE,
+    Event,
+    EventType,
+    KeyRecord,
+    KeyStatus,
+    Policy,
+    budget_of,
+    key_status,
+)
 from keysvc.policy import PolicyDiff, diff
 from keysvc.service import _authority as authority
 from keysvc.service import _checks as check
@@ -272,17 +281,16 @@ class AdminService:
                     self._store, actor, now,
                     lambda r, _: r.key_id == key_id,
                 )
+            # The counter is written with the record (see Store.update_key). A
+            # removed quota leaves its counter unread: a rotated sibling may share it.
             try:
                 await self._store.update_key(
                     updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
-                    req.mark({"key_id": key_id}, now) if req else None,
+                    req.mark({"key_id": key_id}, now) if req else None, quota=quota,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
                 await self._replays.raced(req, exc)
                 return await self.get_key(key_id)
-            if "quota_remaining" in changes:
-                # After the revision-checked write, so a lost race changes nothing.
-                await self._store.set_quota(key_id, quota)
             return (await self._views([updated]))[0]
 
     async def revoke_key(
@@ -341,10 +349,12 @@ class AdminService:
     ) -> tuple[KeyView, str, KeyView]:
         """Issue a new key with the same owner, policy, scopes and metadata.
 
-        The old key is revoked `grace_s` from now. Its remaining quota moves to
-        the new key. Returns (new key, its secret, old key). A retry with the
-        same `request_id` makes no second rotation: it returns the same new key
-        with a re-issued secret, and the old key's grace runs on unchanged.
+        The old key is revoked `grace_s` from now. The new key inherits the
+        old one's budget: during the grace period both secrets spend one quota
+        and one rate window, so a rotation never doubles them. Returns (new
+        key, its secret, old key). A retry with the same `request_id` makes no
+        second rotation: it returns the same new key with a re-issued secret,
+        and the old key's grace runs on unchanged.
 
         Raises:
             NotFoundError: no such key.
@@ -372,7 +382,7 @@ class AdminService:
             new = replace(
                 old, key_id=keys.new_key_id(), key_hash=generated.key_hash, hint=generated.hint,
                 created_at=now, updated_at=now, revoke_at=None, rotated_from=old.key_id,
-                rotated_to="", revision=1,
+                rotated_to="", revision=1, budget_id=budget_of(old),
                 expires_at=authority.bounded_expiry(old.expires_at, explicit=False, policy=policy,
                                                     authority=grantor, now=now),
             )
@@ -381,11 +391,11 @@ class AdminService:
                 old, revoke_at=now + grace_s, rotated_to=new.key_id, updated_at=now,
                 revision=old.revision + 1,
             )
-            quota = await self._store.get_quota(old.key_id) if old.has_quota else None
             outcome = {"key_id": new.key_id, "revision": new.revision, "previous": old.key_id}
+            # No new counter: the budget (and its quota counter) is carried over.
             try:
                 await self._store.rotate_key(
-                    retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old),
+                    retired, old.revision, new, None, self._event(EventType.KEY_ROTATED, actor, old),
                     req.mark(outcome, now) if req else None,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
@@ -633,7 +643,7 @@ class AdminService:
         used = await self._store.last_used([r.key_id for r in records]) if records else {}
         views = []
         for r in records:
-            quota = await self._store.get_quota(r.key_id) if r.has_quota else None
+            quota = await self._store.get_quota(budget_of(r)) if r.has_quota else None
             views.append(KeyView(r, key_status(r, now), used.get(r.key_id), quota))
         return views
 

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import NamedTuple
+
+import structlog
 
 from keysvc.cache import CachedKey, KeyCache
 from keysvc.errors import StoreUnavailableError
 from keysvc.keys import well_formed_hash
-from keysvc.model import Code, Decision, KeyRecord, Policy, RateLimitState
+from keysvc.model import Code, CounterResult, Decision, KeyRecord, Policy, RateLimitState, budget_of
 from keysvc.policy import Grant, evaluate, make_grant
 from keysvc.store.base import Store
 
 __all__ = ["ValidationRequest", "Validator"]
+
+log = structlog.get_logger("keysvc.validator")
+
+_MISSING_QUOTA_WARNED_MAX = 1024
+_SKEW_NOTICED_S = 1.0
 
 _MALFORMED = Decision(Code.MALFORMED, message="key is malformed")
 _NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
@@ -38,6 +46,21 @@ def _grant(entry: CachedKey, policy: Policy | None) -> Grant:
     if grant is None or grant.valid.policy is not policy:
         grant = entry.grant = make_grant(entry.record, policy)
     return grant
+
+
+def _on_local_clock(result: CounterResult, now: float) -> CounterResult:
+    """Move the window's end from the store's clock onto this process's.
+
+    The store counts on its own clock, so skewed sidecars share one window;
+    each then tells its clients (and its over-limit memo) how long is left
+    by its own clock. An offset under `_SKEW_NOTICED_S` cannot be told from
+    the call's own latency: the store's (whole-second) window end is kept.
+    """
+    state = result.rate_limit
+    if state is None or result.counted_at is None or abs(now - result.counted_at) < _SKEW_NOTICED_S:
+        return result
+    moved = RateLimitState(state.limit, state.remaining, state.reset_at - result.counted_at + now)
+    return replace(result, rate_limit=moved, counted_at=now)
 
 
 class ValidationRequest(NamedTuple):
@@ -94,6 +117,8 @@ class Validator:
         self.decisions = [0] * (max(Code) + 1)
         self.store_errors = 0
         self.on_store_answer: Callable[[float], None] | None = None
+        # key_ids whose lost quota counter was logged (loop thread only; bounded).
+        self._missing_quota_warned: set[str] = set()
 
     def check_cached(self, request: ValidationRequest) -> Decision | None:
         """Answer from memory, or return None when the store must be asked."""
@@ -231,7 +256,7 @@ class Validator:
         refill = policy.quota_refill if policy is not None else None
         try:
             result = await self._store.take(
-                record.key_id, cost, rate_limit, record.has_quota, refill, now
+                budget_of(record), cost, rate_limit, record.has_quota, refill, now
             )
         except StoreUnavailableError:
             self.store_errors += 1
@@ -239,6 +264,9 @@ class Validator:
             if self._fail_open:
                 return decision
             return Decision(Code.UNAVAILABLE, record, policy, decision.scopes, "key store unavailable")
+        result = _on_local_clock(result, now)
+        if result.quota_missing:
+            self._warn_missing_quota(record)
         if result.allowed:
             return Decision(
                 Code.VALID, record, policy, decision.scopes,
@@ -255,6 +283,18 @@ class Validator:
             Code.QUOTA_EXHAUSTED, record, policy, decision.scopes, "quota exhausted",
             rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
         )
+
+    def _warn_missing_quota(self, record: KeyRecord) -> None:
+        """Log a lost quota counter once per key (until many keys have been logged)."""
+        # Evicted, lost in a failover, or a half-done write: the take refused it.
+        warned = self._missing_quota_warned
+        if record.key_id in warned:
+            return
+        if len(warned) >= _MISSING_QUOTA_WARNED_MAX:
+            warned.clear()
+        warned.add(record.key_id)
+        log.warning("quota.counter_missing", key_id=record.key_id, budget_id=budget_of(record),
+                    outcome="refused as QUOTA_EXHAUSTED until an admin sets the quota")
 
     def forget_limits(self, key_id: str) -> None:
         """Drop the local over-limit memo of a key (its policy or key changed)."""

@@ -92,6 +92,7 @@ def record_to_dict(record: KeyRecord) -> dict[str, Any]:
         "has_quota": record.has_quota,
         "revision": record.revision,
         "announced_through": record.announced_through,
+        "budget_id": record.budget_id,
     }
 
 
@@ -115,6 +116,7 @@ def record_from_dict(data: Mapping[str, Any]) -> KeyRecord:
         rotated_from=str(data.get("rotated_from", "")),
         rotated_to=str(data.get("rotated_to", "")),
         has_quota=bool(data.get("has_quota", False)),
+        budget_id=str(data.get("budget_id", "")),
         revision=int(data.get("revision", 1)),
         announced_through=float(data.get("announced_through", 0.0)),
     )

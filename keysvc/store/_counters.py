@@ -5,9 +5,10 @@ Lua (`_redis_scripts.TAKE`), so the two are kept side by side and the contract
 tests hold them to one behaviour:
 
 - Fixed windows aligned to multiples of `window_s` since the epoch.
-- A quota counter that does not exist means the key has no quota (the same
-  meaning `get_quota` gives None), unless the policy refills it: then the
-  counter is created full on first use.
+- A quota asked for whose counter does not exist (evicted, lost in a
+  failover, deleted by hand) refuses the take and says so (`quota_missing`):
+  a lost counter must never read as "unlimited", nor as "full" (a refill
+  would over-grant). An admin setting the quota again heals it.
 - With a refill, the quota is reset to `amount` once `interval_s` has passed
   since the last reset; the reset time advances by whole intervals so the
   cadence does not drift with traffic. A counter never reset before starts
@@ -46,11 +47,9 @@ class QuotaCounter:
 
 
 def refill_quota(counter: QuotaCounter, refill: QuotaRefill | None, now: float) -> QuotaCounter:
-    """Return the counter after any refill due at `now`."""
-    if refill is None:
+    """Return the counter after any refill due at `now` (a missing one stays missing)."""
+    if refill is None or counter.remaining is None:
         return counter
-    if counter.remaining is None:
-        return QuotaCounter(refill.amount, now)
     if counter.refilled_at is None:
         return QuotaCounter(counter.remaining, now)
     elapsed = now - counter.refilled_at
@@ -68,8 +67,9 @@ def counter_result(
     rate_used: int,
     quota_remaining: int | None,
     now: float,
+    quota_missing: bool = False,
 ) -> CounterResult:
-    """Build the answer of one take from what it counted."""
+    """Build the answer of one take from what it counted at `now` (the store's clock)."""
     state = None
     if rate_limit is not None:
         start = window_start(now, rate_limit.window_s)
@@ -83,6 +83,8 @@ def counter_result(
         rate_limit=state,
         quota_remaining=quota_remaining,
         rate_limited=rate_limited,
+        quota_missing=quota_missing,
+        counted_at=now,
     )
 
 
@@ -111,13 +113,15 @@ def plan_take(
         cost: quota units this call uses.
         rate_limit: the key's rate limit, or None.
         rate_used: requests already counted in the window holding `now`.
-        quota: the stored counter, or None when the key has no quota.
+        quota: the stored counter (`QuotaCounter(None)` when it is missing), or
+            None when the key has no quota.
         refill: the policy's refill rule, or None.
-        now: the caller's clock.
+        now: the store's clock.
     """
+    missing = quota is not None and quota.remaining is None
     counter = refill_quota(quota, refill, now) if quota is not None else QuotaCounter(None)
     rate_ok = rate_limit is None or rate_used + 1 <= rate_limit.requests
-    quota_ok = counter.remaining is None or counter.remaining >= cost
+    quota_ok = not missing and (counter.remaining is None or counter.remaining >= cost)
     allowed = rate_ok and quota_ok
     if allowed:
         if rate_limit is not None:
@@ -131,5 +135,6 @@ def plan_take(
         rate_used=rate_used,
         quota_remaining=counter.remaining,
         now=now,
+        quota_missing=missing,
     )
     return TakePlan(result=result, rate_used=rate_used, quota=counter)

@@ -1,8 +1,15 @@
-"""Per-key hot counters of `RedisStore`: rate windows, quotas and last use.
+"""Per-budget hot counters of `RedisStore`: rate windows, quotas and last use.
 
-Every counter of a key shares the hash tag `{<key_id>}`, so in Redis Cluster
-the hot path spreads over all slots, and one key's take (window + quota) is
-one script on one slot.
+A budget is a key's counters: its own key_id, or after a rotation the id of
+the key it replaced (`KeyRecord.budget_id`), so old and new secret spend one
+window and one quota. Every counter of a budget shares the hash tag
+`{<budget_id>}`: in Redis Cluster the hot path spreads over all slots, one
+take (window + quota) is one script on one slot, and a rotation moves nothing.
+Last-use times stay per key (`{<key_id>}`).
+
+Time: by default the script reads Redis's TIME, so every sidecar counts on
+the one clock; `store_clock=False` uses the caller's `now` (tests of the
+rules at fixed instants).
 """
 
 from __future__ import annotations
@@ -15,21 +22,24 @@ from redis.asyncio import Redis
 from keysvc.errors import InvalidArgumentError
 from keysvc.model import CounterResult, QuotaRefill, RateLimit
 from keysvc.store import _redis_scripts as lua
-from keysvc.store._counters import counter_result, window_start
+from keysvc.store._counters import counter_result
 from keysvc.store._redis_io import Caller
 
 __all__ = ["RedisCounters"]
 
-# A window key outlives its window a little, so a caller whose clock runs
-# slightly behind still counts into the same key instead of a fresh one.
+# A window hash outlives its window a little: its TTL only collects garbage,
+# the start stored inside decides which window it counts.
 _WINDOW_SLACK_MS = 1000
 
 
 class RedisCounters:
     """Counters under `<namespace>:c:{<key_id>}:...`."""
 
-    def __init__(self, client: Redis, namespace: str, caller: Caller) -> None:
+    def __init__(
+        self, client: Redis, namespace: str, caller: Caller, *, store_clock: bool = True
+    ) -> None:
         self._client = client
+        self._store_clock = store_clock
         self._prefix = namespace + ":c:"
         self._call = caller
         self._take = client.register_script(lua.TAKE)
@@ -42,7 +52,7 @@ class RedisCounters:
 
     async def take(
         self,
-        key_id: str,
+        budget_id: str,
         cost: int,
         rate_limit: RateLimit | None,
         quota: bool,
@@ -52,30 +62,30 @@ class RedisCounters:
         """Run one take as one EVALSHA (see `Store.take`)."""
         if rate_limit is None and not quota:
             return CounterResult(allowed=True)
-        limit, ttl_ms, window = -1, 1, self.key(key_id, "rl")
+        limit, window_s = -1, 0
         if rate_limit is not None:
-            start = window_start(now, rate_limit.window_s)
-            window = self.key(key_id, "rl", str(rate_limit.window_s), str(start))
-            limit = rate_limit.requests
-            ttl_ms = int((start + rate_limit.window_s - now) * 1000) + 1 + _WINDOW_SLACK_MS
+            limit, window_s = rate_limit.requests, rate_limit.window_s
         args = [
             cost,
             limit,
-            ttl_ms,
+            window_s,
             1 if quota else 0,
             -1 if refill is None else refill.amount,
             0 if refill is None else refill.interval_s,
-            repr(float(now)),
+            "" if self._store_clock else repr(float(now)),
+            _WINDOW_SLACK_MS,
         ]
-        reply = await self._call.write(self._take(keys=[window, self.key(key_id, "q")], args=args))
-        allowed, rate_ok, used, has_quota, remaining = (int(v) for v in reply)
+        keys = [self.key(budget_id, "rl", str(window_s)), self.key(budget_id, "q")]
+        reply = await self._call.write(self._take(keys=keys, args=args))
+        allowed, rate_ok, used, quota_state, remaining = (int(v) for v in reply[:5])
         return counter_result(
             allowed=bool(allowed),
             rate_limited=not rate_ok,
             rate_limit=rate_limit,
             rate_used=used,
-            quota_remaining=remaining if has_quota else None,
-            now=now,
+            quota_remaining=remaining if quota_state == 1 else None,
+            now=float(reply[5]),
+            quota_missing=quota_state == -1,
         )
 
     async def create_quota(self, key_id: str, remaining: int, since: float) -> bool:

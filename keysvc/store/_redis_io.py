@@ -6,16 +6,19 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from keysvc.errors import StoreUnavailableError
 
-__all__ = ["Caller", "make_client", "text", "unavailable"]
+__all__ = ["Caller", "make_client", "text", "unavailable", "warn_if_evictable"]
+
+log = structlog.get_logger("keysvc.store")
 
 _T = TypeVar("_T")
 # Server answers that mean "not now" rather than "wrong request".
@@ -49,7 +52,9 @@ def unavailable() -> Iterator[None]:
     """Turn "Redis cannot answer now" errors into StoreUnavailableError."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError,
+            OSError) as exc:
+        # OutOfMemoryError: redis-py strips the "OOM" prefix the check below looks for.
         raise StoreUnavailableError(f"redis: {exc}") from exc
     except ResponseError as exc:
         if str(exc).startswith(_UNAVAILABLE_REPLIES):
@@ -87,3 +92,25 @@ class Caller:
         """Await a call once."""
         with unavailable():
             return await op
+
+
+async def warn_if_evictable(client: Redis, caller: Caller) -> None:
+    """Log a warning when Redis may evict keysvc's keys (`maxmemory-policy` not noeviction).
+
+    Any eviction policy may drop them: volatile-* the rate windows (they have
+    TTLs), allkeys-* a quota counter or a record. A server that refuses
+    CONFIG (some managed ones) is noted at info level.
+    """
+    try:
+        reply = await caller.read(lambda: client.config_get("maxmemory-policy"))
+    except (StoreUnavailableError, RedisError):
+        log.info("redis.maxmemory_policy_unknown", reason="CONFIG GET refused or failed")
+        return
+    value = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
+    policy = "" if value is None else text(value)
+    if policy and policy != "noeviction":
+        log.warning(
+            "redis.evicting_policy", maxmemory_policy=policy,
+            advice="set maxmemory-policy noeviction: an evicted quota counter refuses "
+            "its key, an evicted rate window restarts it",
+        )

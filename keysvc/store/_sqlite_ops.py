@@ -17,7 +17,16 @@ from keysvc.errors import (
     DuplicateRequestError,
     NotFoundError,
 )
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit, next_deadline
+from keysvc.model import (
+    CounterResult,
+    Event,
+    KeyRecord,
+    Policy,
+    QuotaRefill,
+    RateLimit,
+    budget_of,
+    next_deadline,
+)
 from keysvc.store._codec import (
     dumps,
     event_from_dict,
@@ -168,7 +177,7 @@ def insert_key(conn: sqlite3.Connection, record: KeyRecord, quota: int | None) -
     if quota is not None:
         conn.execute(
             "INSERT OR REPLACE INTO quotas (key_id, remaining, refilled_at) VALUES (?, ?, ?)",
-            (record.key_id, quota, record.created_at),
+            (budget_of(record), quota, record.created_at),
         )
 
 

@@ -9,10 +9,12 @@ across processes sharing the file.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable
 
-from keysvc.errors import ConfigError
+from keysvc.errors import ConfigError, StoreUnavailableError
 
-__all__ = ["SCHEMA_VERSION", "connect"]
+__all__ = ["SCHEMA_VERSION", "Connection", "connect", "connect_reader"]
 
 SCHEMA_VERSION = 1
 
@@ -91,8 +93,10 @@ def connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
     )
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a power loss may drop the last commits but never
-        # corrupts the file; an fsync per admin change is not worth it here.
+        # NORMAL in WAL mode: a power loss may drop the last commits (never
+        # corrupting the file). Good enough for counters and last-use times;
+        # SqliteStore switches to FULL around each lifecycle write, so an
+        # acknowledged revocation survives a power loss.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -121,3 +125,59 @@ def connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def connect_reader(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open a read-only connection to a keysvc file (creating the schema if it has none).
+
+    Raises:
+        sqlite3.Error: the file cannot be opened.
+        ConfigError: the file was written by a newer keysvc.
+    """
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        row = conn.execute(
+            "SELECT value FROM store_meta WHERE name = 'schema_version'"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        row = None  # a new file: no tables yet
+    except BaseException:
+        conn.close()
+        raise
+    if row is None or int(row[0]) != SCHEMA_VERSION:
+        # Let the writer's path create or check the schema, then read through it.
+        conn.close()
+        conn = connect(path, busy_timeout_s)
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+class Connection:
+    """One lazily opened connection and the lock its users hold."""
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+        self.lock = threading.Lock()
+        self._opener = opener
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def open(self) -> sqlite3.Connection:
+        """Return the connection, opening it on first use (call under `lock`).
+
+        Raises:
+            StoreUnavailableError: the store was closed.
+        """
+        if self._closed:
+            raise StoreUnavailableError("the SQLite store is closed")
+        if self._conn is None:
+            self._conn = self._opener()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection for good (call under `lock`)."""
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -116,9 +116,15 @@ class Store(Protocol):
 
     async def update_key(
         self, record: KeyRecord, expected_revision: int, event: Event,
-        mark: RequestMark | None = None,
+        mark: RequestMark | None = None, *, quota: int | None = None,
     ) -> None:
         """Replace a key's record; `record.revision` must be `expected_revision + 1`.
+
+        With `quota`, also set the remaining quota of the record's budget:
+        in the same transaction where the backend can (SQLite); Redis writes
+        the counter (another slot) just after the revision-checked record, so
+        a failure between leaves the old value, or a missing counter that
+        `take` refuses, never an unlimited key.
 
         Raises:
             NotFoundError: no such key.
@@ -137,6 +143,10 @@ class Store(Protocol):
         mark: RequestMark | None = None,
     ) -> None:
         """Atomically replace `old` (revision-checked, as update_key) and insert `new`.
+
+        `new` normally inherits `old`'s budget (`budget_id`), whose counters
+        already exist: `quota` None writes none. A `quota` sets the counter
+        of `new`'s budget, as create_key does.
 
         Raises:
             NotFoundError, ConflictError: as update_key.
@@ -157,9 +167,14 @@ class Store(Protocol):
     ) -> CounterResult:
         """Atomically take one request from the rate limit and `cost` from the quota.
 
-        Fixed windows aligned to multiples of `window_s` since the epoch. Nothing
-        is taken when either would be exceeded. With `refill`, the quota is reset
-        to `refill.amount` when `refill.interval_s` has passed since its last reset.
+        `key_id` names the counters: the key's budget (`model.budget_of`),
+        which a rotated key shares with its predecessor. Fixed windows aligned
+        to multiples of `window_s` since the epoch, on the store's clock where
+        it has one shared by every sidecar (Redis's TIME), else on `now`
+        (SQLite: one host, one clock); `counted_at` says which. Nothing is
+        taken when either would be exceeded. With `refill`, the quota is reset
+        to `refill.amount` when `refill.interval_s` has passed since its last
+        reset. A quota whose counter is missing refuses (`quota_missing`).
         One round trip (one Lua call in Redis; one transaction in SQLite).
         """
 

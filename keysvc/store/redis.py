@@ -14,9 +14,12 @@ Key schema (`ns` = namespace):
     {ns}:req:<actor>:<req_id>  STRING  RequestMark JSON, expiring (PXAT) with the mark
     {ns}:due                   ZSET    key_id -> next unannounced expiry/revocation time
     {ns}:events                STREAM  event log, field `e` = Event JSON
-    ns:c:{<key_id>}:q          HASH    quota {remaining, refilled_at}
-    ns:c:{<key_id>}:rl:<w>:<t> STRING  requests in the window of w s starting at t
+    ns:c:{<budget_id>}:q       HASH    quota {remaining, refilled_at}
+    ns:c:{<budget_id>}:rl:<w>  HASH    window of w s {start, used}
     ns:c:{<key_id>}:lu         STRING  last-use time
+
+A budget is the key's own key_id, or the one a rotated key inherits
+(`KeyRecord.budget_id`): old and new secret share one quota and one window.
 
 Why: everything an admin change touches (record, indexes, event) shares the
 one hash tag `{ns}`, so in Redis Cluster it lives in one slot and every change
@@ -26,9 +29,18 @@ miss, so one slot carries it easily. Counters are the hot path for limited
 keys and take the key's own tag, so their load spreads over the cluster; a
 take touches only its key's slot, in one EVALSHA.
 
-The cost of that split: a key's quota counter cannot join the transaction
-that creates the key. It is written first (only if absent) and removed again
-if the key is refused, so a key is never visible without its counter.
+The cost of that split: a quota counter cannot join the lifecycle script.
+Creation writes it first (only if absent) and removes it again if the key is
+refused, so a key is never visible without it; UpdateKey(quota_remaining)
+writes it just after the revision-checked record. A rotation writes no
+counter at all (the new key inherits the budget). Whatever is lost between
+two steps, or evicted later, fails closed: a take whose counter is missing
+is refused (`CounterResult.quota_missing`), never counted as unlimited.
+Eviction is the one loss to rule out: run Redis with
+`maxmemory-policy noeviction` (the first successful ping warns otherwise).
+
+Clock: takes count on Redis's TIME, read inside the script, so sidecars
+with skewed clocks agree on window boundaries and refill times.
 
 Timeouts: every call has `timeout_s` on connect, on each reply and on
 waiting for a pooled connection (redis-py's defaults are seconds). Reads are
@@ -63,6 +75,7 @@ from keysvc.model import (
     Policy,
     QuotaRefill,
     RateLimit,
+    budget_of,
     next_deadline,
 )
 from keysvc.store import _redis_scripts as lua
@@ -83,7 +96,7 @@ from keysvc.store._codec import (
     record_to_dict,
 )
 from keysvc.store._redis_counters import RedisCounters
-from keysvc.store._redis_io import Caller, make_client, text
+from keysvc.store._redis_io import Caller, make_client, text, warn_if_evictable
 from keysvc.store._redis_stream import parse_stream_id, read_entries, wait_for_entry
 from keysvc.store.base import KeyPage, PolicyPage, RequestMark
 
@@ -113,6 +126,8 @@ class RedisStore:
         event_retention: about how many events the stream keeps.
         max_connections: connections per pool (one pool for calls, one for
             blocking event reads).
+        store_clock: count windows and refills on Redis's TIME (False: on
+            the caller's `now`, for tests of the rules at fixed instants).
     """
 
     def __init__(
@@ -124,6 +139,7 @@ class RedisStore:
         retries: int = 1,
         event_retention: int = 100_000,
         max_connections: int = 64,
+        store_clock: bool = True,
     ) -> None:
         if not namespace or any(c in namespace for c in "{}"):
             raise ConfigError("KEYSVC_REDIS_NAMESPACE: must be non-empty and hold no '{' or '}'")
@@ -142,7 +158,10 @@ class RedisStore:
         self._closed = False
         self._ns = "{" + namespace + "}"
         self._events = self._ns + ":events"
-        self._counters = RedisCounters(self._client, namespace, self._call)
+        self._counters = RedisCounters(
+            self._client, namespace, self._call, store_clock=store_clock
+        )
+        self._eviction_checked = False
         self._put_keys = self._client.register_script(lua.PUT_KEYS)
         self._put_policy = self._client.register_script(lua.PUT_POLICY)
         self._ensure_meta = self._client.register_script(lua.ENSURE_META)
@@ -162,8 +181,11 @@ class RedisStore:
     # -- lifecycle --------------------------------------------------------------
 
     async def ping(self) -> None:
-        """Return when Redis answers PING."""
+        """Return when Redis answers PING (the first time, also check its eviction policy)."""
         await self._call.read(self._client.ping)
+        if not self._eviction_checked:
+            self._eviction_checked = True
+            await warn_if_evictable(self._client, self._call)
 
     async def close(self) -> None:
         """Close both connection pools. Idempotent."""
@@ -212,12 +234,12 @@ class RedisStore:
         # the outcome is unknown; a counter of a key never made is harmless.)
         created = False
         if quota is not None:
-            created = await self._counters.create_quota(record.key_id, quota, record.created_at)
+            created = await self._counters.create_quota(budget_of(record), quota, record.created_at)
         try:
             await write()
         except (AlreadyExistsError, NotFoundError, ConflictError):  # DuplicateRequestError too
             if created:
-                await self._counters.set_quota(record.key_id, None)
+                await self._counters.set_quota(budget_of(record), None)
             raise
 
     async def _stored(self, record: KeyRecord, expected_revision: int) -> KeyRecord:
@@ -304,11 +326,20 @@ class RedisStore:
 
     async def update_key(
         self, record: KeyRecord, expected_revision: int, event: Event,
-        mark: RequestMark | None = None,
+        mark: RequestMark | None = None, *, quota: int | None = None,
     ) -> None:
-        """Replace a key's record if it is still at `expected_revision`."""
+        """Replace a key's record if it is still at `expected_revision`, then set `quota`.
+
+        The counter follows the revision-checked record, so a lost race
+        changes nothing; a failure between the two leaves the old value, or
+        for a newly added quota a missing counter: refused, never unlimited.
+        """
+        if quota is not None and quota < 0:
+            raise InvalidArgumentError("remaining quota must be >= 0")
         stored = await self._stored(record, expected_revision)
         await self._put_records([(record, stored, expected_revision)], event, mark)
+        if quota is not None:
+            await self._counters.set_quota(budget_of(record), quota)
 
     async def rotate_key(
         self,

@@ -2,12 +2,25 @@
 
 Several processes may open the same file (`--workers N`); WAL mode lets their
 readers run beside the one writer, and every write is one `BEGIN IMMEDIATE`
-transaction (its event row included), so it takes the write lock up front and
-waits at most `busy_timeout_s` for it.
+transaction (its event row included), so it takes the write lock up front.
 
-sqlite3 blocks, so each call runs in a worker thread (`asyncio.to_thread`)
-over one connection per store, serialised by a lock: SQLite has one writer
-per file anyway, and a cache hit never reaches the store.
+sqlite3 blocks, so each call runs in a worker thread (`asyncio.to_thread`).
+A store holds two connections, each used by one thread at a time under its
+own lock: one for writes (SQLite has one writer per file anyway) and one,
+read-only, for reads, so a read never queues behind a write that waits for
+another process's lock.
+
+Timeouts: every call has a deadline of `busy_timeout_s` (the store timeout):
+waiting for its connection, waiting for the file's write lock (SQLite's busy
+timeout, set to what is left) and running (a progress handler interrupts a
+statement past it) all count, and running out raises StoreUnavailableError.
+
+Durability: lifecycle writes (keys, policies, their events) commit with
+`synchronous=FULL`, so an acknowledged change (a revocation) survives a power
+loss; counters and last-use times commit with NORMAL (WAL: a power loss may
+drop the last ones, never corrupt the file).
+
+Clock: one file, one host, one clock: takes count on the caller's `now`.
 
 The event log is a table whose AUTOINCREMENT id is the cursor. Other
 processes' events are found by polling every `poll_interval_s`; this
@@ -21,13 +34,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
 from keysvc.errors import InvalidArgumentError, StoreUnavailableError
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.model import (
+    CounterResult,
+    Event,
+    KeyRecord,
+    Policy,
+    QuotaRefill,
+    RateLimit,
+    budget_of,
+)
 from keysvc.store import _sqlite_ops as ops
 from keysvc.store._codec import (
     check_page_size,
@@ -36,7 +57,7 @@ from keysvc.store._codec import (
     decode_token,
     paginate,
 )
-from keysvc.store._sqlite_schema import connect
+from keysvc.store._sqlite_schema import Connection, connect, connect_reader
 from keysvc.store.base import KeyPage, PolicyPage, RequestMark
 
 __all__ = ["SqliteStore"]
@@ -58,8 +79,9 @@ class SqliteStore:
         event_retention: events kept in the log (trimmed in batches of ~1%).
         poll_interval_s: how often a blocked `read_events` looks for other
             processes' events.
-        busy_timeout_s: how long a call waits for another process's write
-            lock before raising StoreUnavailableError.
+        busy_timeout_s: the deadline of one call (connection, another
+            process's write lock and the work itself) before it raises
+            StoreUnavailableError.
     """
 
     def __init__(
@@ -78,30 +100,56 @@ class SqliteStore:
         self._busy_timeout_s = busy_timeout_s
         self._trim_every = max(1, min(1000, event_retention // 100))
         self._appended = 0
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+        # One connection per role, each used under its lock by one thread at a time.
+        self._writer = Connection(partial(connect, path, busy_timeout_s))
+        self._reader = Connection(partial(connect_reader, path, busy_timeout_s))
         self._wakeup: asyncio.Event | None = None
 
     # -- plumbing -------------------------------------------------------------
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await asyncio.to_thread(self._locked, work)
+        """Run a read on the read connection."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        return await asyncio.to_thread(self._on, self._reader, work, None, deadline)
 
-    def _locked(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailableError("the SQLite store is closed")
-            try:
-                if self._conn is None:
-                    self._conn = connect(self._path, self._busy_timeout_s)
-                return work(self._conn)
-            except sqlite3.DatabaseError as exc:
-                # Locked, I/O, full disk, not a database: the store cannot
-                # answer. Integrity and programming errors are bugs: let them be.
-                if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
-                    raise StoreUnavailableError(f"SQLite store {self._path}: {exc}") from exc
-                raise
+    async def _run_write(
+        self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = False
+    ) -> _T:
+        """Run a write (its own transaction) on the write connection."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        return await asyncio.to_thread(self._on, self._writer, work, durable, deadline)
+
+    def _on(
+        self,
+        role: Connection,
+        work: Callable[[sqlite3.Connection], _T],
+        durable: bool | None,
+        deadline: float,
+    ) -> _T:
+        # The deadline started with the call, so time queued for a worker
+        # thread or the connection counts too.
+        if not role.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StoreUnavailableError(
+                f"SQLite store {self._path}: no connection free within the store timeout"
+            )
+        try:
+            conn = role.open()
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            conn.execute(f"PRAGMA busy_timeout = {left_ms}")
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            if durable is None:
+                return work(conn)
+            conn.execute("PRAGMA synchronous = " + ("FULL" if durable else "NORMAL"))
+            with ops.transaction(conn):
+                return work(conn)
+        except sqlite3.DatabaseError as exc:
+            # Locked, interrupted, I/O, full disk, not a database: the store
+            # cannot answer. Integrity and programming errors are bugs: let them be.
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                raise StoreUnavailableError(f"SQLite store {self._path}: {exc}") from exc
+            raise
+        finally:
+            role.lock.release()
 
     async def _change(
         self, work: Callable[[sqlite3.Connection], object], event: Event,
@@ -110,25 +158,20 @@ class SqliteStore:
         """Run a lifecycle write and append its event (and record `mark`), in one transaction."""
 
         def run(conn: sqlite3.Connection) -> str:
-            with ops.transaction(conn):
-                if mark is not None:
-                    ops.put_request(conn, mark)
-                work(conn)
-                # Runs under the lock, so the count needs no other guard.
-                self._appended += 1
-                trim = self._appended % self._trim_every == 0
-                return ops.append_event(conn, event, self._retention if trim else None)
+            if mark is not None:
+                ops.put_request(conn, mark)
+            work(conn)
+            # Runs under the write connection's lock: the count needs no other guard.
+            self._appended += 1
+            trim = self._appended % self._trim_every == 0
+            return ops.append_event(conn, event, self._retention if trim else None)
 
-        cursor = await self._run(run)
+        cursor = await self._run_write(run, durable=True)
         self._wake()
         return cursor
 
     async def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        def run(conn: sqlite3.Connection) -> _T:
-            with ops.transaction(conn):
-                return work(conn)
-
-        return await self._run(run)
+        return await self._run_write(work)
 
     def _wake(self) -> None:
         # This process's readers need not wait for their next poll.
@@ -143,14 +186,12 @@ class SqliteStore:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        """Close the connection; later calls raise StoreUnavailableError. Idempotent."""
+        """Close both connections; later calls raise StoreUnavailableError. Idempotent."""
 
         def run() -> None:
-            with self._lock:
-                self._closed = True
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+            for role in (self._writer, self._reader):
+                with role.lock:
+                    role.close()
 
         await asyncio.to_thread(run)
 
@@ -189,14 +230,22 @@ class SqliteStore:
 
     async def update_key(
         self, record: KeyRecord, expected_revision: int, event: Event,
-        mark: RequestMark | None = None,
+        mark: RequestMark | None = None, *, quota: int | None = None,
     ) -> None:
-        """Replace a key's record if it is still at `expected_revision`."""
+        """Replace a key's record if it is still at `expected_revision` (and set `quota`).
+
+        The record, its quota counter, its event and `mark` are one transaction.
+        """
         check_revision(record.revision, expected_revision)
-        await self._change(
-            partial(ops.replace_key, record=record, expected_revision=expected_revision), event,
-            mark,
-        )
+        if quota is not None and quota < 0:
+            raise InvalidArgumentError("remaining quota must be >= 0")
+
+        def work(conn: sqlite3.Connection) -> None:
+            ops.replace_key(conn, record, expected_revision)
+            if quota is not None:
+                ops.set_quota(conn, budget_of(record), quota)
+
+        await self._change(work, event, mark)
 
     async def rotate_key(
         self,
@@ -239,7 +288,7 @@ class SqliteStore:
         """Set (or with None, remove) a key's remaining quota; its refill cadence is kept."""
         if remaining is not None and remaining < 0:
             raise InvalidArgumentError("remaining quota must be >= 0")
-        await self._run(partial(ops.set_quota, key_id=key_id, remaining=remaining))
+        await self._write(partial(ops.set_quota, key_id=key_id, remaining=remaining))
 
     async def get_quota(self, key_id: str) -> int | None:
         """Return a key's remaining quota, or None when it has none."""
@@ -312,7 +361,7 @@ class SqliteStore:
 
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value."""
-        await self._run(
+        await self._write(
             lambda conn: conn.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",

@@ -103,3 +103,30 @@ def test_rate_limit_holds_per_window_across_two_servers(
     assert all(accepted[w] == 25 for w in full), accepted
     limited = next(r for r in replies if r.code == pb.CODE_RATE_LIMITED)
     assert (limited.rate_limit.limit, limited.rate_limit.remaining) == (25, 0)
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "sqlite"])
+def test_rotation_grace_shares_one_quota_across_two_servers(
+    start_server: Callable[..., ServerProcess], store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """During a rotation's grace period the old and new secret spend one quota, never two."""
+    store = request.getfixturevalue("redis_url" if store_kind == "redis" else "sqlite_url")
+    _, admin_secret = bootstrap(store)
+    md = [("authorization", f"Bearer {admin_secret}")]
+    relaxed = ("--store-timeout-ms", "2000")
+    first, second = start_server(store, *relaxed), start_server(store, *relaxed)
+    created = first.stub().CreateKey(pb.CreateKeyRequest(owner_id="o", quota=300), metadata=md, timeout=5)
+    rotated = second.stub().RotateKey(pb.RotateKeyRequest(
+        key_id=created.key.key_id, grace_period=duration_pb2.Duration(seconds=3600)), metadata=md, timeout=5)
+    addrs = [first.addr, second.addr]
+
+    async def both() -> list[pb.ValidateResponse]:
+        old, new = await asyncio.gather(hammer(addrs, created.secret, 10, 25),
+                                        hammer(addrs, rotated.secret, 10, 25))
+        return old + new
+
+    replies = asyncio.run(both())
+    codes = Counter(pb.Code.Name(r.code) for r in replies)
+    assert codes == {"CODE_VALID": 300, "CODE_QUOTA_EXHAUSTED": 700}, codes
+    remaining = sorted(r.quota_remaining for r in replies if r.code == pb.CODE_VALID)
+    assert remaining == list(range(300)), "one counter for both secrets"

@@ -19,6 +19,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "sqlite":
         store = SqliteStore(str(tmp_path / "keysvc.db"), poll_interval_s=0.01)
     else:
-        store = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0)
+        # The caller's clock, so contract tests can take at fixed instants;
+        # tests/integration/test_counters.py covers Redis's own clock.
+        store = RedisStore(request.getfixturevalue("redis_url"), timeout_s=1.0, store_clock=False)
     yield store
     await store.close()

@@ -67,6 +67,9 @@ class Backend:
         if self.kind == "sqlite":
             store = SqliteStore(str(self.path), poll_interval_s=0.01, **kw)
         else:
+            # The caller's clock: the rules are tested at fixed instants
+            # (test_counters.py covers Redis's own clock).
+            kw.setdefault("store_clock", False)
             store = RedisStore(self.redis_url, namespace="t", timeout_s=2.0, **kw)
         self.opened.append(store)
         return store
@@ -435,17 +438,22 @@ async def test_quota_refill(store: Store) -> None:
     await store.take("k1", 4, None, True, refill, T0 + 62)
     assert not (await store.take("k1", 1, None, True, refill, T0 + 119)).allowed
     assert (await store.take("k1", 1, None, True, refill, T0 + 120)).quota_remaining == 4
-    # A key without a counter gets a full one on first use under a refill policy.
-    assert (await store.take("k2", 1, None, True, refill, T0)).quota_remaining == 4
+    # A counter that is missing is not made full by a refill: it refuses.
+    missing = await store.take("k2", 1, None, True, refill, T0)
+    assert (missing.allowed, missing.quota_missing, missing.quota_remaining) == (False, True, None)
 
 
-async def test_removed_quota_does_not_refuse(store: Store) -> None:
+async def test_removed_quota_counter_refuses_a_take_that_asks_for_it(store: Store) -> None:
     await store.set_quota("k1", 0)
     assert not (await store.take("k1", 1, None, True, None, T0)).allowed
     await store.set_quota("k1", None)
     assert await store.get_quota("k1") is None
-    result = await store.take("k1", 1, None, True, None, T0)
+    # A key without a quota takes without one...
+    result = await store.take("k1", 1, None, False, None, T0)
     assert (result.allowed, result.quota_remaining) == (True, None)
+    # ...while a quota asked for and not found refuses (a lost counter is not "unlimited").
+    lost = await store.take("k1", 1, None, True, None, T0)
+    assert (lost.allowed, lost.rate_limited, lost.quota_missing) == (False, False, True)
     with pytest.raises(InvalidArgumentError):
         await store.set_quota("k1", -1)
 
