@@ -54,6 +54,14 @@ class Settings:
         "sync when the process may run on one CPU only, else aio."
     )
     grpc_threads: int = _f(16, "Threads of the sync stack's pool: the most calls it runs at once.")
+    max_concurrent_rpcs: int = _f(
+        1024, "Most gRPC calls (streams included) a server runs or queues at once; "
+        "beyond it a call is refused with RESOURCE_EXHAUSTED at once."
+    )
+    max_store_inflight: int = _f(
+        256, "Most validations waiting on the store at once; beyond it a miss answers "
+        "UNAVAILABLE at once (or from the stale cache), counted in keysvc.store.shed."
+    )
     http_listen: str = _f(
         "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."
     )
@@ -91,7 +99,7 @@ def _check(s: Settings) -> None:
     if not (s.store.startswith("sqlite://") or s.store.startswith(("redis://", "rediss://", "unix://"))):
         raise bad("store", f"unsupported store URL {s.store!r}; use sqlite:///file.db or redis://host:port/db")
     for name in ("store_timeout_ms", "cache_size", "negative_cache_size", "event_poll_ms",
-                 "event_retention", "max_request_bytes"):
+                 "event_retention", "max_request_bytes", "max_concurrent_rpcs", "max_store_inflight"):
         if getattr(s, name) <= 0:
             raise bad(name, "must be > 0")
     for name in ("store_retries",):
