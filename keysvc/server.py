@@ -164,9 +164,10 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
         server = grpc.server(futures.ThreadPoolExecutor(s.grpc_threads, thread_name_prefix="grpc"),
                              options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         # WatchEvents streams hold a thread each: they may take at most a quarter of the pool;
-        # calls waiting on the loop (misses, admin RPCs) at most half: the rest answer hits.
+        # streams and calls waiting on the loop (misses, admin RPCs) together at most three
+        # quarters: the last quarter always answers hits.
         bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4),
-                        max_waiting=max(1, s.grpc_threads // 2))
+                        max_held=s.grpc_threads - max(1, s.grpc_threads // 4))
         blocking = {"Validate": functools.partial(keyservice.validate_blocking, bridge=bridge)}
         keyservice = threaded_servicer(keyservice, keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"],
                                        bridge, blocking)

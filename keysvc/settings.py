@@ -32,7 +32,10 @@ class Settings:
     listen: str = _f("127.0.0.1:50051", "gRPC address of Validate and ext_authz: host:port or unix:/path.")
     admin_listen: str = _f("", "Separate gRPC address for admin RPCs; empty serves them on `listen`.")
     store: str = _f("sqlite:///keysvc.db", "Store URL: sqlite:///path/to/file.db or redis://host:port/db.")
-    store_timeout_ms: int = _f(100, "Timeout of one store call, in milliseconds.")
+    store_timeout_ms: int = _f(
+        100, "Timeout of one store call, in milliseconds; a validation's store work gets "
+        "this x (1 + retries) in all."
+    )
     store_retries: int = _f(1, "Retries of a failed idempotent store read before giving up.")
     redis_namespace: str = _f("keysvc", "Prefix of every Redis key (and the Cluster hash tag).")
     key_prefix: str = _f("ks", "Default prefix of new keys.")
@@ -59,7 +62,7 @@ class Settings:
         "beyond it a call is refused with RESOURCE_EXHAUSTED at once."
     )
     max_store_inflight: int = _f(
-        256, "Most validations waiting on the store at once; beyond it a miss answers "
+        32, "Most validations waiting on the store at once; beyond it a miss answers "
         "UNAVAILABLE at once (or from the stale cache), counted in keysvc.store.shed."
     )
     http_listen: str = _f(

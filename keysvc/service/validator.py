@@ -87,7 +87,7 @@ class Validator:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         last_used_max: int = 100_000,
-        max_store_inflight: int = 256,
+        max_store_inflight: int = 32,
         store_budget_s: float = 0.2,
     ) -> None:
         self._store = store
