@@ -62,8 +62,9 @@ class Settings:
         "beyond it a call is refused with RESOURCE_EXHAUSTED at once."
     )
     max_store_inflight: int = _f(
-        32, "Most validations waiting on the store at once; beyond it a miss answers "
-        "UNAVAILABLE at once (or from the stale cache), counted in keysvc.store.shed."
+        32, "Most validations waiting on the store at once (as many more may wait for a slot "
+        "within their budget); beyond that a miss answers UNAVAILABLE at once (or from the stale "
+        "cache), counted in keysvc.store.shed."
     )
     http_listen: str = _f(
         "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."

@@ -8,12 +8,12 @@ its shared maps are only read or changed by single, GIL-atomic operations. `vali
 store round trips for misses and for keys with counters.
 
 Store work is bounded, so misses cannot hold up hits: at most `max_store_inflight`
-answers wait on the store at once (beyond it a miss is answered at once from the
-stale cache, or UNAVAILABLE, and counted in `store_shed`), and each waits at most
-`store_budget_s` for everything it asks the store (one deadline for the record, its
-policy and its counters). The in-flight count is only touched on the loop's thread,
-where every coroutine here runs; `shed` (called by the sync stack's threads) counts
-under a lock.
+answers wait on the store at once and as many more wait for a slot (`StoreSlots`);
+beyond that, or when its slot does not come in time, a miss is answered without the
+store, from the stale cache or UNAVAILABLE, and counted in `store_shed`. Each answer
+waits at most `store_budget_s` in all (one deadline for its slot, record, policy and
+counters). The slots are only touched on the loop's thread, where every coroutine
+here runs; `shed` (also called by the sync stack's threads) counts under a lock.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from keysvc.errors import StoreUnavailableError
 from keysvc.keys import well_formed_hash
 from keysvc.model import Code, Decision, KeyRecord, Policy, RateLimitState
 from keysvc.policy import Grant, evaluate, make_grant
+from keysvc.service._slots import StoreSlots
 from keysvc.store.base import Store
 
 __all__ = ["ValidationRequest", "Validator"]
@@ -74,7 +75,7 @@ class Validator:
         last_used_max: most distinct keys whose last use is held between two
             write-behind flushes (memory bound; later ones are counted and dropped).
         max_store_inflight: most answers (a Validate miss, a whole batch) waiting
-            on the store at once.
+            on the store at once, and most waiting for a slot.
         store_budget_s: the most one answer waits on the store, all its calls together.
     """
 
@@ -111,8 +112,7 @@ class Validator:
         # Answers given without asking the store because too many were waiting on it.
         self.store_shed = 0
         self._shed_lock = threading.Lock()
-        self._max_store_inflight = max_store_inflight
-        self._store_inflight = 0  # the loop's thread only
+        self._slots = StoreSlots(max_store_inflight)
         self._store_budget_s = store_budget_s
         self.on_store_answer: Callable[[float], None] | None = None
 
@@ -176,15 +176,14 @@ class Validator:
 
     async def validate_from_store(self, request: ValidationRequest) -> Decision:
         """Answer a request that `check_cached` could not (it returned None)."""
-        if self._store_inflight >= self._max_store_inflight:
-            return self.shed(request)
         started = time.perf_counter()
-        self._store_inflight += 1
+        deadline = asyncio.get_running_loop().time() + self._store_budget_s
+        if not await self._slots.acquire(deadline):
+            return self.shed(request)
         try:
-            deadline = asyncio.get_running_loop().time() + self._store_budget_s
             decision = await self._validate_from_store(request, deadline)
         finally:
-            self._store_inflight -= 1
+            self._slots.release()
         self.decisions[decision.code] += 1
         if self.on_store_answer is not None:
             self.on_store_answer(time.perf_counter() - started)
@@ -201,14 +200,13 @@ class Validator:
         misses = [i for i, answer in enumerate(answers) if answer is None]
         if not misses:
             return [a for a in answers if a is not None]
-        if self._store_inflight >= self._max_store_inflight:
+        started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self._store_budget_s
+        if not await self._slots.acquire(deadline):
             for i in misses:
                 answers[i] = self.shed(requests[i])
             return [a for a in answers if a is not None]
-        started = time.perf_counter()
-        self._store_inflight += 1
         try:
-            deadline = asyncio.get_running_loop().time() + self._store_budget_s
             hashes = {h for i in misses if (h := well_formed_hash(requests[i].key)) is not None}
             try:
                 async with asyncio.timeout_at(deadline):
@@ -220,7 +218,7 @@ class Validator:
                 *(self._judge(requests[i], found, deadline) for i in misses)
             )
         finally:
-            self._store_inflight -= 1
+            self._slots.release()
         for i, decision in zip(misses, decided, strict=True):
             self.decisions[decision.code] += 1
             answers[i] = decision

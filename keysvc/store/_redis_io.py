@@ -51,7 +51,7 @@ def unavailable() -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError) as exc:
-        raise StoreUnavailableError(f"redis: {exc}") from exc
+        raise StoreUnavailableError(f"redis: {exc or 'no answer within the store budget'}") from exc
     except ResponseError as exc:
         if str(exc).startswith(_UNAVAILABLE_REPLIES):
             raise StoreUnavailableError(f"redis: {exc}") from exc
@@ -66,13 +66,13 @@ def text(value: bytes | str) -> str:
 class Caller:
     """Runs calls to Redis: reads retried, writes not, every failure mapped, each call under one deadline.
 
-    A read gets one budget for the whole call, `timeout_s * (1 + retries)`:
-    waiting for a pooled connection, connecting, every attempt and the
-    backoffs between them all count against it, and a retry is started only
-    while at least a quarter of one attempt's timeout is left (a sliver
-    could not answer anyway). A write gets one attempt and `timeout_s`; it is
-    never retried: after a timeout it may have been applied, and applying it
-    twice (a take, an XADD) would be wrong.
+    Every call gets one budget, `timeout_s * (1 + retries)`: waiting for a
+    pooled connection, connecting, every attempt and the backoffs between
+    them all count against it. A read is retried inside it, a retry started
+    only while at least a quarter of one attempt's timeout is left (a sliver
+    could not answer anyway). A write gets one attempt (the whole budget); it
+    is never retried: after a timeout it may have been applied, and applying
+    it twice (a take, an XADD) would be wrong.
 
     Args:
         retries: extra attempts of a failed read.
@@ -86,14 +86,14 @@ class Caller:
         self._backoff = ExponentialWithJitterBackoff(base=0.0005, cap=0.005)
 
     @property
-    def read_budget_s(self) -> float:
-        """The most one read may take, retries included."""
+    def budget_s(self) -> float:
+        """The most one call may take, a read's retries included."""
         return self._timeout_s * (1 + self._retries)
 
     async def read(self, op: Callable[[], Awaitable[_T]]) -> _T:
         """Run an idempotent call, retrying connection errors and timeouts within the read budget."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.read_budget_s
+        deadline = loop.time() + self.budget_s
         failures = 0
         while True:
             try:
@@ -108,7 +108,7 @@ class Caller:
                 await asyncio.sleep(pause)
 
     async def write(self, op: Awaitable[_T]) -> _T:
-        """Await a call once, within one attempt's timeout."""
+        """Await a call once, within the budget."""
         with unavailable():
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self.budget_s):
                 return await op

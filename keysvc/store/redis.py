@@ -31,9 +31,9 @@ if the key is refused, so a key is never visible without its counter.
 
 Timeouts: every call has `timeout_s` on connect, on each reply and on
 waiting for a pooled connection (redis-py's defaults are seconds), and one
-deadline over all of it (`Caller`): a write `timeout_s`, a read
-`timeout_s * (1 + retries)`, its retries (backoff of a millisecond or so)
-inside that; writes are never retried (a retried write could apply twice).
+deadline over all of it (`Caller`), `timeout_s * (1 + retries)`: a read's
+retries (backoff of a millisecond or so) run inside it; writes get one
+attempt, never retried (a retried write could apply twice).
 Blocking event reads use their own
 client without a socket timeout, bounded by `block_s + timeout_s` per call.
 

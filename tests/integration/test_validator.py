@@ -264,7 +264,7 @@ async def test_redis_batch_is_one_round_trip(redis_url: str) -> None:
 
 
 async def test_misses_beyond_the_in_flight_bound_are_answered_without_the_store(redis_url: str) -> None:
-    """A paused Redis (CLIENT PAUSE) holds two misses; a third is shed at once, not queued."""
+    """A paused Redis (CLIENT PAUSE) holds two misses, two more queue; a fifth is shed at once."""
     import asyncio
 
     import redis.asyncio as aioredis
@@ -273,28 +273,48 @@ async def test_misses_beyond_the_in_flight_bound_are_answered_without_the_store(
     await store.ping()
     validator = Validator(store, make_cache(), max_store_inflight=2, store_budget_s=0.2)
     probe = aioredis.Redis.from_url(redis_url)
-    await probe.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    await probe.execute_command("CLIENT", "PAUSE", "5000", "ALL")
+
+    def miss() -> ValidationRequest:
+        return ValidationRequest(keys.generate().secret)
+
     try:
-        waiting = [asyncio.create_task(validator.validate(ValidationRequest(keys.generate().secret)))
-                   for _ in range(2)]
-        await asyncio.sleep(0)  # both start and wait on the store
-        shed = await validator.validate(ValidationRequest(keys.generate().secret))
+        waiting = [asyncio.create_task(validator.validate(miss())) for _ in range(4)]
+        await asyncio.sleep(0)  # two wait on the store, two for a slot
+        shed = await validator.validate(miss())
         assert shed.code is Code.UNAVAILABLE
-        assert not any(t.done() for t in waiting), "the third miss waited for the store"
+        assert not any(t.done() for t in waiting), "the fifth miss waited"
         assert validator.store_shed == 1
-        assert [(await t).code for t in waiting] == [Code.UNAVAILABLE] * 2
-        assert validator.store_shed == 1 and validator.store_errors == 2
+        # Every one answers within its budget: the store timed out, or its slot never came.
+        assert [(await t).code for t in waiting] == [Code.UNAVAILABLE] * 4
+        assert validator.store_errors >= 2 and validator.store_shed + validator.store_errors == 5
         # Slots are given back: the next miss asks the store again (and times out on the pause).
-        assert (await validator.validate(ValidationRequest(keys.generate().secret))).code is Code.UNAVAILABLE
-        assert validator.store_shed == 1 and validator.store_errors == 3
-        # A batch takes one slot, and with no slot its misses are shed together.
-        held = [asyncio.create_task(validator.validate(ValidationRequest(keys.generate().secret)))
-                for _ in range(2)]
+        errors = validator.store_errors
+        assert (await validator.validate(miss())).code is Code.UNAVAILABLE
+        assert validator.store_errors == errors + 1
+        # A batch takes one slot, and with none to be had its misses are shed together.
+        shed_before = validator.store_shed
+        held = [asyncio.create_task(validator.validate(miss())) for _ in range(4)]
         await asyncio.sleep(0)
-        batch = await validator.validate_many([ValidationRequest(keys.generate().secret) for _ in range(5)])
-        assert [d.code for d in batch] == [Code.UNAVAILABLE] * 5 and validator.store_shed == 6
+        batch = await validator.validate_many([miss() for _ in range(5)])
+        assert [d.code for d in batch] == [Code.UNAVAILABLE] * 5
+        assert validator.store_shed == shed_before + 5
         await asyncio.gather(*held)
     finally:
         await probe.execute_command("CLIENT", "UNPAUSE")
         await probe.aclose()
         await store.close()
+
+
+async def test_a_burst_beyond_the_in_flight_bound_waits_for_a_slot_on_a_healthy_store(
+    store: CountingStore,
+) -> None:
+    """Against a store that answers, a burst of twice the bound is served, not refused."""
+    import asyncio
+
+    admin = AdminService(store)  # type: ignore[arg-type]
+    secrets = [(await admin.create_key("t", owner_id="o"))[1] for _ in range(8)]
+    validator = Validator(store, make_cache(), max_store_inflight=4, store_budget_s=30.0)  # type: ignore[arg-type]
+    decisions = await asyncio.gather(*(validator.validate(ValidationRequest(s)) for s in secrets))
+    assert [d.code for d in decisions] == [Code.VALID] * 8
+    assert validator.store_shed == 0

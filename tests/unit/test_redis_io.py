@@ -26,7 +26,7 @@ async def test_a_read_is_retried_within_its_budget() -> None:
 
     assert await caller.read(refused) == "ok"
     assert attempts == 3
-    assert caller.read_budget_s == 3.0
+    assert caller.budget_s == 3.0
 
 
 async def test_a_read_that_fails_every_time_gives_up_after_its_retries() -> None:
@@ -59,7 +59,7 @@ async def test_a_read_that_hangs_is_cut_at_the_deadline_and_not_retried_past_it(
     assert attempts == 1
 
 
-async def test_a_write_is_one_attempt_cut_at_one_timeout() -> None:
+async def test_a_write_is_one_attempt_cut_at_the_budget() -> None:
     caller = Caller(retries=3, timeout_s=0.02)
     attempts = 0
 
