@@ -26,7 +26,7 @@ __all__ = [
 VALIDATE_METHOD = "/keysvc.v1.KeyService/Validate"
 EXTAUTHZ_METHOD = "/envoy.service.auth.v3.Authorization/Check"
 NAMES = ("floor", "hit", "miss", "limited", "malformed", "extauthz", "hit-workers2",
-         "floor-aio", "hit-aio", "miss-aio")
+         "floor-aio", "hit-aio", "miss-aio", "stall", "stall-aio")
 _FLOOR_SYNC = ("--stack", "sync", "--threads", "16")  # as keysvc's default KEYSVC_GRPC_THREADS
 # Stacks named, not left to `auto` (which follows the bench's pinning): each row says what it ran.
 _SYNC = ("--grpc-stack", "sync")
@@ -66,6 +66,7 @@ class Scenario:
     expect: str = "VALID"  # what the probe must see: a Code name, or "allow"
     floor: bool = False
     workers: int = 1  # > 1: worker i is pinned to the server's core, then the client's
+    stall: bool = False  # the store is SIGSTOPped and misses flood in during the load (_bench_stall)
 
 
 def _validate(key: str) -> bytes:
@@ -112,6 +113,10 @@ def scenarios(fixture: Fixture) -> dict[str, Scenario]:
         "hit-aio": Scenario("hit-aio", "hit on --grpc-stack aio", VALIDATE_METHOD, hit, _AIO),
         "miss-aio": Scenario("miss-aio", "miss on --grpc-stack aio", VALIDATE_METHOD, hit,
                              (*_AIO, "--cache-ttl-s", "0")),
+        "stall": Scenario("stall", "hit while Redis is SIGSTOPped and a flood of misses waits on it",
+                          VALIDATE_METHOD, hit, _SYNC, stall=True),
+        "stall-aio": Scenario("stall-aio", "stall on --grpc-stack aio", VALIDATE_METHOD, hit, _AIO,
+                              stall=True),
     }
 
 

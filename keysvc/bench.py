@@ -48,6 +48,7 @@ class BenchOptions:
     rounds: int = 1  # each scenario runs this many times, round-robin; the table shows medians
     memory_keys: tuple[int, ...] = ()  # empty: no memory measurement
     revocations: int = 0  # 0: no propagation measurement
+    stall_samples: int = 100  # misses timed with the store stopped, per stall row
 
 
 @dataclass(slots=True)
@@ -68,6 +69,9 @@ class Row:
     store_cmds_per_call: float = math.nan  # Redis total_commands_processed per call
     client_cpu: float = math.nan
     client_saturated: bool = False
+    miss_budget_p50_ms: float = math.nan  # stall rows: a miss with the store stopped
+    miss_budget_p99_ms: float = math.nan
+    miss_budget_max_ms: float = math.nan
     calls: int = 0
     rounds: list[dict[str, float]] = field(default_factory=list)  # per round: qps, cpu_us_per_call, p99_ms
     notes: list[str] = field(default_factory=list)
@@ -141,22 +145,52 @@ def _drive(server: Any, scenario: Any, ctx: _Context, row: Row) -> None:
     )
     if len(plan.server_pids) > 1:
         row.notes.append(f"{len(plan.server_pids)} processes (parent + workers), CPU summed")
-    if opts.warmup_s > 0:
-        row.errors += warm_up(plan, ctx.h2load, opts.warmup_s)
-    reads_before, commands_before = ctx.redis.counters()
-    result = run_h2load(plan, ctx.h2load)
-    reads_after, commands_after = ctx.redis.counters()
+    if scenario.stall:
+        result = _stalled(server, plan, ctx, row)
+    else:
+        if opts.warmup_s > 0:
+            row.errors += warm_up(plan, ctx.h2load, opts.warmup_s)
+        reads_before, commands_before = ctx.redis.counters()
+        result = run_h2load(plan, ctx.h2load)
+        reads_after, commands_after = ctx.redis.counters()
+        if result.requests:  # minus our own INFO call
+            row.store_round_trips_per_call = (reads_after - reads_before - 1) / result.requests
+            row.store_cmds_per_call = (commands_after - commands_before - 1) / result.requests
     row.qps, row.p50_ms, row.p99_ms, row.p999_ms = (
         result.qps, result.p50_ms, result.p99_ms, result.p999_ms)
     row.cpu_us_per_call, row.client_cpu = result.server_cpu_us_per_call, result.client_cpu
     row.client_saturated, row.calls = result.client_saturated, result.succeeded
-    if result.requests:  # minus our own INFO call
-        row.store_round_trips_per_call = (reads_after - reads_before - 1) / result.requests
-        row.store_cmds_per_call = (commands_after - commands_before - 1) / result.requests
     row.errors += result.errors
     if result.server_core_steal > 0.02:
         row.notes.append(f"the hypervisor took {result.server_core_steal:.0%} of the server's core (steal): "
                          "a noisy run")
+
+
+def _stalled(server: Any, plan: Any, ctx: _Context, row: Row) -> Any:
+    """Run h2load on the cached key while the store is stopped and misses flood in (no Redis counters)."""
+    import dataclasses
+
+    from keysvc._bench_load import run_h2load, warm_up
+    from keysvc._bench_stall import Stall
+
+    plan = dataclasses.replace(plan, connections=1, streams=1)  # what one hit waits, not throughput
+    row.notes.append("h2load -c 1 -m 1: one cached-key call at a time")
+    stall = Stall(ctx.redis, server, ctx.options.stall_samples)
+    try:
+        stall.start()
+        if ctx.options.warmup_s > 0:
+            row.errors += warm_up(plan, ctx.h2load, ctx.options.warmup_s)
+        result = run_h2load(plan, ctx.h2load)
+    finally:
+        notes = stall.stop()
+    row.notes += [n for n in notes if not n.startswith("!")]
+    row.errors += [n.removeprefix("! ") for n in notes if n.startswith("!")]
+    row.miss_budget_p50_ms, row.miss_budget_p99_ms = stall.miss_p50_ms, stall.miss_p99_ms
+    row.miss_budget_max_ms = stall.miss_max_ms
+    row.notes.append(f"{len(stall.miss_ms)} misses timed with the store stopped: p50 "
+                     f"{row.miss_budget_p50_ms:.1f} ms, p99 {row.miss_budget_p99_ms:.1f} ms, "
+                     f"max {row.miss_budget_max_ms:.1f} ms (client round trip included)")
+    return result
 
 
 @dataclass
@@ -184,7 +218,8 @@ def _median(runs: list[Row]) -> Row:
     if not measured:
         return row
     for name in ("qps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_call", "store_round_trips_per_call",
-                 "store_cmds_per_call", "client_cpu"):
+                 "store_cmds_per_call", "client_cpu", "miss_budget_p50_ms", "miss_budget_p99_ms",
+                 "miss_budget_max_ms"):
         setattr(row, name, statistics.median(getattr(run, name) for run in measured))
     row.client_saturated = any(run.client_saturated for run in measured)
     row.calls = sum(run.calls for run in measured)
@@ -332,6 +367,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         scenarios=names, duration_s=duration, warmup_s=0.3 if args.quick else 1.0,
         connections=args.concurrency, streams=args.streams, server_cpu=server_cpu, client_cpu=client_cpu,
         rounds=rounds, memory_keys=memory, revocations=revocations if args.propagation else 0,
+        stall_samples=20 if args.quick else 100,
     )
 
 

@@ -68,6 +68,9 @@ def install(
         "keysvc.store.errors", [lambda _: [Observation(validator.store_errors)]], unit="{error}",
         description="Store calls on the validation path that failed or timed out.")
     meter.create_observable_counter(
+        "keysvc.store.shed", [lambda _: [Observation(validator.store_shed)]], unit="{call}",
+        description="Misses answered without asking the store: too many were waiting on it.")
+    meter.create_observable_counter(
         "keysvc.last_used.dropped", [lambda _: [Observation(validator.last_used_dropped)]],
         unit="{use}", description="Last-use updates dropped by the write-behind bound.")
     meter.create_observable_gauge(

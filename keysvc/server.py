@@ -134,7 +134,11 @@ def build(settings: Settings, store: Store | None = None) -> App:
         negative_max=settings.negative_cache_size, negative_ttl_s=settings.negative_ttl_s,
         stale_window_s=settings.stale_window_s,
     )
-    validator = Validator(store, cache, fail_open=settings.fail_open, last_used_max=settings.cache_size)
+    validator = Validator(
+        store, cache, fail_open=settings.fail_open, last_used_max=settings.cache_size,
+        max_store_inflight=settings.max_store_inflight,
+        store_budget_s=settings.store_timeout_ms / 1000 * (1 + settings.store_retries),
+    )
     follower = EventFollower(
         store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
     )
@@ -158,9 +162,12 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     if app.stack == "sync":
         # No interceptors on either stack: they would run on every Validate.
         server = grpc.server(futures.ThreadPoolExecutor(s.grpc_threads, thread_name_prefix="grpc"),
-                             options=options)
-        # WatchEvents streams hold a thread each: they may take at most a quarter of the pool.
-        bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4))
+                             options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        # WatchEvents streams hold a thread each: they may take at most a quarter of the pool;
+        # streams and calls waiting on the loop (misses, admin RPCs) together at most three
+        # quarters: the last quarter always answers hits.
+        bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4),
+                        max_held=s.grpc_threads - max(1, s.grpc_threads // 4))
         blocking = {"Validate": functools.partial(keyservice.validate_blocking, bridge=bridge)}
         keyservice = threaded_servicer(keyservice, keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"],
                                        bridge, blocking)
@@ -169,7 +176,7 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
             {"Check": functools.partial(authorization.check_blocking, bridge=bridge)},
         )
     else:
-        server = aio.server(options=options)
+        server = aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
     keysvc_pb2_grpc.add_KeyServiceServicer_to_server(keyservice, server)  # type: ignore[no-untyped-call]
     # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)

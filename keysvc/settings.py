@@ -34,7 +34,10 @@ class Settings:
     listen: str = _f("127.0.0.1:50051", "gRPC address of Validate and ext_authz: host:port or unix:/path.")
     admin_listen: str = _f("", "Separate gRPC address for admin RPCs; empty serves them on `listen`.")
     store: str = _f("sqlite:///keysvc.db", "Store URL: sqlite:///path/to/file.db or redis://host:port/db.")
-    store_timeout_ms: int = _f(100, "Timeout of one store call, in milliseconds.")
+    store_timeout_ms: int = _f(
+        100, "Timeout of one store call, in milliseconds; a validation's store work gets "
+        "this x (1 + retries) in all."
+    )
     store_retries: int = _f(1, "Retries of a failed idempotent store read before giving up.")
     redis_namespace: str = _f("keysvc", "Prefix of every Redis key (and the Cluster hash tag).")
     key_prefix: str = _f("ks", "Default prefix of new keys.")
@@ -56,6 +59,15 @@ class Settings:
         "sync when the process may run on one CPU only, else aio."
     )
     grpc_threads: int = _f(16, "Threads of the sync stack's pool: the most calls it runs at once.")
+    max_concurrent_rpcs: int = _f(
+        1024, "Most gRPC calls (streams included) a server runs or queues at once; "
+        "beyond it a call is refused with RESOURCE_EXHAUSTED at once."
+    )
+    max_store_inflight: int = _f(
+        32, "Most validations waiting on the store at once (as many more may wait for a slot "
+        "within their budget); beyond that a miss answers UNAVAILABLE at once (or from the stale "
+        "cache), counted in keysvc.store.shed."
+    )
     http_listen: str = _f(
         "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."
     )
@@ -97,7 +109,7 @@ def _check(s: Settings) -> None:
     if not (s.store.startswith("sqlite://") or s.store.startswith(("redis://", "rediss://", "unix://"))):
         raise bad("store", f"unsupported store URL {s.store!r}; use sqlite:///file.db or redis://host:port/db")
     for name in ("store_timeout_ms", "cache_size", "negative_cache_size", "event_poll_ms",
-                 "event_retention", "max_request_bytes"):
+                 "event_retention", "max_request_bytes", "max_concurrent_rpcs", "max_store_inflight"):
         if getattr(s, name) <= 0:
             raise bad(name, "must be > 0")
     for name in ("store_retries",):

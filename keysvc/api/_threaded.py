@@ -11,6 +11,14 @@ serves both stacks: `Bridge.unary` / `Bridge.stream` adapt an aio handler.
 
 Cancellation: a call that ends early (client gone, deadline, server stopping)
 cancels the coroutine it is waiting on, so nothing keeps running for it.
+
+Overload: grpc's sync server cannot answer asynchronously, so a call waiting
+for the loop holds its pool thread. At most `max_held` threads (three quarters
+of the pool) may be held by the loop at once, streams and waiting calls
+together, each unary wait bounded by its deadline (or `max_wait_s`); a call
+beyond that is answered at once (Validate: its shed answer, UNAVAILABLE; a
+stream: RESOURCE_EXHAUSTED; others: the UNAVAILABLE status), so threads are
+always left for cache hits however slow the store is.
 """
 
 from __future__ import annotations
@@ -82,30 +90,71 @@ class Bridge:
         loop: the running loop of the process (store clients belong to it).
         max_streams: most server streams (WatchEvents) open at once: each
             holds a pool thread while it lasts, so they must not take them all.
+        max_held: most pool threads held by the loop at once: open streams and
+            unary calls waiting for their coroutine together.
+        max_wait_s: the longest a thread waits on the loop for a call without a deadline.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_streams: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, max_streams: int, max_held: int,
+        max_wait_s: float = 30.0,
+    ) -> None:
         self._loop = loop
         self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
+        self._held_lock = threading.Lock()
+        self._held = 0  # under _held_lock: pool threads now held by the loop
+        self._max_held = max_held
+        self._max_wait_s = max_wait_s
 
-    def run(self, coroutine: Coroutine[Any, Any, _T], context: grpc.ServicerContext, method: str) -> _T:
-        """Run `coroutine` on the loop and wait for it; cancel it if the call ends first.
+    def run(
+        self, coroutine: Coroutine[Any, Any, _T], context: grpc.ServicerContext, method: str,
+        busy: Callable[[], _T] | None = None,
+    ) -> _T:
+        """Run `coroutine` on the loop and wait for it (bounded); cancel it if the call ends first.
 
         Ends the call with a status as grpc.aio would: the code a handler
-        aborted with, CANCELLED when the call ended first, and INTERNAL (logged
-        with its trace by `status_for`) for anything unexpected.
+        aborted with, CANCELLED when the call ended first, DEADLINE_EXCEEDED
+        when the wait ran out, and INTERNAL (logged with its trace by
+        `status_for`) for anything unexpected. When `max_held` threads are held
+        already, the coroutine is dropped unstarted and the call answered at
+        once: `busy()`, or without it the UNAVAILABLE status.
         """
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        context.add_callback(lambda: _cancel(future))  # a no-op once the coroutine is done
+        if not self._hold():
+            coroutine.close()
+            if busy is not None:
+                return busy()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server busy: too many calls waiting for the store")
         try:
-            return future.result()
-        except _Aborted as aborted:
-            context.abort(aborted.code, aborted.details)
-        except concurrent.futures.CancelledError:
-            context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
-        except Exception as exc:
-            context.abort(*status_for(exc, method))
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            context.add_callback(lambda: _cancel(future))  # a no-op once the coroutine is done
+            remaining = context.time_remaining()
+            wait_s = self._max_wait_s if remaining is None else min(remaining, self._max_wait_s)
+            try:
+                return future.result(timeout=max(0.0, wait_s))
+            except TimeoutError:
+                future.cancel()
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the deadline")
+            except _Aborted as aborted:
+                context.abort(aborted.code, aborted.details)
+            except concurrent.futures.CancelledError:
+                context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
+            except Exception as exc:
+                context.abort(*status_for(exc, method))
+        finally:
+            self._unhold()
+
+    def _hold(self) -> bool:
+        """Take a held-thread slot if one is free."""
+        with self._held_lock:
+            if self._held < self._max_held:
+                self._held += 1
+                return True
+        return False
+
+    def _unhold(self) -> None:
+        with self._held_lock:
+            self._held -= 1
 
     def unary(
         self, handler: Callable[[_Req, Any], Awaitable[_Resp]], method: str
@@ -130,9 +179,15 @@ class Bridge:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"at most {self.max_streams} streams at once on this server "
                               "(raise KEYSVC_GRPC_THREADS, or use KEYSVC_GRPC_STACK=aio)")
+            if not self._hold():
+                self._streams.release()
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "server busy: too many calls waiting for the store "
+                              "(raise KEYSVC_GRPC_THREADS, or use KEYSVC_GRPC_STACK=aio)")
             try:
                 yield from self._pump(handler(request, AsyncContext(context)), context, method)
             finally:
+                self._unhold()
                 self._streams.release()
 
         return stream

@@ -110,7 +110,8 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         validator = self._validator
         decision = validator.check_cached(validation)
         if decision is None:
-            decision = bridge.run(validator.validate_from_store(validation), context, "Validate")
+            decision = bridge.run(validator.validate_from_store(validation), context, "Validate",
+                                  busy=lambda: validator.shed(validation))
         return self._response(decision)
 
     @_rpc
@@ -121,7 +122,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         if len(request.requests) > MAX_BATCH:
             raise InvalidArgumentError(f"requests: at most {MAX_BATCH}")
         validations = [_validation_request(r) for r in request.requests]
-        decisions = [await self._validator.validate(v) for v in validations]
+        decisions = await self._validator.validate_many(validations)
         return pb.BatchValidateResponse(responses=[self._response(d) for d in decisions])
 
     @_rpc

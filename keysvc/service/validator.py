@@ -6,10 +6,20 @@ the gRPC stack under it is a choice made by measurement. It may run on several
 threads at once (the sync stack) while the loop's thread runs everything else:
 its shared maps are only read or changed by single, GIL-atomic operations. `validate` adds the
 store round trips for misses and for keys with counters.
+
+Store work is bounded, so misses cannot hold up hits: at most `max_store_inflight`
+answers wait on the store at once and as many more wait for a slot (`StoreSlots`);
+beyond that, or when its slot does not come in time, a miss is answered without the
+store, from the stale cache or UNAVAILABLE, and counted in `store_shed`. Each answer
+waits at most `store_budget_s` in all (one deadline for its slot, record, policy and
+counters). The slots are only touched on the loop's thread, where every coroutine
+here runs; `shed` (also called by the sync stack's threads) counts under a lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -22,6 +32,7 @@ from keysvc.errors import StoreUnavailableError
 from keysvc.keys import well_formed_hash
 from keysvc.model import Code, CounterResult, Decision, KeyRecord, Policy, RateLimitState, budget_of
 from keysvc.policy import Grant, evaluate, make_grant
+from keysvc.service._slots import StoreSlots
 from keysvc.store.base import Store
 
 __all__ = ["ValidationRequest", "Validator"]
@@ -86,6 +97,9 @@ class Validator:
         monotonic: clock for cache ages.
         last_used_max: most distinct keys whose last use is held between two
             write-behind flushes (memory bound; later ones are counted and dropped).
+        max_store_inflight: most answers (a Validate miss, a whole batch) waiting
+            on the store at once, and most waiting for a slot.
+        store_budget_s: the most one answer waits on the store, all its calls together.
     """
 
     def __init__(
@@ -97,6 +111,8 @@ class Validator:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         last_used_max: int = 100_000,
+        max_store_inflight: int = 32,
+        store_budget_s: float = 0.2,
     ) -> None:
         self._store = store
         self.cache = cache
@@ -116,6 +132,11 @@ class Validator:
         # durations of answers that needed the store.
         self.decisions = [0] * (max(Code) + 1)
         self.store_errors = 0
+        # Answers given without asking the store because too many were waiting on it.
+        self.store_shed = 0
+        self._shed_lock = threading.Lock()
+        self._slots = StoreSlots(max_store_inflight)
+        self._store_budget_s = store_budget_s
         self.on_store_answer: Callable[[float], None] | None = None
         # key_ids whose lost quota counter was logged (loop thread only; bounded).
         self._missing_quota_warned: set[str] = set()
@@ -181,26 +202,107 @@ class Validator:
     async def validate_from_store(self, request: ValidationRequest) -> Decision:
         """Answer a request that `check_cached` could not (it returned None)."""
         started = time.perf_counter()
-        decision = await self._validate_from_store(request)
+        deadline = asyncio.get_running_loop().time() + self._store_budget_s
+        if not await self._slots.acquire(deadline):
+            return self.shed(request)
+        try:
+            decision = await self._validate_from_store(request, deadline)
+        finally:
+            self._slots.release()
         self.decisions[decision.code] += 1
         if self.on_store_answer is not None:
             self.on_store_answer(time.perf_counter() - started)
         return decision
 
-    async def _validate_from_store(self, request: ValidationRequest) -> Decision:
+    async def validate_many(self, requests: Sequence[ValidationRequest]) -> list[Decision]:
+        """Answer a batch: hits from memory, every miss from one store read under one budget.
+
+        The batch takes one in-flight slot; the records of all its misses are
+        read in one round trip (`Store.get_keys_by_hash`), their uncached
+        policies and counters concurrently, all within one `store_budget_s`.
+        """
+        answers = [self.check_cached(r) for r in requests]
+        misses = [i for i, answer in enumerate(answers) if answer is None]
+        if not misses:
+            return [a for a in answers if a is not None]
+        started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self._store_budget_s
+        if not await self._slots.acquire(deadline):
+            for i in misses:
+                answers[i] = self.shed(requests[i])
+            return [a for a in answers if a is not None]
+        try:
+            hashes = {h for i in misses if (h := well_formed_hash(requests[i].key)) is not None}
+            try:
+                async with asyncio.timeout_at(deadline):
+                    found = await self._fetch_many(sorted(hashes))
+            except (StoreUnavailableError, TimeoutError):
+                self.store_errors += 1
+                found = None
+            decided = await asyncio.gather(
+                *(self._judge(requests[i], found, deadline) for i in misses)
+            )
+        finally:
+            self._slots.release()
+        for i, decision in zip(misses, decided, strict=True):
+            self.decisions[decision.code] += 1
+            answers[i] = decision
+        if self.on_store_answer is not None:
+            self.on_store_answer(time.perf_counter() - started)
+        return [a for a in answers if a is not None]
+
+    def shed(self, request: ValidationRequest) -> Decision:
+        """Answer a miss without asking the store (too many wait on it): stale, fail-open or UNAVAILABLE."""
+        with self._shed_lock:
+            self.store_shed += 1
+        key_hash = well_formed_hash(request.key)
+        decision = _MALFORMED if key_hash is None else self._unreachable(request, key_hash)
+        self.decisions[decision.code] += 1
+        return decision
+
+    def _unreachable(self, request: ValidationRequest, key_hash: str) -> Decision:
+        """The answer when the store cannot be asked: from the stale window, else fail open or closed."""
+        found = self._stale(key_hash)
+        if found is None:
+            return Decision(Code.VALID, message="fail-open") if self._fail_open else _UNAVAILABLE
+        entry, policy = found
+        now = self._clock()
+        grant = _grant(entry, policy)
+        decision = evaluate(entry.record, policy, request.required_scopes, request.client_ip, now, grant)
+        if decision.code is not Code.VALID:
+            return decision
+        if grant.limited and not self._fail_open:
+            # Counters live only in the store: without it, limits cannot be kept.
+            return Decision(Code.UNAVAILABLE, entry.record, policy, decision.scopes, "key store unavailable")
+        self._note_use(entry.record.key_id, now)
+        return decision
+
+    async def _validate_from_store(self, request: ValidationRequest, deadline: float) -> Decision:
         key_hash = well_formed_hash(request.key)
         if key_hash is None:  # check_cached refuses these; this only keeps the types honest
             return _MALFORMED
         try:
-            found = await self._fetch(key_hash)
-        except StoreUnavailableError:
+            async with asyncio.timeout_at(deadline):
+                found = {key_hash: await self._fetch(key_hash)}
+        except (StoreUnavailableError, TimeoutError):
             self.store_errors += 1
-            found = self._stale(key_hash)
-            if found is None:
-                return Decision(Code.VALID, message="fail-open") if self._fail_open else _UNAVAILABLE
+            return self._unreachable(request, key_hash)
+        return await self._judge(request, found, deadline)
+
+    async def _judge(
+        self, request: ValidationRequest,
+        found: dict[str, tuple[CachedKey, Policy | None] | None] | None, deadline: float,
+    ) -> Decision:
+        """Decide one miss from what the store returned (`found` None: it did not answer)."""
+        key_hash = well_formed_hash(request.key)
+        if key_hash is None:
+            return _MALFORMED
         if found is None:
+            return self._unreachable(request, key_hash)
+        hit = found.get(key_hash)
+        if hit is None:
             return _NOT_FOUND
-        entry, policy = found
+        entry, policy = hit
         record = entry.record
         now = self._clock()
         grant = _grant(entry, policy)
@@ -208,7 +310,7 @@ class Validator:
         if decision.code is not Code.VALID:
             return decision
         if grant.limited:
-            decision = await self._take(decision, record, policy, max(request.cost, 1), now)
+            decision = await self._take(decision, record, policy, max(request.cost, 1), now, deadline)
         if decision.code is Code.VALID:
             self._note_use(record.key_id, now)
         return decision
@@ -235,6 +337,37 @@ class Validator:
                     cache.put_policy(policy, mono, epoch)
         return entry, policy
 
+    async def _fetch_many(
+        self, key_hashes: Sequence[str]
+    ) -> dict[str, tuple[CachedKey, Policy | None] | None]:
+        """`_fetch` for many hashes: one store read for the records, their policies concurrently."""
+        cache = self.cache
+        epoch = cache.epoch
+        mono = self._monotonic()
+        entries: dict[str, CachedKey | None] = {h: cache.get(h, mono) for h in key_hashes}
+        wanted = [h for h, entry in entries.items() if entry is None]
+        for key_hash, stored in zip(wanted, await self._store.get_keys_by_hash(wanted), strict=True):
+            if stored is None:
+                cache.put_unknown(key_hash, mono, epoch)
+            else:
+                entries[key_hash] = cache.put(stored, mono, epoch)
+        policies: dict[str, Policy | None] = {}
+        for entry in entries.values():
+            policy_id = entry.record.policy_id if entry is not None else ""
+            if policy_id and policy_id not in policies:
+                policies[policy_id] = cache.get_policy(policy_id, mono)
+        missing = [p for p, policy in policies.items() if policy is None]
+        for policy_id, policy in zip(
+            missing, await asyncio.gather(*(self._store.get_policy(p) for p in missing)), strict=True
+        ):
+            policies[policy_id] = policy
+            if policy is not None:
+                cache.put_policy(policy, mono, epoch)
+        return {
+            h: None if entry is None else (entry, policies.get(entry.record.policy_id))
+            for h, entry in entries.items()
+        }
+
     def _stale(self, key_hash: str) -> tuple[CachedKey, Policy | None] | None:
         """The cached key and its policy within the stale window, if any."""
         mono = self._monotonic()
@@ -250,15 +383,17 @@ class Validator:
         return entry, policy
 
     async def _take(
-        self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float
+        self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float,
+        deadline: float,
     ) -> Decision:
         rate_limit = policy.rate_limit if policy is not None else None
         refill = policy.quota_refill if policy is not None else None
         try:
-            result = await self._store.take(
-                budget_of(record), cost, rate_limit, record.has_quota, refill, now
-            )
-        except StoreUnavailableError:
+            async with asyncio.timeout_at(deadline):
+                result = await self._store.take(
+                    budget_of(record), cost, rate_limit, record.has_quota, refill, now
+                )
+        except (StoreUnavailableError, TimeoutError):
             self.store_errors += 1
             # Counters live only in the store: without it, limits cannot be kept.
             if self._fail_open:

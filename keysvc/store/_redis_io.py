@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -53,9 +54,9 @@ def unavailable() -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError,
-            OSError) as exc:
+            OSError, TimeoutError) as exc:
         # OutOfMemoryError: redis-py strips the "OOM" prefix the check below looks for.
-        raise StoreUnavailableError(f"redis: {exc}") from exc
+        raise StoreUnavailableError(f"redis: {exc or 'no answer within the store budget'}") from exc
     except ResponseError as exc:
         if str(exc).startswith(_UNAVAILABLE_REPLIES):
             raise StoreUnavailableError(f"redis: {exc}") from exc
@@ -67,31 +68,55 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _ignore(_: Exception) -> None:
-    return None
-
-
 class Caller:
-    """Runs calls to Redis: reads retried, writes not, every failure mapped.
+    """Runs calls to Redis: reads retried, writes not, every failure mapped, each call under one deadline.
 
-    A write is never retried: after a timeout it may have been applied, and
-    applying it twice (a take, an XADD) would be wrong.
+    Every call gets one budget, `timeout_s * (1 + retries)`: waiting for a
+    pooled connection, connecting, every attempt and the backoffs between
+    them all count against it. A read is retried inside it, a retry started
+    only while at least a quarter of one attempt's timeout is left (a sliver
+    could not answer anyway). A write gets one attempt (the whole budget); it
+    is never retried: after a timeout it may have been applied, and applying
+    it twice (a take, an XADD) would be wrong.
+
+    Args:
+        retries: extra attempts of a failed read.
+        timeout_s: the timeout of one attempt.
     """
 
-    def __init__(self, retries: int) -> None:
+    def __init__(self, retries: int, timeout_s: float) -> None:
+        self._retries = retries
+        self._timeout_s = timeout_s
         # Backoff of a millisecond or so: sized for a sub-millisecond service.
-        self._retry = Retry(ExponentialWithJitterBackoff(base=0.0005, cap=0.005), retries)
+        self._backoff = ExponentialWithJitterBackoff(base=0.0005, cap=0.005)
+
+    @property
+    def budget_s(self) -> float:
+        """The most one call may take, a read's retries included."""
+        return self._timeout_s * (1 + self._retries)
 
     async def read(self, op: Callable[[], Awaitable[_T]]) -> _T:
-        """Run an idempotent call, retrying connection errors and timeouts."""
-        with unavailable():
-            return await self._retry.call_with_retry(op, _ignore)
+        """Run an idempotent call, retrying connection errors and timeouts within the read budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget_s
+        failures = 0
+        while True:
+            try:
+                with unavailable():
+                    async with asyncio.timeout_at(deadline):
+                        return await op()
+            except StoreUnavailableError:
+                failures += 1
+                pause = self._backoff.compute(failures)
+                if failures > self._retries or deadline - loop.time() - pause < self._timeout_s / 4:
+                    raise
+                await asyncio.sleep(pause)
 
-    @staticmethod
-    async def write(op: Awaitable[_T]) -> _T:
-        """Await a call once."""
+    async def write(self, op: Awaitable[_T]) -> _T:
+        """Await a call once, within the budget."""
         with unavailable():
-            return await op
+            async with asyncio.timeout(self.budget_s):
+                return await op
 
 
 async def warn_if_evictable(client: Redis, caller: Caller) -> None:

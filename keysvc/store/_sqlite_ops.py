@@ -214,6 +214,22 @@ def get_key(conn: sqlite3.Connection, *, key_id: str = "", key_hash: str = "") -
     return None if row is None else record_from_dict(loads(row[0]))
 
 
+_IN_CHUNK = 500  # bound parameters per statement (SQLite's limit is 999 on old builds)
+
+
+def keys_by_hash(conn: sqlite3.Connection, key_hashes: Sequence[str]) -> list[KeyRecord | None]:
+    """Return the key of each hash, in order (None where unknown)."""
+    found: dict[str, KeyRecord] = {}
+    for start in range(0, len(key_hashes), _IN_CHUNK):
+        chunk = key_hashes[start:start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for key_hash, body in conn.execute(
+            f"SELECT key_hash, body FROM keys WHERE key_hash IN ({marks})", tuple(chunk)  # noqa: S608 - only ? marks
+        ):
+            found[key_hash] = record_from_dict(loads(body))
+    return [found.get(h) for h in key_hashes]
+
+
 def keys_page(conn: sqlite3.Connection, owner_id: str, after: str, limit: int) -> list[KeyRecord]:
     """Return up to `limit` keys with key_id > `after`, of `owner_id` ("" = all)."""
     if owner_id:

@@ -96,6 +96,16 @@ class Store(Protocol):
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
         """Return the key whose secret hashes to `key_hash`, or None (the hot-path read)."""
 
+    async def get_keys_by_hash(self, key_hashes: Sequence[str]) -> Sequence[KeyRecord | None]:
+        """Return the key of each hash, in order (None where unknown): one round trip.
+
+        The batched hot-path read (BatchValidate): one MGET in Redis, one
+        query in SQLite, within the one timeout and retry budget of a read.
+
+        Raises:
+            StoreUnavailableError: for the whole batch; never a partial answer.
+        """
+
     async def list_keys(self, owner_id: str, page_size: int, page_token: str) -> KeyPage:
         """Page through keys ordered by key_id, optionally only `owner_id`'s ("" = all).
 

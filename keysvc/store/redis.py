@@ -43,9 +43,11 @@ Clock: takes count on Redis's TIME, read inside the script, so sidecars
 with skewed clocks agree on window boundaries and refill times.
 
 Timeouts: every call has `timeout_s` on connect, on each reply and on
-waiting for a pooled connection (redis-py's defaults are seconds). Reads are
-retried `retries` times with a backoff of a millisecond or so; writes never
-are (a retried write could apply twice). Blocking event reads use their own
+waiting for a pooled connection (redis-py's defaults are seconds), and one
+deadline over all of it (`Caller`), `timeout_s * (1 + retries)`: a read's
+retries (backoff of a millisecond or so) run inside it; writes get one
+attempt, never retried (a retried write could apply twice).
+Blocking event reads use their own
 client without a socket timeout, bounded by `block_s + timeout_s` per call.
 
 Modules: `_redis_scripts` (Lua), `_redis_counters` (the per-key slots),
@@ -152,7 +154,7 @@ class RedisStore:
         self._blocking = make_client(
             url, socket_timeout=None, connect_timeout=timeout_s, max_connections=max_connections
         )
-        self._call = Caller(retries)
+        self._call = Caller(retries, timeout_s)
         self._timeout_s = timeout_s
         self._retention = event_retention
         self._closed = False
@@ -287,6 +289,11 @@ class RedisStore:
         """
         body = await self._call.read(lambda: self._client.get(self._k("hash", key_hash)))
         return None if body is None else record_from_dict(loads(body))
+
+    async def get_keys_by_hash(self, key_hashes: Sequence[str]) -> Sequence[KeyRecord | None]:
+        """Return the key of each hash, in order (None where unknown): one MGET."""
+        bodies = await self._mget([self._k("hash", h) for h in key_hashes])
+        return [None if b is None else record_from_dict(loads(b)) for b in bodies]
 
     async def list_keys(self, owner_id: str, page_size: int, page_token: str) -> KeyPage:
         """Page through keys ordered by key_id, optionally only `owner_id`'s."""

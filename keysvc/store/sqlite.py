@@ -211,6 +211,10 @@ class SqliteStore:
         """Return the key whose secret hashes to `key_hash`, or None."""
         return await self._run(partial(ops.get_key, key_hash=key_hash))
 
+    async def get_keys_by_hash(self, key_hashes: Sequence[str]) -> Sequence[KeyRecord | None]:
+        """Return the key of each hash, in order (None where unknown): one query."""
+        return await self._run(partial(ops.keys_by_hash, key_hashes=key_hashes))
+
     async def list_keys(self, owner_id: str, page_size: int, page_token: str) -> KeyPage:
         """Page through keys ordered by key_id, optionally only `owner_id`'s."""
         check_page_size(page_size)

@@ -133,6 +133,18 @@ async def test_create_and_get_key(store: Store) -> None:
     assert await store.get_quota("nope") is None
 
 
+async def test_get_keys_by_hash_answers_a_batch_in_order(store: Store) -> None:
+    for key_id in ("k1", "k2"):
+        await store.create_key(rec(key_id), None, ev(EventType.KEY_CREATED, key_id=key_id))
+    assert await store.get_keys_by_hash([]) == []
+    got = await store.get_keys_by_hash(["h-k2", "nope", "h-k1", "h-k2"])
+    assert got == [rec("k2"), None, rec("k1"), rec("k2")]
+    # More hashes than one SQLite statement may bind.
+    many = [f"absent-{i}" for i in range(1200)] + ["h-k1"]
+    got = await store.get_keys_by_hash(many)
+    assert got[:-1] == [None] * 1200 and got[-1] == rec("k1")
+
+
 async def test_create_duplicate_is_refused_and_writes_nothing(store: Store) -> None:
     await store.create_key(rec("k1"), None, ev())
     before = await store.last_cursor()
@@ -476,6 +488,8 @@ async def test_redis_unreachable_raises_store_unavailable(free_tcp_port: int) ->
             await store.ping()
         with pytest.raises(StoreUnavailableError):
             await store.get_key_by_hash("h")
+        with pytest.raises(StoreUnavailableError):
+            await store.get_keys_by_hash(["h", "h2"])
         with pytest.raises(StoreUnavailableError):
             await store.create_key(rec("k1"), 5, ev())
         with pytest.raises(StoreUnavailableError):

@@ -221,3 +221,100 @@ async def test_last_used_is_write_behind_and_bounded(store: CountingStore) -> No
     await store.touch(batch)
     assert set(await store.last_used(list(batch))) == set(batch)
     assert validator.drain_last_used() == {}
+
+
+async def test_a_batch_reads_all_its_misses_in_one_store_call(store: CountingStore) -> None:
+    admin = AdminService(store)  # type: ignore[arg-type]
+    await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read",)))
+    _, with_policy = await admin.create_key("t", owner_id="o", policy_id="p")
+    _, plain = await admin.create_key("t", owner_id="o", scopes=("write",))
+    unknown = [keys.generate().secret for _ in range(20)]
+    validator = Validator(store, make_cache())  # type: ignore[arg-type]
+    store.calls.clear()
+    batch = [ValidationRequest(with_policy, ["read"]), *map(ValidationRequest, unknown),
+             ValidationRequest(plain, ["write"]), ValidationRequest("garbage"), ValidationRequest(plain, ["read"])]
+    codes = [d.code for d in await validator.validate_many(batch)]
+    assert codes == [Code.VALID, *[Code.NOT_FOUND] * 20, Code.VALID, Code.MALFORMED, Code.INSUFFICIENT_SCOPE]
+    assert store.calls == Counter({"get_keys_by_hash": 1, "get_policy": 1})
+    # Now all cached (the unknown ones negatively): the same batch touches no store.
+    store.calls.clear()
+    assert [d.code for d in await validator.validate_many(batch)] == codes
+    assert sum(store.calls.values()) == 0
+
+
+async def test_redis_batch_is_one_round_trip(redis_url: str) -> None:
+    """Counted by Redis itself: a batch of 100 misses on a cold cache is one MGET."""
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, timeout_s=1.0)
+    secrets = [(await AdminService(store).create_key("t", owner_id="o"))[1] for _ in range(10)]
+    batch = [ValidationRequest(s) for s in secrets + [keys.generate().secret for _ in range(90)]]
+    validator = Validator(store, make_cache())
+    await store.ping()  # connect first
+    probe = aioredis.Redis.from_url(redis_url)
+    await probe.config_resetstat()
+    codes = [d.code for d in await validator.validate_many(batch)]
+    stats = await probe.info("commandstats")
+    await probe.aclose()
+    await store.close()
+    assert codes == [Code.VALID] * 10 + [Code.NOT_FOUND] * 90
+    calls = {name: int(s["calls"]) for name, s in stats.items()
+             if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    assert calls == {"cmdstat_mget": 1}
+
+
+async def test_misses_beyond_the_in_flight_bound_are_answered_without_the_store(redis_url: str) -> None:
+    """A paused Redis (CLIENT PAUSE) holds two misses, two more queue; a fifth is shed at once."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, timeout_s=0.2, retries=0)
+    await store.ping()
+    validator = Validator(store, make_cache(), max_store_inflight=2, store_budget_s=0.2)
+    probe = aioredis.Redis.from_url(redis_url)
+    await probe.execute_command("CLIENT", "PAUSE", "5000", "ALL")
+
+    def miss() -> ValidationRequest:
+        return ValidationRequest(keys.generate().secret)
+
+    try:
+        waiting = [asyncio.create_task(validator.validate(miss())) for _ in range(4)]
+        await asyncio.sleep(0)  # two wait on the store, two for a slot
+        shed = await validator.validate(miss())
+        assert shed.code is Code.UNAVAILABLE
+        assert not any(t.done() for t in waiting), "the fifth miss waited"
+        assert validator.store_shed == 1
+        # Every one answers within its budget: the store timed out, or its slot never came.
+        assert [(await t).code for t in waiting] == [Code.UNAVAILABLE] * 4
+        assert validator.store_errors >= 2 and validator.store_shed + validator.store_errors == 5
+        # Slots are given back: the next miss asks the store again (and times out on the pause).
+        errors = validator.store_errors
+        assert (await validator.validate(miss())).code is Code.UNAVAILABLE
+        assert validator.store_errors == errors + 1
+        # A batch takes one slot, and with none to be had its misses are shed together.
+        shed_before = validator.store_shed
+        held = [asyncio.create_task(validator.validate(miss())) for _ in range(4)]
+        await asyncio.sleep(0)
+        batch = await validator.validate_many([miss() for _ in range(5)])
+        assert [d.code for d in batch] == [Code.UNAVAILABLE] * 5
+        assert validator.store_shed == shed_before + 5
+        await asyncio.gather(*held)
+    finally:
+        await probe.execute_command("CLIENT", "UNPAUSE")
+        await probe.aclose()
+        await store.close()
+
+
+async def test_a_burst_beyond_the_in_flight_bound_waits_for_a_slot_on_a_healthy_store(
+    store: CountingStore,
+) -> None:
+    """Against a store that answers, a burst of twice the bound is served, not refused."""
+    import asyncio
+
+    admin = AdminService(store)  # type: ignore[arg-type]
+    secrets = [(await admin.create_key("t", owner_id="o"))[1] for _ in range(8)]
+    validator = Validator(store, make_cache(), max_store_inflight=4, store_budget_s=30.0)  # type: ignore[arg-type]
+    decisions = await asyncio.gather(*(validator.validate(ValidationRequest(s)) for s in secrets))
+    assert [d.code for d in decisions] == [Code.VALID] * 8
+    assert validator.store_shed == 0
