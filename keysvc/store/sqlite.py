@@ -12,8 +12,8 @@ per file anyway, and a cache hit never reaches the store.
 The event log is a table whose AUTOINCREMENT id is the cursor. Other
 processes' events are found by polling every `poll_interval_s`; this
 process's own appends wake its readers at once. Trimming runs every few
-appends (about 1% of the retention) and records the highest id it deleted,
-so an expired cursor is told apart exactly from one that is merely old.
+appends (about 1% of the retention); ids are dense, so an expired cursor
+is told apart exactly from one that is merely old (the next id is missing).
 """
 
 from __future__ import annotations
@@ -331,6 +331,5 @@ class SqliteStore:
                 await asyncio.wait_for(waiter.wait(), min(self._poll_interval_s, left))
 
     async def last_cursor(self) -> str:
-        """Return the cursor of the newest event ever appended ("" when none)."""
-        newest = await self._run(ops.last_id)
-        return str(newest) if newest else ""
+        """Return the id of the newest event ever appended ("0" when none)."""
+        return str(await self._run(ops.last_id))
