@@ -59,15 +59,19 @@ class AdminService:
         store: the backend.
         default_prefix: prefix of new keys when the request names none.
         clock: wall clock.
+        on_change: called with the event of every change this service wrote,
+            once the store took it, so this process applies its own change at
+            once instead of waiting for its event follower.
     """
 
     def __init__(
         self, store: Store, *, default_prefix: str = keys.DEFAULT_PREFIX,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, on_change: Callable[[Event], None] | None = None,
     ) -> None:
         self._store = store
         self._prefix = default_prefix
         self._clock = clock
+        self._on_change = on_change or (lambda event: None)
 
     # -- keys -------------------------------------------------------------
 
@@ -116,7 +120,9 @@ class AdminService:
                 owner_id=owner_id, created_at=now, updated_at=now, name=name, policy_id=policy_id,
                 scopes=own_scopes, metadata=meta, expires_at=expires_at, has_quota=quota is not None,
             )
-            await self._store.create_key(record, quota, self._event(EventType.KEY_CREATED, actor, record))
+            event = self._event(EventType.KEY_CREATED, actor, record)
+            await self._store.create_key(record, quota, event)
+            self._on_change(event)
             span.set("target.key_id", record.key_id)
             return KeyView(record, key_status(record, now), None, quota), generated.secret
 
@@ -218,9 +224,9 @@ class AdminService:
                     raise InvalidArgumentError("quota_remaining: must be >= 0")
                 fields["has_quota"] = quota is not None
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
-            await self._store.update_key(
-                updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record)
-            )
+            event = self._event(EventType.KEY_UPDATED, actor, record)
+            await self._store.update_key(updated, record.revision, event)
+            self._on_change(event)
             if "quota_remaining" in changes:
                 # After the revision-checked write, so a lost race changes nothing.
                 await self._store.set_quota(key_id, quota)
@@ -252,9 +258,9 @@ class AdminService:
             announced = revoke_at if grace_s == 0 else record.announced_through
             updated = replace(record, revoke_at=revoke_at, updated_at=now, revision=record.revision + 1,
                               announced_through=announced)
-            await self._store.update_key(
-                updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record)
-            )
+            event = self._event(EventType.KEY_REVOKED, actor, record)
+            await self._store.update_key(updated, record.revision, event)
+            self._on_change(event)
             return (await self._views([updated]))[0]
 
     async def rotate_key(self, actor: str, key_id: str, grace_s: float = 0.0) -> tuple[KeyView, str, KeyView]:
@@ -287,9 +293,9 @@ class AdminService:
                 revision=old.revision + 1,
             )
             quota = await self._store.get_quota(old.key_id) if old.has_quota else None
-            await self._store.rotate_key(
-                retired, old.revision, new, quota, self._event(EventType.KEY_ROTATED, actor, old)
-            )
+            event = self._event(EventType.KEY_ROTATED, actor, old)
+            await self._store.rotate_key(retired, old.revision, new, quota, event)
+            self._on_change(event)
             span.set("new.key_id", new.key_id)
             views = await self._views([new, retired])
             return views[0], generated.secret, views[1]
@@ -422,9 +428,9 @@ class AdminService:
             checked, version=current.version + 1, created_at=current.created_at, updated_at=now,
             updated_by=actor, change_note=note,
         )
-        await self._store.put_policy_version(
-            new, Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version)
-        )
+        event = Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version)
+        await self._store.put_policy_version(new, event)
+        self._on_change(event)
         span.set("new.version", new.version)
         return new, impact
 
