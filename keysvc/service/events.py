@@ -100,7 +100,8 @@ class EventFollower:
             drop a local over-limit memo).
         on_flush: called on a flush and on every policy change (e.g. to drop
             every over-limit memo).
-        block_s: how long one read waits for new events.
+        block_s: how long one read waits for new events; also how often an
+            idle follower confirms it is caught up, so well below `BEHIND_AFTER_S`.
         monotonic: the clock of the cache's ages.
     """
 
@@ -111,7 +112,7 @@ class EventFollower:
         *,
         on_key_change: Callable[[str], None] | None = None,
         on_flush: Callable[[], None] | None = None,
-        block_s: float = 1.0,
+        block_s: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store

@@ -20,7 +20,7 @@ from keysvc.cache import KeyCache
 from keysvc.errors import CursorExpiredError
 from keysvc.model import Code, Event, EventType, Policy, RateLimit, RateLimitState
 from keysvc.service.admin import AdminService
-from keysvc.service.events import EventFollower
+from keysvc.service.events import ACTIONS, BEHIND_AFTER_S, EventFollower, FollowerState
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
@@ -272,3 +272,29 @@ async def test_an_unknown_event_type_is_skipped_and_following_goes_on(log: Log) 
     assert (await validator.validate(ValidationRequest(revoked))).code is Code.REVOKED
     assert follower.skipped == 3
     assert follower.flushes == 0
+
+
+def test_every_event_type_of_this_version_has_an_action() -> None:
+    assert set(ACTIONS) == set(EventType)
+
+
+async def test_an_idle_follower_keeps_its_cache_readable(log: Log) -> None:
+    """With no events and the smallest stale window, a caught-up follower's cache still answers."""
+    store = log.make()
+    admin = AdminService(log.make())
+    _, secret = await admin.create_key("t", owner_id="o")
+    cache = make_cache(stale_window_s=0.0)
+    validator = Validator(store, cache)
+    follower = EventFollower(store, cache)
+    await follower.start()
+    task = asyncio.create_task(follower.run())
+    try:
+        assert (await validator.validate(ValidationRequest(secret))).code is Code.VALID
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 4 * BEHIND_AFTER_S  # several idle reads
+        while loop.time() < until:
+            assert validator.check_cached(ValidationRequest(secret)) is not None
+            assert follower.state is FollowerState.FOLLOWING
+            await asyncio.sleep(0.02)
+    finally:
+        await stop(task)
