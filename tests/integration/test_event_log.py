@@ -25,6 +25,7 @@ from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
+from keysvc.testing import capture_logs
 
 pytestmark = pytest.mark.integration
 
@@ -264,11 +265,14 @@ async def test_an_unknown_event_type_is_skipped_and_following_goes_on(log: Log) 
     for _ in range(3):
         log.append_raw({"type": "key.frobnicated", "at": 1.0, "key_id": revoked_id})
     await admin.revoke_key("t", revoked_id)
-    task = asyncio.create_task(follower.run())
-    try:
-        await wait_for(lambda: validator.check_cached(ValidationRequest(revoked)) is None, "evicted")
-    finally:
-        await stop(task)
+    with capture_logs() as logs:
+        task = asyncio.create_task(follower.run())
+        try:
+            await wait_for(lambda: validator.check_cached(ValidationRequest(revoked)) is None, "evicted")
+        finally:
+            await stop(task)
+    skipped = [r for r in logs.records() if r.get("event_type") == "key.frobnicated"]
+    assert len(skipped) == 1, "logged once per type, not once per event"
     assert (await validator.validate(ValidationRequest(revoked))).code is Code.REVOKED
     assert follower.skipped == 3
     assert follower.flushes == 0
