@@ -168,6 +168,7 @@ class KeyCache:
         self._lock = threading.Lock()
         # When the event follower last confirmed it had read the whole log (on
         # the clock of `now`; a cache no follower keeps is always current).
+        # Written only by the follower (one writer, on the loop's thread).
         # Once that is longer ago than `_lag_limit_s`, nothing cached is read.
         self.confirmed_at = math.inf
         self._lag_limit_s = max(stale_window_s, MIN_LAG_LIMIT_S)

@@ -126,7 +126,10 @@ class EventFollower:
         self.applied = 0
         self.skipped = 0
         self.flushes = 0
+        # The lag clock starts now: a cache whose follower never reaches the
+        # log is not trusted past the stale window either.
         self._confirmed_at = monotonic()
+        cache.confirmed_at = self._confirmed_at
         self._backoff_s = _BACKOFF_FIRST_S
         self._wakeup = asyncio.Event()
         self._unknown_logged: dict[str, float] = {}
