@@ -14,19 +14,22 @@ processes' events are found by polling every `poll_interval_s`; this
 process's own appends wake its readers at once. Trimming runs every few
 appends (about 1% of the retention); ids are dense, so an expired cursor
 is told apart exactly from one that is merely old (the next id is missing).
+A file replaced under a running process (a restored copy) is noticed by the
+next event read, which reopens the path and reports the old cursor expired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
-from keysvc.errors import InvalidArgumentError, StoreUnavailableError
+from keysvc.errors import CursorExpiredError, InvalidArgumentError, StoreUnavailableError
 from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
 from keysvc.store import _sqlite_ops as ops
 from keysvc.store._codec import (
@@ -42,6 +45,15 @@ from keysvc.store.base import KeyPage, PolicyPage
 __all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of `path`, None when it does not exist."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _parse_cursor(after: str) -> int:
@@ -80,6 +92,7 @@ class SqliteStore:
         self._appended = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None  # (device, inode) the connection opened
         self._closed = False
         self._wakeup: asyncio.Event | None = None
 
@@ -95,6 +108,7 @@ class SqliteStore:
             try:
                 if self._conn is None:
                     self._conn = connect(self._path, self._busy_timeout_s)
+                    self._file_id = _file_id(self._path)
                 return work(self._conn)
             except sqlite3.DatabaseError as exc:
                 # Locked, I/O, full disk, not a database: the store cannot
@@ -314,8 +328,20 @@ class SqliteStore:
         """Return up to `limit` events after `after`, polling up to `block_s` for the first."""
         if limit < 1:
             raise InvalidArgumentError("limit must be >= 1")
-        work = partial(ops.read_events, after_id=_parse_cursor(after) if after else None,
-                       limit=limit)
+        after_id = _parse_cursor(after) if after else None
+
+        def work(conn: sqlite3.Connection) -> list[Event]:
+            if self._file_id is not None and _file_id(self._path) != self._file_id:
+                # The file was replaced under us (a restored copy): the log this
+                # connection follows is not the one at the path any more.
+                conn.close()
+                self._conn = None
+                if after_id is not None:
+                    raise CursorExpiredError("the database file was replaced; resynchronise")
+                conn = self._conn = connect(self._path, self._busy_timeout_s)
+                self._file_id = _file_id(self._path)
+            return ops.read_events(conn, after_id, limit)
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, block_s)
         while True:
