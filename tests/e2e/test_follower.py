@@ -60,12 +60,12 @@ def metric(port: int, name: str) -> float:
 
 
 def test_a_revocation_right_after_a_pause_is_applied_at_once_and_everywhere(
-    start_server: Callable[..., ServerProcess], own_redis: RedisProcess
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess, stack: str
 ) -> None:
     _, admin_secret = bootstrap(own_redis.url)
     md = [("authorization", f"Bearer {admin_secret}")]
-    accepting = start_server(own_redis.url, *FAST_STORE)
-    other = start_server(own_redis.url, *FAST_STORE)
+    accepting = start_server(own_redis.url, *FAST_STORE, stack=stack)
+    other = start_server(own_redis.url, *FAST_STORE, stack=stack)
     made = accepting.stub().CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=10)
     for server in (accepting, other):
         for _ in range(2):
@@ -116,14 +116,14 @@ def test_a_log_trimmed_to_empty_while_a_server_was_away_flushes_its_cache(
 
 
 def test_unrelated_admin_traffic_leaves_validated_keys_cached(
-    start_server: Callable[..., ServerProcess], own_redis: RedisProcess
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess, stack: str
 ) -> None:
     """Keys validated while other keys change stay cached, so they answer once Redis is gone."""
     _, admin_secret = bootstrap(own_redis.url)
     md = [("authorization", f"Bearer {admin_secret}")]
     patient = ("--cache-ttl-s", "300", "--stale-window-s", "300", "--store-timeout-ms", "1000")
     admin = start_server(own_redis.url, *patient)
-    serving = start_server(own_redis.url, *patient)
+    serving = start_server(own_redis.url, *patient, stack=stack)
     stub = admin.stub()
     secrets = [stub.CreateKey(pb.CreateKeyRequest(owner_id="v"), metadata=md, timeout=10).secret
                for _ in range(24)]
