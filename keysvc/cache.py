@@ -161,7 +161,7 @@ class KeyCache:
         self._policies: dict[str, tuple[Policy, float]] = {}
         self.epoch = 0
         # ("k" or "p", key hash or policy id) -> epoch of its last invalidation,
-        # oldest first; fills that began at or before `_floor` are all dropped.
+        # oldest first; fills that began before `_floor` are all dropped.
         self._invalidated: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._floor = 0
         self.remembered_invalidations = 4096
