@@ -7,7 +7,14 @@ monotonic clock passed in by the caller (`now`), which keeps this testable.
 Consistency: the event follower calls `evict_key` / `evict_policy` / `clear`.
 A store read that started before such an invalidation must not repopulate
 the cache with what it read, so every insert carries the `epoch` the reader
-saw before going to the store, and is dropped if an invalidation came after.
+saw before going to the store, and is dropped if an invalidation of that key
+hash, of its policy, or of everything came after; fills of other keys are
+kept (unrelated admin traffic must not leave keys uncached). Each
+invalidation is remembered with its epoch, a bounded number of them: when one
+is forgotten, every fill older than it is dropped (safe, never stale).
+Inserts and invalidations take one lock, so a fill on a pool thread and an
+invalidation on the loop's thread are ordered, never interleaved; lookups
+take no lock.
 
 Memory: a cached key is one dict entry and one `CachedKey` (the record as
 cached, its age, its grant), nothing else per key; the record keeps only what
@@ -23,6 +30,8 @@ for an expired negative entry, as gone), never a KeyError.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -34,7 +43,12 @@ from keysvc.model import KeyRecord, Policy
 if TYPE_CHECKING:
     from keysvc.policy import Grant
 
-__all__ = ["CacheStats", "CachedKey", "KeyCache", "cached_record"]
+__all__ = ["MIN_LAG_LIMIT_S", "CacheStats", "CachedKey", "KeyCache", "cached_record"]
+
+# The least follower lag tolerated before cached entries stop being read, in
+# seconds, whatever the stale window: a caught-up follower confirms about once
+# per blocking read, so a smaller limit would refuse the cache when idle.
+MIN_LAG_LIMIT_S = 1.0
 
 # Records cached with the same metadata share one mapping (metadata is often a
 # team or an environment: the same few entries on thousands of keys).
@@ -101,17 +115,25 @@ class KeyCache:
         negative_max: most unknown hashes remembered.
         negative_ttl_s: how long an unknown hash is remembered.
         stale_window_s: how long past `ttl_s` an entry may still be read with
-            `get(..., stale_ok=True)` (while the store is down).
+            `get(..., stale_ok=True)` (while the store is down); also how long
+            entries are read at all once the event follower stops confirming
+            it is caught up (at least `MIN_LAG_LIMIT_S`).
     """
 
     __slots__ = (
+        "_floor",
+        "_invalidated",
         "_keys",
+        "_lag_limit_s",
+        "_lock",
         "_negative",
         "_policies",
+        "confirmed_at",
         "epoch",
         "max_keys",
         "negative_max",
         "negative_ttl_s",
+        "remembered_invalidations",
         "stale_window_s",
         "stats",
         "ttl_s",
@@ -138,6 +160,18 @@ class KeyCache:
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._policies: dict[str, tuple[Policy, float]] = {}
         self.epoch = 0
+        # ("k" or "p", key hash or policy id) -> epoch of its last invalidation,
+        # oldest first; fills that began before `_floor` are all dropped.
+        self._invalidated: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._floor = 0
+        self.remembered_invalidations = 4096
+        self._lock = threading.Lock()
+        # When the event follower last confirmed it had read the whole log (on
+        # the clock of `now`; a cache no follower keeps is always current).
+        # Written only by the follower (one writer, on the loop's thread).
+        # Once that is longer ago than `_lag_limit_s`, nothing cached is read.
+        self.confirmed_at = math.inf
+        self._lag_limit_s = max(stale_window_s, MIN_LAG_LIMIT_S)
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -147,7 +181,7 @@ class KeyCache:
         """Return the cached key for `key_hash` if fresh (or within the stale window)."""
         keys = self._keys
         entry = keys.get(key_hash)
-        if entry is not None:
+        if entry is not None and now - self.confirmed_at <= self._lag_limit_s:
             age = now - entry.cached_at
             if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
                 # Not contextlib.suppress: that is a context manager per cache hit.
@@ -179,32 +213,52 @@ class KeyCache:
             not cached, so the caller answers from the same record either way.
         """
         entry = CachedKey(cached_record(record), now)
-        if epoch != self.epoch:
-            return entry
         key_hash = entry.record.key_hash
-        keys = self._keys
-        keys[key_hash] = entry
-        keys.move_to_end(key_hash)
-        self._negative.pop(key_hash, None)
-        while len(keys) > self.max_keys:
-            keys.popitem(last=False)
-            self.stats.evictions += 1
+        with self._lock:
+            if self._stale_fill(epoch, ("k", key_hash)) or (
+                record.policy_id and self._stale_fill(epoch, ("p", record.policy_id))
+            ):
+                return entry
+            keys = self._keys
+            keys[key_hash] = entry
+            keys.move_to_end(key_hash)
+            self._negative.pop(key_hash, None)
+            while len(keys) > self.max_keys:
+                keys.popitem(last=False)
+                self.stats.evictions += 1
         return entry
+
+    def _stale_fill(self, epoch: int, target: tuple[str, str]) -> bool:
+        """True when `target` was invalidated after a fill that began at `epoch` (lock held)."""
+        return epoch < self._floor or self._invalidated.get(target, 0) > epoch
+
+    def _invalidate(self, target: tuple[str, str]) -> None:
+        """Advance the epoch and remember it for `target` (lock held)."""
+        self.epoch += 1
+        remembered = self._invalidated
+        remembered[target] = self.epoch
+        remembered.move_to_end(target)
+        while len(remembered) > self.remembered_invalidations:
+            _, forgotten = remembered.popitem(last=False)
+            self._floor = max(self._floor, forgotten)
 
     def put_unknown(self, key_hash: str, now: float, epoch: int) -> None:
         """Remember that `key_hash` does not exist, briefly and within a bound."""
-        if epoch != self.epoch or self.negative_ttl_s <= 0:
+        if self.negative_ttl_s <= 0:
             return
-        negative = self._negative
-        negative[key_hash] = now + self.negative_ttl_s
-        negative.move_to_end(key_hash)
-        while len(negative) > self.negative_max:
-            negative.popitem(last=False)
+        with self._lock:
+            if self._stale_fill(epoch, ("k", key_hash)):
+                return
+            negative = self._negative
+            negative[key_hash] = now + self.negative_ttl_s
+            negative.move_to_end(key_hash)
+            while len(negative) > self.negative_max:
+                negative.popitem(last=False)
 
     def get_policy(self, policy_id: str, now: float, *, stale_ok: bool = False) -> Policy | None:
         """Return the cached current version of a policy if fresh (or within the stale window)."""
         entry = self._policies.get(policy_id)
-        if entry is None:
+        if entry is None or now - self.confirmed_at > self._lag_limit_s:
             return None
         age = now - entry[1]
         if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
@@ -213,26 +267,32 @@ class KeyCache:
 
     def put_policy(self, policy: Policy, now: float, epoch: int) -> None:
         """Cache a policy's current version unless invalidated after `epoch`."""
-        if epoch == self.epoch:
-            self._policies[policy.policy_id] = (policy, now)
+        with self._lock:
+            if not self._stale_fill(epoch, ("p", policy.policy_id)):
+                self._policies[policy.policy_id] = (policy, now)
 
     def evict_key(self, key_hash: str) -> None:
         """Forget one key (changed elsewhere), including a negative entry."""
-        self.epoch += 1
-        self.stats.invalidations += 1
-        self._keys.pop(key_hash, None)
-        self._negative.pop(key_hash, None)
+        with self._lock:
+            self._invalidate(("k", key_hash))
+            self.stats.invalidations += 1
+            self._keys.pop(key_hash, None)
+            self._negative.pop(key_hash, None)
 
     def evict_policy(self, policy_id: str) -> None:
         """Forget one policy (changed elsewhere)."""
-        self.epoch += 1
-        self.stats.invalidations += 1
-        self._policies.pop(policy_id, None)
+        with self._lock:
+            self._invalidate(("p", policy_id))
+            self.stats.invalidations += 1
+            self._policies.pop(policy_id, None)
 
     def clear(self) -> None:
         """Forget everything (the event log was lost, so anything may have changed)."""
-        self.epoch += 1
-        self.stats.flushes += 1
-        self._keys.clear()
-        self._negative.clear()
-        self._policies.clear()
+        with self._lock:
+            self.epoch += 1
+            self._floor = self.epoch
+            self._invalidated.clear()
+            self.stats.flushes += 1
+            self._keys.clear()
+            self._negative.clear()
+            self._policies.clear()

@@ -16,6 +16,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
 from keysvc.model import Code
+from keysvc.service.events import FollowerState
 
 if TYPE_CHECKING:
     from keysvc.cache import KeyCache
@@ -75,7 +76,13 @@ def install(
         unit="{use}", description="Last-use updates dropped by the write-behind bound.")
     meter.create_observable_gauge(
         "keysvc.events.lag", [lambda _: [Observation(follower.lag_s)]], unit="s",
-        description="Time from the last applied event's append to its eviction here.")
+        description="Seconds since the event follower last confirmed it had read the whole log.")
+    meter.create_observable_gauge(
+        "keysvc.events.behind", [lambda _: [Observation(int(follower.state is not FollowerState.FOLLOWING))]],
+        description="1 while the event follower is not caught up (behind, disconnected or starting).")
+    meter.create_observable_counter(
+        "keysvc.events.skipped", [lambda _: [Observation(follower.skipped)]], unit="{event}",
+        description="Events of a type this version does not know, skipped.")
     meter.create_observable_counter(
         "keysvc.events.applied", [lambda _: [Observation(follower.applied)]], unit="{event}",
         description="Events from the store's log applied to this process's cache.")

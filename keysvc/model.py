@@ -211,9 +211,13 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One entry of the store's event log. Carries ids and hashes, never secrets."""
+    """One entry of the store's event log. Carries ids and hashes, never secrets.
 
-    type: EventType
+    `type` is a plain string when this version does not know it (a newer
+    version wrote it during a rolling upgrade); followers skip such events.
+    """
+
+    type: EventType | str
     at: float
     actor: str = ""
     key_id: str = ""

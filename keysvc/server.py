@@ -35,7 +35,7 @@ from keysvc.errors import ConfigError, StoreUnavailableError
 from keysvc.routes import Routes, load_routes
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
-from keysvc.service.events import EventFollower
+from keysvc.service.events import EventFollower, FollowerState
 from keysvc.service.validator import Validator
 from keysvc.settings import Settings, env_name, header_names
 from keysvc.store.base import Store
@@ -44,11 +44,13 @@ from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 if TYPE_CHECKING:
     from keysvc.api.forward_auth import HttpListener
 
-__all__ = ["App", "build", "grpc_stack", "make_store", "serve"]
+__all__ = ["EVENTS_HEALTH", "App", "build", "grpc_stack", "make_store", "serve"]
 
 log = structlog.get_logger("keysvc.server")
 
 KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+EVENTS_HEALTH = "keysvc.events"
+"""gRPC health service name of the event follower: NOT_SERVING while it is not caught up."""
 _LAST_USED_FLUSH_S = 1.0
 _HEALTH_PROBE_S = 2.0
 
@@ -142,7 +144,7 @@ def build(settings: Settings, store: Store | None = None) -> App:
     follower = EventFollower(
         store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
     )
-    admin = AdminService(store, default_prefix=settings.key_prefix)
+    admin = AdminService(store, default_prefix=settings.key_prefix, on_change=follower.apply_local)
     # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
     stack = grpc_stack(settings.grpc_stack)
     checks = health.HealthServicer() if stack == "sync" else health_aio.HealthServicer()
@@ -220,7 +222,19 @@ async def _probe_store(app: App) -> None:
             serving = ok
             await _set_health(app, ok)
             log.info("store reachable" if ok else "store unreachable", store=_store_kind(app.settings))
+            if ok:
+                app.follower.wake()  # resume following now, not after its retry delay
+        await _set_follower_health(app)
         await asyncio.sleep(_HEALTH_PROBE_S if ok else 0.25)
+
+
+async def _set_follower_health(app: App) -> None:
+    """Health of `EVENTS_HEALTH`: SERVING while the event follower is caught up."""
+    following = app.follower.state is FollowerState.FOLLOWING
+    done = app.health.set(EVENTS_HEALTH, health_pb2.HealthCheckResponse.SERVING if following
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+    if inspect.isawaitable(done):
+        await done
 
 
 async def _write_last_used(app: App) -> None:

@@ -45,7 +45,9 @@ class Settings:
     cache_ttl_s: float = _f(30.0, "Safety-net lifetime of a cached key or policy, in seconds.")
     negative_cache_size: int = _f(10_000, "Most unknown key hashes remembered (bounded against floods).")
     negative_ttl_s: float = _f(2.0, "How long an unknown key is remembered, in seconds.")
-    stale_window_s: float = _f(60.0, "Seconds past its TTL a cached key answers while the store is down.")
+    stale_window_s: float = _f(
+        60.0, "Seconds past its TTL a cached key answers while the store is down; also the most "
+        "follower lag (at least 1 s) before the cache is not read.")
     fail_open: bool = _f(False, "Answer VALID for uncached keys when the store is down (else fail closed).")
     event_poll_ms: int = _f(50, "How often the SQLite store's event log is polled, in milliseconds.")
     event_retention: int = _f(100_000, "Events kept in the store's event log.")

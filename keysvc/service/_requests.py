@@ -111,12 +111,18 @@ class Replays:
         store: the backend.
         clock: wall clock.
         default_prefix: prefix of a re-keyed key whose hint names none.
+        on_change: called with the event of a re-keying, so this process
+            evicts the unseen secret at once (as for every admin write).
     """
 
-    def __init__(self, store: Store, clock: Callable[[], float], default_prefix: str) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float], default_prefix: str,
+        on_change: Callable[[Event], None] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._prefix = default_prefix
+        self._on_change = on_change or (lambda event: None)
 
     async def first_attempt(self, req: Request | None, span: Any) -> Recorded | None:
         """Return what an earlier attempt of `req` recorded; the audit span tells a replay."""
@@ -177,6 +183,7 @@ class Replays:
             updated, record.revision, event,
             first.moved_on({**first.outcome, "revision": updated.revision}, now),
         )
+        self._on_change(event)
         span.set("target.key_id", key_id)
         span.set("outcome", "secret_reissued")
         return updated, generated.secret

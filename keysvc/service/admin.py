@@ -76,17 +76,21 @@ class AdminService:
         store: the backend.
         default_prefix: prefix of new keys when the request names none.
         clock: wall clock.
+        on_change: called with the event of every change this service wrote,
+            once the store took it, so this process applies its own change at
+            once instead of waiting for its event follower.
     """
 
     def __init__(
         self, store: Store, *, default_prefix: str = keys.DEFAULT_PREFIX,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, on_change: Callable[[Event], None] | None = None,
     ) -> None:
         self._store = store
         self._prefix = default_prefix
         self._clock = clock
         self._pages = PageTokens(store, clock)
-        self._replays = requests.Replays(store, clock, default_prefix)
+        self._on_change = on_change or (lambda event: None)
+        self._replays = requests.Replays(store, clock, default_prefix, self._on_change)
 
     # -- keys -------------------------------------------------------------
 
@@ -155,12 +159,12 @@ class AdminService:
             )
             authority.check_key(grantor, record, policy)
             mark = req.mark({"key_id": record.key_id, "revision": record.revision}, now) if req else None
+            event = self._event(EventType.KEY_CREATED, actor, record)
             try:
-                await self._store.create_key(
-                    record, quota, self._event(EventType.KEY_CREATED, actor, record), mark
-                )
+                await self._store.create_key(record, quota, event, mark)
             except DuplicateRequestError as exc:
                 return await self._reissue(actor, await self._replays.raced(req, exc), span)
+            self._on_change(event)
             span.set("target.key_id", record.key_id)
             return KeyView(record, key_status(record, now), None, quota), generated.secret
 
@@ -283,14 +287,16 @@ class AdminService:
                 )
             # The counter is written with the record (see Store.update_key). A
             # removed quota leaves its counter unread: a rotated sibling may share it.
+            event = self._event(EventType.KEY_UPDATED, actor, record)
             try:
                 await self._store.update_key(
-                    updated, record.revision, self._event(EventType.KEY_UPDATED, actor, record),
+                    updated, record.revision, event,
                     req.mark({"key_id": key_id}, now) if req else None, quota=quota,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
                 await self._replays.raced(req, exc)
                 return await self.get_key(key_id)
+            self._on_change(event)
             return (await self._views([updated]))[0]
 
     async def revoke_key(
@@ -334,14 +340,16 @@ class AdminService:
             await authority.load(self._store, actor, now)
             if authority.durable_admin(record, await self._key_policy(record), now):
                 await authority.guard_last_admin(self._store, actor, now, lambda r, _: r.key_id == key_id)
+            event = self._event(EventType.KEY_REVOKED, actor, record)
             try:
                 await self._store.update_key(
-                    updated, record.revision, self._event(EventType.KEY_REVOKED, actor, record),
+                    updated, record.revision, event,
                     req.mark({"key_id": key_id}, now) if req else None,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
                 await self._replays.raced(req, exc)
                 return await self.get_key(key_id)
+            self._on_change(event)
             return (await self._views([updated]))[0]
 
     async def rotate_key(
@@ -393,13 +401,14 @@ class AdminService:
             )
             outcome = {"key_id": new.key_id, "revision": new.revision, "previous": old.key_id}
             # No new counter: the budget (and its quota counter) is carried over.
+            event = self._event(EventType.KEY_ROTATED, actor, old)
             try:
                 await self._store.rotate_key(
-                    retired, old.revision, new, None, self._event(EventType.KEY_ROTATED, actor, old),
-                    req.mark(outcome, now) if req else None,
+                    retired, old.revision, new, None, event, req.mark(outcome, now) if req else None,
                 )
             except (DuplicateRequestError, ConflictError) as exc:
                 return await self._rotated(actor, await self._replays.raced(req, exc), span)
+            self._on_change(event)
             span.set("new.key_id", new.key_id)
             views = await self._views([new, retired])
             return views[0], generated.secret, views[1]
@@ -572,13 +581,15 @@ class AdminService:
             checked, version=current.version + 1, created_at=current.created_at, updated_at=now,
             updated_by=actor, change_note=note,
         )
+        event = Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version)
         try:
             await self._store.put_policy_version(
-                new, Event(event_type, now, actor, policy_id=new.policy_id, policy_version=new.version),
+                new, event,
                 req.mark({"policy_id": new.policy_id, "version": new.version}, now) if req else None,
             )
         except (DuplicateRequestError, ConflictError) as exc:
             return await self._replayed_version(await self._replays.raced(req, exc))
+        self._on_change(event)
         span.set("new.version", new.version)
         return new, impact
 

@@ -172,7 +172,7 @@ def policy_from_dict(data: Mapping[str, Any]) -> Policy:
 def event_to_dict(event: Event) -> dict[str, Any]:
     """Return the stored form of an event; its cursor is the log's business, not stored."""
     return {
-        "type": event.type.value,
+        "type": str(event.type),
         "at": event.at,
         "actor": event.actor,
         "key_id": event.key_id,
@@ -182,10 +182,14 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     }
 
 
+_EVENT_TYPES = frozenset(t.value for t in EventType)
+
+
 def event_from_dict(data: Mapping[str, Any], cursor: str) -> Event:
-    """Rebuild an event read from the log at `cursor`."""
+    """Rebuild an event read from the log at `cursor` (an unknown type stays a string)."""
+    kind = str(data["type"])
     return Event(
-        type=EventType(str(data["type"])),
+        type=EventType(kind) if kind in _EVENT_TYPES else kind,
         at=float(data["at"]),
         actor=str(data.get("actor", "")),
         key_id=str(data.get("key_id", "")),

@@ -15,9 +15,14 @@ from keysvc.model import Event
 from keysvc.store._codec import event_from_dict, loads
 from keysvc.store._redis_io import unavailable
 
-__all__ = ["StreamId", "check_cursor", "parse_stream_id", "read_entries", "wait_for_entry"]
+__all__ = [
+    "ORIGIN", "StreamId", "check_cursor", "end_of", "parse_stream_id", "read_entries",
+    "stream_info", "wait_for_entry",
+]
 
 StreamId = tuple[int, int]
+ORIGIN: StreamId = (0, 0)
+"""The cursor before any entry: the end of a log that does not exist yet."""
 _ID = re.compile(r"([0-9]+)-([0-9]+)")
 
 
@@ -46,27 +51,61 @@ def check_cursor(after: StreamId, info: Mapping[str, Any] | None) -> None:
     `info` is XINFO STREAM's answer, None when the stream does not exist.
     Trimming removes the oldest entries, so events after `after` were lost
     exactly when the first retained entry comes later than the one right
-    after `after`. Stream ids are not dense (`<ms>-<seq>`), so "right after"
-    can only be known within one millisecond: a cursor that is itself the
-    last trimmed entry may be reported lost (a needless resync, never a miss;
-    it only happens to a follower a whole retention behind).
+    after `after`, or, in a stream trimmed to empty, when its last generated
+    id comes later than `after`. Stream ids are not dense (`<ms>-<seq>`), so
+    "right after" can only be known within one millisecond: a cursor that is
+    itself the last trimmed entry may be reported lost (a needless resync,
+    never a miss; it only happens to a follower a whole retention behind).
+    An entry deleted by XDEL past `after` (`max-deleted-entry-id`) is a loss
+    too. A stream deleted and recreated since `after` was read either ends
+    before `after` or starts after it; one that never lost an entry
+    (`entries-added` equals its length) is read from `ORIGIN` without loss.
 
     Raises:
         CursorExpiredError: entries after `after` were trimmed, or `after`
             does not come from this stream (it was reset, e.g. flushed).
     """
     if info is None:
-        if after != (0, 0):
+        if after != ORIGIN:
             raise CursorExpiredError("event log is gone (reset); resynchronise")
         return
-    last = _field_id(info, "last-generated-id") or (0, 0)
+    last = _field_id(info, "last-generated-id") or ORIGIN
     if after > last:
         raise CursorExpiredError("event cursor is past the log's end (reset); resynchronise")
+    deleted = _field_id(info, "max-deleted-entry-id")  # Redis >= 7
+    added, length = info.get("entries-added"), info.get("length")  # entries-added: Redis >= 7
     first = _field_id(info, "first-entry")
-    # A stream recreated after a reset also starts past the old cursor, so
-    # this catches it even once the new stream has grown beyond the cursor.
-    if first is not None and first > (after[0], after[1] + 1):
+    if first is None:
+        if after < last:
+            raise CursorExpiredError("events after the cursor were trimmed; resynchronise")
+    elif added is not None and added == length:
+        # Nothing was ever removed: only a cursor from an older stream lies before its start.
+        if after != ORIGIN and first > after:
+            raise CursorExpiredError("event log was recreated after the cursor; resynchronise")
+    elif first > (after[0], after[1] + 1) or (deleted is not None and deleted > after):
         raise CursorExpiredError("events after the cursor are gone (trimmed or reset); resynchronise")
+
+
+def end_of(info: Mapping[str, Any] | None) -> str:
+    """The cursor of a stream's end, from XINFO STREAM (None: no stream): later entries are new.
+
+    The last id ever generated, not the newest entry's, so that a stream
+    emptied by trimming still has an end, and `ORIGIN` for no stream: both
+    are cursors `check_cursor` can find lost.
+    """
+    end = None if info is None else _field_id(info, "last-generated-id")
+    return _id_text(end or ORIGIN)
+
+
+async def stream_info(client: Redis, stream: str) -> Mapping[str, Any] | None:
+    """XINFO STREAM's answer, or None when the stream does not exist."""
+    try:
+        info: Mapping[str, Any] = await client.xinfo_stream(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    return info
 
 
 def _id_text(stream_id: StreamId) -> str:

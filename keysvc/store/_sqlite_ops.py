@@ -91,13 +91,6 @@ def append_event(conn: sqlite3.Connection, event: Event, trim_to: int | None) ->
     horizon = event_id - trim_to if trim_to is not None else 0
     if horizon > 0:
         conn.execute("DELETE FROM events WHERE id <= ?", (horizon,))
-        # Remembered so read_events can tell a trimmed cursor from an old one.
-        conn.execute(
-            "INSERT INTO store_meta (name, value) VALUES ('trimmed_through', ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = "
-            "max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-            (horizon,),
-        )
     return str(event_id)
 
 
@@ -110,19 +103,26 @@ def last_id(conn: sqlite3.Connection) -> int:
 def read_events(conn: sqlite3.Connection, after_id: int | None, limit: int) -> list[Event]:
     """Return up to `limit` events after `after_id` (None: from the oldest retained).
 
+    Ids are dense (AUTOINCREMENT, and a rolled-back insert rolls its id back
+    too), so nothing after `after_id` was lost exactly when the next retained
+    id is `after_id + 1`, or no id was issued after it.
+
     Raises:
-        CursorExpiredError: events after `after_id` were trimmed, or it is
-            past the newest id ever issued (the file was replaced).
+        CursorExpiredError: events after `after_id` were deleted (trimmed, or
+            the table emptied), or it is past the newest id ever issued (the
+            id sequence or the file was reset).
     """
     with transaction(conn, "DEFERRED"):
         if after_id is not None:
-            row = conn.execute(
-                "SELECT value FROM store_meta WHERE name = 'trimmed_through'"
-            ).fetchone()
-            if after_id < (0 if row is None else int(row[0])):
-                raise CursorExpiredError(f"event cursor {after_id} was trimmed from the log")
-            if after_id > last_id(conn):
+            end = last_id(conn)
+            if after_id > end:
                 raise CursorExpiredError(f"event cursor {after_id} is past the log's end (reset)")
+            if after_id < end:
+                (following,) = conn.execute(
+                    "SELECT min(id) FROM events WHERE id > ?", (after_id,)
+                ).fetchone()
+                if following != after_id + 1:
+                    raise CursorExpiredError(f"events after cursor {after_id} were deleted")
         rows = conn.execute(
             "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id or 0, limit)
         ).fetchall()

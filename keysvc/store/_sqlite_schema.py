@@ -8,6 +8,7 @@ across processes sharing the file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -154,25 +155,48 @@ def connect_reader(path: str, busy_timeout_s: float) -> sqlite3.Connection:
     return conn
 
 
-class Connection:
-    """One lazily opened connection and the lock its users hold."""
+def file_id(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of `path`, None when it does not exist."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
-    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+
+class Connection:
+    """One lazily opened connection and the lock its users hold.
+
+    A file replaced under a running process (a restored copy) is noticed on
+    the next use: the connection is reopened on the file now at the path, and
+    `generation` counts each such reopening so the event reader can tell its
+    cursor belongs to the old log.
+    """
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection], path: str) -> None:
         self.lock = threading.Lock()
+        self.generation = 0
         self._opener = opener
+        self._path = path
         self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
         self._closed = False
 
     def open(self) -> sqlite3.Connection:
-        """Return the connection, opening it on first use (call under `lock`).
+        """Return the connection, opening it on first use or after a replacement (call under `lock`).
 
         Raises:
             StoreUnavailableError: the store was closed.
         """
         if self._closed:
             raise StoreUnavailableError("the SQLite store is closed")
+        if self._conn is not None and self._file_id is not None and file_id(self._path) != self._file_id:
+            self._conn.close()
+            self._conn = None
+            self.generation += 1
         if self._conn is None:
             self._conn = self._opener()
+            self._file_id = file_id(self._path)
         return self._conn
 
     def close(self) -> None:

@@ -265,13 +265,22 @@ class Store(Protocol):
     async def read_events(self, after: str, limit: int, block_s: float) -> Sequence[Event]:
         """Return up to `limit` events after cursor `after` ("" = from the oldest retained).
 
-        Waits up to `block_s` for the first one when there is none yet.
+        Waits up to `block_s` for the first one when there is none yet. Only a
+        real cursor (from an event or `last_cursor`) can be checked for loss:
+        "" reads whatever is retained, so a follower never reads from "".
 
         Raises:
-            CursorExpiredError: `after` is older than the oldest retained event,
-                or newer than the log's end (the log was reset): the caller
-                must resynchronise.
+            CursorExpiredError: any event after `after` is gone (trimmed,
+                emptied, deleted), or `after` is past the log's end or does not
+                come from this log (reset, recreated): the caller must
+                resynchronise. Every loss is reported; a needless report is
+                allowed only where a backend says so.
         """
 
     async def last_cursor(self) -> str:
-        """Return the cursor of the newest event ("" when the log is empty)."""
+        """Return the cursor of the log's end: every later event comes after it.
+
+        Never "": an empty or absent log has an end too (the last id ever
+        issued, or the backend's origin), so a follower positioned there
+        notices when events it has not read are lost.
+        """

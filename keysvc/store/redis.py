@@ -99,7 +99,7 @@ from keysvc.store._codec import (
 )
 from keysvc.store._redis_counters import RedisCounters
 from keysvc.store._redis_io import Caller, make_client, text, warn_if_evictable
-from keysvc.store._redis_stream import parse_stream_id, read_entries, wait_for_entry
+from keysvc.store._redis_stream import end_of, parse_stream_id, read_entries, stream_info, wait_for_entry
 from keysvc.store.base import KeyPage, PolicyPage, RequestMark
 
 __all__ = ["RedisStore"]
@@ -530,6 +530,5 @@ class RedisStore:
             await wait_for_entry(self._blocking, self._events, start, left, self._timeout_s)
 
     async def last_cursor(self) -> str:
-        """Return the id of the newest entry in the stream ("" when it is empty)."""
-        newest = await self._call.read(lambda: self._client.xrevrange(self._events, count=1))
-        return str(newest[0][0]) if newest else ""
+        """Return the stream's end: its last generated id ("0-0" when there is no stream)."""
+        return end_of(await self._call.read(lambda: stream_info(self._client, self._events)))

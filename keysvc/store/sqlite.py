@@ -25,8 +25,10 @@ Clock: one file, one host, one clock: takes count on the caller's `now`.
 The event log is a table whose AUTOINCREMENT id is the cursor. Other
 processes' events are found by polling every `poll_interval_s`; this
 process's own appends wake its readers at once. Trimming runs every few
-appends (about 1% of the retention) and records the highest id it deleted,
-so an expired cursor is told apart exactly from one that is merely old.
+appends (about 1% of the retention); ids are dense, so an expired cursor
+is told apart exactly from one that is merely old (the next id is missing).
+A file replaced under a running process (a restored copy) is noticed by the
+next event read, which reopens the path and reports the old cursor expired.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
-from keysvc.errors import InvalidArgumentError, StoreUnavailableError
+from keysvc.errors import CursorExpiredError, InvalidArgumentError, StoreUnavailableError
 from keysvc.model import (
     CounterResult,
     Event,
@@ -101,8 +103,9 @@ class SqliteStore:
         self._trim_every = max(1, min(1000, event_retention // 100))
         self._appended = 0
         # One connection per role, each used under its lock by one thread at a time.
-        self._writer = Connection(partial(connect, path, busy_timeout_s))
-        self._reader = Connection(partial(connect_reader, path, busy_timeout_s))
+        self._writer = Connection(partial(connect, path, busy_timeout_s), path)
+        self._reader = Connection(partial(connect_reader, path, busy_timeout_s), path)
+        self._log_generation = 0  # the reader generation whose log the follower's cursors are in
         self._wakeup: asyncio.Event | None = None
 
     # -- plumbing -------------------------------------------------------------
@@ -400,8 +403,18 @@ class SqliteStore:
         """Return up to `limit` events after `after`, polling up to `block_s` for the first."""
         if limit < 1:
             raise InvalidArgumentError("limit must be >= 1")
-        work = partial(ops.read_events, after_id=_parse_cursor(after) if after else None,
-                       limit=limit)
+        after_id = _parse_cursor(after) if after else None
+
+        def work(conn: sqlite3.Connection) -> list[Event]:
+            # Runs under the reader's lock: the generation check needs no other guard.
+            if self._reader.generation != self._log_generation:
+                # The file was replaced under us (a restored copy): a cursor of
+                # the old log means nothing in the one now at the path.
+                self._log_generation = self._reader.generation
+                if after_id is not None:
+                    raise CursorExpiredError("the database file was replaced; resynchronise")
+            return ops.read_events(conn, after_id, limit)
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, block_s)
         while True:
@@ -417,6 +430,5 @@ class SqliteStore:
                 await asyncio.wait_for(waiter.wait(), min(self._poll_interval_s, left))
 
     async def last_cursor(self) -> str:
-        """Return the cursor of the newest event ever appended ("" when none)."""
-        newest = await self._run(ops.last_id)
-        return str(newest) if newest else ""
+        """Return the id of the newest event ever appended ("0" when none)."""
+        return str(await self._run(ops.last_id))

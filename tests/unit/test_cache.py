@@ -171,20 +171,53 @@ def test_put_with_an_epoch_older_than_an_invalidation_is_dropped() -> None:
 
 
 @pytest.mark.parametrize("invalidate", ["evict_key", "evict_policy", "clear"])
-def test_every_invalidation_advances_the_epoch_and_drops_older_puts(invalidate: str) -> None:
+def test_an_invalidation_drops_older_puts_of_what_it_invalidated(invalidate: str) -> None:
     cache = make_cache()
     seen = cache.epoch
     if invalidate == "clear":
         cache.clear()
+    elif invalidate == "evict_key":
+        cache.evict_key("h")
+        cache.evict_key("u")
     else:
-        getattr(cache, invalidate)("other")
+        cache.evict_policy("p")
     assert cache.epoch > seen
+    with_policy = KeyRecord(key_id="key_h", key_hash="h", hint="", owner_id="o", created_at=0.0,
+                            updated_at=0.0, policy_id="p")
+    cache.put(with_policy if invalidate == "evict_policy" else record("h"), 100.0, seen)
+    cache.put_policy(policy("p"), 100.0, seen)
+    assert cache.get("h", 100.0) is None
+    if invalidate != "evict_key":
+        assert cache.get_policy("p", 100.0) is None
+    if invalidate != "evict_policy":
+        cache.put_unknown("u", 100.0, seen)
+        assert not cache.is_unknown("u", 100.0)
+
+
+@pytest.mark.parametrize("invalidate", ["evict_key", "evict_policy"])
+def test_an_unrelated_invalidation_keeps_older_puts(invalidate: str) -> None:
+    """Admin traffic on other keys and policies must not stop this key from being cached."""
+    cache = make_cache()
+    seen = cache.epoch
+    getattr(cache, invalidate)("other")
     cache.put(record("h"), 100.0, seen)
     cache.put_unknown("u", 100.0, seen)
     cache.put_policy(policy("p"), 100.0, seen)
+    assert cached(cache, "h", 100.0) is not None
+    assert cache.is_unknown("u", 100.0)
+    assert cache.get_policy("p", 100.0) is not None
+
+
+def test_invalidations_remembered_are_bounded_and_forgetting_one_is_conservative() -> None:
+    cache = make_cache()
+    seen = cache.epoch
+    for i in range(100_000):
+        cache.evict_key(f"other{i}")
+    assert len(cache._invalidated) <= cache.remembered_invalidations
+    cache.put(record("h"), 100.0, seen)  # older than what was forgotten: dropped, to be safe
     assert cache.get("h", 100.0) is None
-    assert not cache.is_unknown("u", 100.0)
-    assert cache.get_policy("p", 100.0) is None
+    cache.put(record("h"), 100.0, cache.epoch)
+    assert cached(cache, "h", 100.0) is not None
 
 
 # -- invalidation ------------------------------------------------------------------
@@ -296,7 +329,7 @@ def test_put_returns_the_entry_it_cached_as_get_returns_it() -> None:
 def test_put_dropped_by_an_old_epoch_still_returns_the_trimmed_entry() -> None:
     cache = make_cache()
     seen = cache.epoch
-    cache.evict_key("other")
+    cache.evict_key("h")
     entry = cache.put(full_record("h"), 100.0, seen)
     assert isinstance(entry, CachedKey)
     assert entry.record == cached_record(full_record("h"))
