@@ -7,7 +7,8 @@ credential headers. 200 carries `x-keysvc-key-id` / `x-keysvc-owner-id` for
 the proxy to copy upstream; a denial is 401/403/429/503 with the headers and
 JSON body of `keysvc.api._authz`, plus `x-keysvc-error` (nginx drops the
 body of an auth subrequest, so its config reads the code from there).
-`/healthz` is 200 while the store answers, else 503.
+`/healthz` (readiness) is 200 while the store answers, else 503; `/livez`
+(liveness) is 200 whenever the event loop gets to answer it.
 """
 
 from __future__ import annotations
@@ -86,12 +87,17 @@ class ForwardAuth:
             return web.json_response({"status": "SERVING"})
         return web.json_response({"status": "NOT_SERVING"}, status=503)
 
+    async def livez(self, request: web.Request) -> web.Response:
+        """200 whenever the loop answers: a stuck loop answers nothing, a store outage is not fatal."""
+        return web.json_response({"status": "SERVING"})
+
 
 def make_app(handlers: ForwardAuth) -> web.Application:
-    """The aiohttp application: `/authz` (any method) and `GET /healthz`."""
+    """The aiohttp application: `/authz` (any method), `GET /healthz` and `GET /livez`."""
     app = web.Application()
     app.router.add_route("*", "/authz", handlers.authz)
     app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/livez", handlers.livez)
     return app
 
 
@@ -102,10 +108,14 @@ class HttpListener:
         app: the application.
         address: host:port or unix:/path (see `keysvc.settings.split_listen`).
         shutdown_grace_s: how long `stop` waits for in-flight requests.
+        reuse_port: share the port by SO_REUSEPORT (only the workers of one `--workers` set do).
     """
 
-    def __init__(self, app: web.Application, address: str, *, shutdown_grace_s: float) -> None:
+    def __init__(
+        self, app: web.Application, address: str, *, shutdown_grace_s: float, reuse_port: bool = False
+    ) -> None:
         self._address = split_listen(address)
+        self._reuse_port = reuse_port
         # No access log: one line per proxied request would dwarf the work itself.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_grace_s)
 
@@ -120,8 +130,7 @@ class HttpListener:
             await web.UnixSite(self._runner, self._address).start()
             return 0
         host, port = self._address
-        # reuse_port: `--workers N` processes share the port, as they share the gRPC one.
-        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=True)
+        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=self._reuse_port)
         await tcp.start()
         return tcp.port
 

@@ -1,0 +1,81 @@
+"""Listen addresses checked before binding: one clear start-up error, never a traceback.
+
+gRPC reports a failed bind as a bare failure (and logs C-core lines of its
+own), so each TCP address is first bound here with a plain socket, which
+says why: in use, not an address of this host, permission denied, no such
+host. A single process binds without SO_REUSEPORT, so a second keysvc (or
+anything else) on its port is refused. A `--workers` set shares its ports
+through `reserve`: the parent binds each port exclusively (which fails if
+anyone holds it), then turns SO_REUSEPORT on for that bound socket so only
+its own children, started afterwards with SO_REUSEPORT, can join.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from keysvc.errors import ConfigError
+from keysvc.settings import env_name, split_listen
+
+__all__ = ["check_free", "reserve"]
+
+
+def _bound(name: str, address: str) -> socket.socket | None:
+    """Bind `address` exclusively; return the socket (None for a unix socket).
+
+    Raises:
+        ConfigError: naming the setting and why the address cannot be bound.
+    """
+    try:
+        parsed = split_listen(address)
+    except ValueError as exc:
+        raise ConfigError(f"{env_name(name)}: {exc}") from None
+    if isinstance(parsed, str):
+        return None
+    host, port = parsed
+    try:
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"{env_name(name)}: cannot listen on {address}: {_reason(exc)}") from None
+    try:
+        # Like gRPC's own bind: connections in TIME_WAIT do not hold the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{env_name(name)}: cannot listen on {address}: {_reason(exc)}") from None
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_free(name: str, address: str) -> None:
+    """Check that `address` (the setting `name`) can be bound now, by this process alone.
+
+    Raises:
+        ConfigError: it cannot; the message names the setting and the reason.
+    """
+    sock = _bound(name, address)
+    if sock is not None:
+        sock.close()
+
+
+def reserve(name: str, address: str) -> tuple[str, socket.socket | None]:
+    """Hold `address` for one worker set; return it with port 0 resolved, and the holder.
+
+    The holder is bound, never listening (it takes no connections), and
+    shares the port by SO_REUSEPORT with sockets bound after it.
+
+    Raises:
+        ConfigError: the address is taken or cannot be bound.
+    """
+    sock = _bound(name, address)
+    if sock is None:
+        return address, None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    host = address.rpartition(":")[0]
+    return f"{host}:{sock.getsockname()[1]}", sock
