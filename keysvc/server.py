@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from keysvc import _listen
+from keysvc import _startup
 from keysvc.api._authz import Authorizer, AuthzConfig
 from keysvc.api._threaded import Bridge, threaded_servicer
 from keysvc.api.auth import AdminAuth
@@ -47,7 +47,7 @@ from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 if TYPE_CHECKING:
     from keysvc.api.forward_auth import HttpListener
 
-__all__ = ["App", "build", "check_store", "grpc_stack", "make_store", "serve"]
+__all__ = ["App", "build", "grpc_stack", "make_store", "serve"]
 
 log = structlog.get_logger("keysvc.server")
 
@@ -56,23 +56,28 @@ _LAST_USED_FLUSH_S = 1.0
 
 
 def make_store(settings: Settings) -> Store:
-    """Build the store the settings name (the one place a backend is chosen)."""
+    """Build the store the settings name (the one place a backend is chosen).
+
+    Raises:
+        ConfigError: the store URL cannot be parsed.
+    """
     timeout_s = settings.store_timeout_ms / 1000
     if settings.store.startswith("sqlite://"):
         from keysvc.store.sqlite import SqliteStore
 
-        path = settings.store.removeprefix("sqlite://").removeprefix("/") or "keysvc.db"
-        # sqlite:///rel.db -> rel.db ; sqlite:////abs/path.db -> /abs/path.db
         return SqliteStore(
-            path, event_retention=settings.event_retention,
+            _startup.sqlite_path(settings), event_retention=settings.event_retention,
             poll_interval_s=settings.event_poll_ms / 1000,
         )
     from keysvc.store.redis import RedisStore
 
-    return RedisStore(
-        settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
-        retries=settings.store_retries, event_retention=settings.event_retention,
-    )
+    try:
+        return RedisStore(
+            settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
+            retries=settings.store_retries, event_retention=settings.event_retention,
+        )
+    except ValueError as exc:  # redis-py cannot parse the URL: it will never work
+        raise ConfigError(f"{env_name('store')}: {redact_url(str(exc), settings.store)}") from None
 
 
 def grpc_stack(choice: str, cpus: int | None = None) -> str:
@@ -207,7 +212,7 @@ def _bind(app: App, server: aio.Server | grpc.Server, name: str) -> int:
     """Bind the address of setting `name`; a failure is a ConfigError naming it and why."""
     address = getattr(app.settings, name)
     if not app.reuse_port:  # a worker set's parent checked (and holds) its ports
-        _listen.check_free(name, address)
+        _startup.check_free(name, address)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:
@@ -347,30 +352,6 @@ async def stop(app: App) -> None:
     log.info("keysvc stopped")
 
 
-async def check_store(app: App) -> None:
-    """Refuse, at start-up, a store that can never work; let one that is only down now wait.
-
-    A SQLite file that cannot be opened or is not a database will not heal by
-    waiting; a busy lock will, and so will a Redis that is not up yet.
-
-    Raises:
-        ConfigError: naming KEYSVC_STORE and the reason (credentials redacted).
-    """
-    if not app.settings.store.startswith("sqlite://"):
-        return
-    try:
-        await app.store.ping()
-    except StoreUnavailableError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return
-        await app.store.close()
-        reason = redact_url(str(exc), app.settings.store)
-        raise ConfigError(f"{env_name('store')}: cannot use {reason}") from None
-    except ConfigError as exc:  # written by a newer keysvc
-        await app.store.close()
-        raise ConfigError(f"{env_name('store')}: {exc}") from None
-
-
 async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -382,7 +363,11 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await check_store(app)
+    try:
+        await _startup.check_store(app.store, settings)
+    except ConfigError:
+        await app.store.close()
+        raise
     try:
         await start(app)
     except ConfigError:

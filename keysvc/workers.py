@@ -15,7 +15,7 @@ exits non-zero, so the supervisor above it (systemd, Kubernetes) restarts the
 whole set.
 
 The parent reserves every listen port before the children start (see
-`keysvc._listen.reserve`): it binds each one exclusively, so a port another
+`keysvc._startup.reserve`): it binds each one exclusively, so a port another
 process (another keysvc included) already serves stops the start with one
 line, then lets SO_REUSEPORT sockets join its bound, non-listening holder.
 Only children (started with `--in-worker-set`) bind with SO_REUSEPORT; a
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from keysvc._listen import reserve
+from keysvc._startup import reserve
 from keysvc.settings import Settings, env_name
 
 if TYPE_CHECKING:

@@ -1,4 +1,10 @@
-"""Listen addresses checked before binding: one clear start-up error, never a traceback.
+"""Start-up checks: settings that can never work stop the start with one line, never a traceback.
+
+The store: a SQLite file that cannot be opened, or is not a database, will
+not heal by waiting (a busy lock will, and so will a Redis that is not up
+yet: the server then starts NOT_SERVING and waits for it).
+
+Listen addresses are checked before binding.
 
 gRPC reports a failed bind as a bare failure (and logs C-core lines of its
 own), so each TCP address is first bound here with a plain socket, which
@@ -12,12 +18,18 @@ its own children, started afterwards with SO_REUSEPORT, can join.
 
 from __future__ import annotations
 
+import os
 import socket
+from typing import TYPE_CHECKING
 
-from keysvc.errors import ConfigError
-from keysvc.settings import env_name, split_listen
+from keysvc.errors import ConfigError, StoreUnavailableError
+from keysvc.health import redact_url
+from keysvc.settings import Settings, env_name, split_listen
 
-__all__ = ["check_free", "reserve"]
+if TYPE_CHECKING:
+    from keysvc.store.base import Store
+
+__all__ = ["check_free", "check_store", "reserve", "sqlite_path"]
 
 
 def _bound(name: str, address: str) -> socket.socket | None:
@@ -79,3 +91,45 @@ def reserve(name: str, address: str) -> tuple[str, socket.socket | None]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     host = address.rpartition(":")[0]
     return f"{host}:{sock.getsockname()[1]}", sock
+
+
+def sqlite_path(settings: Settings) -> str:
+    """The file a sqlite:// store URL names."""
+    # sqlite:///rel.db -> rel.db ; sqlite:////abs/path.db -> /abs/path.db
+    return settings.store.removeprefix("sqlite://").removeprefix("/") or "keysvc.db"
+
+
+def _sqlite_problem(path: str) -> str:
+    """Say why SQLite cannot open `path`, when the file system tells (SQLite's own message is vague)."""
+    directory = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable"
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not readable and writable"
+    return ""
+
+
+async def check_store(store: Store, settings: Settings) -> None:
+    """Refuse, at start-up, a store that can never work; let one that is only down now wait.
+
+    A SQLite file that cannot be opened or is not a database will not heal by
+    waiting; a busy lock will, and so will a Redis that is not up yet.
+
+    Raises:
+        ConfigError: naming KEYSVC_STORE and the reason (credentials redacted).
+    """
+    if not settings.store.startswith("sqlite://"):
+        return
+    try:
+        await store.ping()
+    except StoreUnavailableError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return
+        reason = _sqlite_problem(sqlite_path(settings)) or redact_url(str(exc), settings.store)
+        raise ConfigError(f"{env_name('store')}: cannot open the SQLite store: {reason}") from None
+    except ConfigError as exc:  # written by a newer keysvc
+        raise ConfigError(f"{env_name('store')}: {exc}") from None
