@@ -16,13 +16,15 @@ every object and field here costs megabytes.
 
 Threads: reads (`get`, `is_unknown`, `get_policy`) may run on the sync gRPC
 stack's threads while the event loop inserts and evicts. Each step is one dict
-operation (atomic under the GIL) and none checks-then-acts on a shared map: an
-entry removed between the lookup and what follows it is answered as found (or,
-for an expired negative entry, as gone), never a KeyError.
+operation and none checks-then-acts on a shared map: an entry removed between
+the lookup and what follows it is answered as found, never a KeyError. The
+negative map's writers (insert-then-reorder-then-trim, dropping an expired
+entry, evictions, clear) hold one lock, for O(1) work; a hit only reads.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -107,6 +109,7 @@ class KeyCache:
     __slots__ = (
         "_keys",
         "_negative",
+        "_negative_lock",
         "_policies",
         "epoch",
         "max_keys",
@@ -136,6 +139,7 @@ class KeyCache:
         # back an entry the event follower has just evicted.
         self._keys: OrderedDict[str, CachedKey] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
+        self._negative_lock = threading.Lock()
         self._policies: dict[str, tuple[Policy, float]] = {}
         self.epoch = 0
         self.stats = CacheStats()
@@ -168,7 +172,9 @@ class KeyCache:
         if until > now:
             self.stats.negative_hits += 1
             return True
-        self._negative.pop(key_hash, None)
+        with self._negative_lock:
+            if self._negative.get(key_hash) == until:  # not renewed since it was read
+                del self._negative[key_hash]
         return False
 
     def put(self, record: KeyRecord, now: float, epoch: int) -> CachedKey:
@@ -185,7 +191,8 @@ class KeyCache:
         keys = self._keys
         keys[key_hash] = entry
         keys.move_to_end(key_hash)
-        self._negative.pop(key_hash, None)
+        with self._negative_lock:
+            self._negative.pop(key_hash, None)
         while len(keys) > self.max_keys:
             keys.popitem(last=False)
             self.stats.evictions += 1
@@ -195,11 +202,12 @@ class KeyCache:
         """Remember that `key_hash` does not exist, briefly and within a bound."""
         if epoch != self.epoch or self.negative_ttl_s <= 0:
             return
-        negative = self._negative
-        negative[key_hash] = now + self.negative_ttl_s
-        negative.move_to_end(key_hash)
-        while len(negative) > self.negative_max:
-            negative.popitem(last=False)
+        with self._negative_lock:
+            negative = self._negative
+            negative[key_hash] = now + self.negative_ttl_s
+            negative.move_to_end(key_hash)
+            while len(negative) > self.negative_max:  # at most one over: O(1)
+                negative.popitem(last=False)
 
     def get_policy(self, policy_id: str, now: float, *, stale_ok: bool = False) -> Policy | None:
         """Return the cached current version of a policy if fresh (or within the stale window)."""
@@ -221,7 +229,8 @@ class KeyCache:
         self.epoch += 1
         self.stats.invalidations += 1
         self._keys.pop(key_hash, None)
-        self._negative.pop(key_hash, None)
+        with self._negative_lock:
+            self._negative.pop(key_hash, None)
 
     def evict_policy(self, policy_id: str) -> None:
         """Forget one policy (changed elsewhere)."""
@@ -234,5 +243,6 @@ class KeyCache:
         self.epoch += 1
         self.stats.flushes += 1
         self._keys.clear()
-        self._negative.clear()
+        with self._negative_lock:  # a new map: O(1) under the lock, whatever its size
+            self._negative = OrderedDict()
         self._policies.clear()
