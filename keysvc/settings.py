@@ -55,7 +55,7 @@ class Settings:
     )
     grpc_threads: int = _f(16, "Threads of the sync stack's pool: the most calls it runs at once.")
     http_listen: str = _f(
-        "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."
+        "", "HTTP forward-auth address (/authz, /healthz, /livez): host:port or unix:/path; empty: off."
     )
     authz_routes: str = _f(
         "", "Route file (.toml or .json): scopes needed by path and method; empty: any valid key."

@@ -34,7 +34,7 @@ log = structlog.get_logger("keysvc.supervisor")
 
 _BACKOFF_S = 0.1  # the first restart's delay; doubled per failure in a row
 _MAX_BACKOFF_S = 30.0
-_HEALTHY_S = 60.0  # a task that ran this long before failing restarts from _BACKOFF_S
+_HEALTHY_S = 60.0
 _TICK_S = 0.25
 
 
@@ -55,6 +55,7 @@ class TaskSupervisor:
         on_change: awaited (on the loop) after any task goes up or down.
         backoff_s: delay before the first restart of a task.
         max_backoff_s: cap of the doubling delay.
+        healthy_s: a task that ran this long before failing restarts after `backoff_s` again.
     """
 
     def __init__(
@@ -63,10 +64,12 @@ class TaskSupervisor:
         *,
         backoff_s: float = _BACKOFF_S,
         max_backoff_s: float = _MAX_BACKOFF_S,
+        healthy_s: float = _HEALTHY_S,
     ) -> None:
         self.on_change = on_change
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
+        self._healthy_s = healthy_s
         self.states: dict[str, TaskState] = {}
         self.heartbeat = time.monotonic()  # written by the loop's tick, read by the watchdog
 
@@ -105,20 +108,25 @@ class TaskSupervisor:
             started = loop.time()
             try:
                 await work()
-                log.error("background task returned; restarting", task=state.name)
-                state.last_error = "returned"
+                failure: Exception | None = None
             except asyncio.CancelledError:
                 state.up = False
                 raise
             except Exception as exc:
-                state.last_error = type(exc).__name__
-                log.exception("background task failed; restarting", task=state.name,
-                              restarts=state.restarts + 1, backoff_s=backoff)
+                failure = exc
+            if loop.time() - started >= self._healthy_s:
+                backoff = self._backoff_s
             state.up = False
             state.restarts += 1
+            if failure is None:
+                state.last_error = "returned"
+                log.error("background task returned; restarting", task=state.name,
+                          restarts=state.restarts, backoff_s=backoff)
+            else:
+                state.last_error = type(failure).__name__
+                log.error("background task failed; restarting", task=state.name,
+                          restarts=state.restarts, backoff_s=backoff, exc_info=failure)
             await self._changed()
-            if loop.time() - started >= _HEALTHY_S:
-                backoff = self._backoff_s
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
 

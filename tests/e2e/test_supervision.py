@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -186,14 +189,24 @@ async def test_a_stuck_loop_fails_liveness_and_a_ticking_one_passes(
         assert loop.time() < deadline + 120, "liveness never SERVING again after the loop was released"
 
 
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def test_store_down_fails_readiness_not_liveness_and_says_why(tmp_path: Path) -> None:
     """Redis is not up: the server stays up, NOT_SERVING, liveness SERVING, and every
     "store unreachable" line carries the reason, never the password of the URL."""
     addr = f"127.0.0.1:{free_port()}"
+    http = f"127.0.0.1:{free_port()}"
     store = f"redis://:s3cr3t-pa55@127.0.0.1:{free_port()}/0"  # nothing listens there
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(keysvc_cmd("serve", "--listen", addr, "--store", store, "--log-format", "json"),
+        proc = subprocess.Popen(keysvc_cmd("serve", "--listen", addr, "--store", store, "--log-format", "json",
+                                           "--http-listen", http),
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -202,6 +215,8 @@ def test_store_down_fails_readiness_not_liveness_and_says_why(tmp_path: Path) ->
             assert time.monotonic() < deadline, done.stderr
         ready = health_cli(addr)
         assert ready.returncode == 1 and "NOT_SERVING" in ready.stdout
+        assert http_status(f"http://{http}/livez") == 200
+        assert http_status(f"http://{http}/healthz") == 503
         wait_for(lambda: "store unreachable" in log_path.read_text(), what="a store unreachable line")
         lines = [line for line in log_path.read_text().splitlines() if "store unreachable" in line]
         assert all('"reason": "ConnectionError: redis: ' in line for line in lines), lines
@@ -209,3 +224,19 @@ def test_store_down_fails_readiness_not_liveness_and_says_why(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_health_cli_probes_the_address_keysvc_listen_names(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """What the Dockerfile's HEALTHCHECK runs: no address flag, the same settings as `serve`."""
+    server = start_server(f"sqlite:///{tmp_path}/k.db")
+    env = {"PATH": os.environ.get("PATH", ""), "KEYSVC_LISTEN": server.addr}
+    for flags, answer in (((), "readiness: SERVING"), (("--live",), "liveness: SERVING")):
+        done = subprocess.run(keysvc_cmd("health", *flags), capture_output=True, text=True, timeout=60,
+                              check=False, env=env)
+        assert done.returncode == 0 and done.stdout.strip() == answer, done.stderr
+    server.stop()
+    done = subprocess.run(keysvc_cmd("health", "--timeout", "2"), capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+    assert done.returncode == 1  # nothing answers there any more
