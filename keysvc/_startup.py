@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from typing import TYPE_CHECKING
 
 from keysvc.errors import ConfigError, StoreUnavailableError
@@ -43,6 +44,7 @@ def _bound(name: str, address: str) -> socket.socket | None:
     except ValueError as exc:
         raise ConfigError(f"{env_name(name)}: {exc}") from None
     if isinstance(parsed, str):
+        _check_unix(name, address, parsed)
         return None
     host, port = parsed
     try:
@@ -59,6 +61,26 @@ def _bound(name: str, address: str) -> socket.socket | None:
         sock.close()
         raise ConfigError(f"{env_name(name)}: cannot listen on {address}: {_reason(exc)}") from None
     return sock
+
+
+def _check_unix(name: str, address: str, path: str) -> None:
+    """A socket path binds when its directory exists and no live server holds it."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{env_name(name)}: cannot listen on {address}: {why}")
+
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise bad(f"directory {directory} does not exist")
+    if not os.path.exists(path):
+        return
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        raise bad("the path exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # a stale socket file: binding replaces it
+    raise bad("Address already in use")
 
 
 def _reason(exc: OSError) -> str:

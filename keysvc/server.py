@@ -214,10 +214,10 @@ def _bind(app: App, server: aio.Server | grpc.Server, name: str) -> int:
     if not app.reuse_port:  # a worker set's parent checked (and holds) its ports
         _startup.check_free(name, address)
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:
+        port = server.add_insecure_port(address)  # 1 for a unix socket, 0 when it failed (aio)
+    except RuntimeError:  # the sync stack's way of saying it failed
         port = 0
-    if port == 0 and not address.startswith("unix:"):
+    if port == 0:
         raise ConfigError(f"{env_name(name)}: cannot listen on {address}")
     return port
 

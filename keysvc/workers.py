@@ -27,6 +27,7 @@ with N > 1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from keysvc._startup import reserve
+from keysvc._startup import check_store, reserve
 from keysvc.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -165,12 +166,24 @@ class Supervisor:
         return 1 if self._failed else 0
 
 
+async def _check_store(settings: Settings) -> None:
+    from keysvc.server import make_store
+
+    store = make_store(settings)
+    try:
+        await check_store(store, settings)
+    finally:
+        await store.close()
+
+
 def run(settings: Settings) -> int:
     """Serve with `settings.workers` processes until SIGTERM/SIGINT; return the exit code.
 
     Raises:
-        ConfigError: a listen address is taken or cannot be bound (nothing was started).
+        ConfigError: a listen address is taken or cannot be bound, or the store can
+            never work (nothing was started).
     """
+    asyncio.run(_check_store(settings))  # once here, not N times in the children
     holders: list[socket.socket] = []
     resolved: dict[str, Any] = {}
     try:

@@ -84,10 +84,12 @@ def _not_a_database(tmp_path: Path) -> str:
     str,  # the directory itself
     _not_a_database,
 ], ids=["directory_missing", "a_directory", "not_a_database"])
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_an_sqlite_store_that_cannot_open_is_one_line_naming_the_store(
-    make_path: Callable[[Path], str], tmp_path: Path
+    make_path: Callable[[Path], str], workers: str, tmp_path: Path
 ) -> None:
-    done = serve("--listen", f"127.0.0.1:{free_port()}", "--store", f"sqlite:///{make_path(tmp_path)}")
+    done = serve("--listen", f"127.0.0.1:{free_port()}", "--store", f"sqlite:///{make_path(tmp_path)}",
+                 "--workers", workers)
     assert_one_line(done, "KEYSVC_STORE")
 
 
@@ -95,3 +97,16 @@ def test_a_redis_url_that_cannot_be_parsed_is_one_line_without_its_password() ->
     done = serve("--listen", f"127.0.0.1:{free_port()}", "--store", "redis://:hunter2-secret@127.0.0.1:abc/0")
     assert_one_line(done, "KEYSVC_STORE")
     assert "hunter2-secret" not in done.stderr + done.stdout
+
+
+def test_a_unix_socket_in_a_missing_directory_or_held_by_a_server_is_one_line(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/k.db"
+    missing = serve("--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"unix:{tmp_path}/no/admin.sock",
+                    "--store", store)
+    assert "does not exist" in assert_one_line(missing, "KEYSVC_ADMIN_LISTEN")
+    path = tmp_path / "held.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as held:
+        held.bind(str(path))
+        held.listen()
+        done = serve("--listen", f"unix:{path}", "--store", store)
+    assert "in use" in assert_one_line(done, "KEYSVC_LISTEN")
