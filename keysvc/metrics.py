@@ -78,9 +78,6 @@ def install(
     meter.create_observable_counter(
         "keysvc.events.applied", [lambda _: [Observation(follower.applied)]], unit="{event}",
         description="Events from the store's log applied to this process's cache.")
-    meter.create_observable_gauge(
-        "keysvc.events.connected", [lambda _: [Observation(int(follower.connected))]],
-        description="1 while the event follower reaches the store's log.")
     histogram = meter.create_histogram(
         "keysvc.validate.store_duration", unit="s",
         description="Duration of validations that needed the store (misses, counters).",
@@ -89,10 +86,23 @@ def install(
     validator.on_store_answer = histogram.record
 
 
-def install_tasks(provider: MeterProvider, supervisor: TaskSupervisor) -> None:
-    """Create the supervision instruments: `keysvc_task_up{task}` and `keysvc_task_restarts_total{task}`."""
+def install_tasks(provider: MeterProvider, supervisor: TaskSupervisor, follower: EventFollower) -> None:
+    """Create the instruments that read supervised state.
+
+    `keysvc_task_up{task}`, `keysvc_task_restarts_total{task}`, and
+    `keysvc_events_connected` (the follower's own view, and its task running).
+    """
     meter = provider.get_meter("keysvc")
     states = supervisor.states
+
+    def connected(_: CallbackOptions) -> Iterable[Observation]:
+        # A follower waiting to be restarted reaches nothing, whatever it last knew.
+        events = states.get("events")
+        return [Observation(int(follower.connected and (events is None or events.up)))]
+
+    meter.create_observable_gauge(
+        "keysvc.events.connected", [connected],
+        description="1 while the event follower runs and reaches the store's log.")
     meter.create_observable_gauge(
         "keysvc.task.up", [lambda _: [Observation(int(t.up), {"task": t.name}) for t in states.values()]],
         description="1 while the background task runs; 0 while it waits to be restarted.")

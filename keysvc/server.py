@@ -263,7 +263,7 @@ async def start(app: App) -> None:
 
         provider = metrics.serve_prometheus(s.metrics_listen)
         metrics.install(provider, app.validator, app.cache, app.follower)
-        metrics.install_tasks(provider, app.supervisor)
+        metrics.install_tasks(provider, app.supervisor, app.follower)
     http_port = await _start_http(app) if s.http_listen else None
     with contextlib.suppress(StoreUnavailableError):
         await app.follower.start()

@@ -80,6 +80,8 @@ def test_a_follower_failing_on_an_unexpected_error_is_restarted_and_reported(
     wait_for(lambda: value(scrape(metrics_port), "keysvc_task_restarts_total", task="events") >= 2,
              what="the follower restarted twice")
     wait_for(lambda: status(channel, "keysvc.events") == NOT_SERVING, what="keysvc.events NOT_SERVING")
+    wait_for(lambda: value(scrape(metrics_port), "keysvc_events_connected") == 0,
+             what="keysvc_events_connected 0 while the follower waits to restart")
     wait_for(lambda: status(channel, "") == NOT_SERVING, what="readiness NOT_SERVING")
     assert status(channel, "liveness") == SERVING  # a failing task is not a stuck process
     assert status(channel, "keysvc.store") == SERVING  # the store itself answers
@@ -93,6 +95,7 @@ def test_a_follower_failing_on_an_unexpected_error_is_restarted_and_reported(
     samples = scrape(metrics_port)
     assert value(samples, "keysvc_task_up", task="events") == 1
     assert value(samples, "keysvc_task_up", task="last_used") == 1
+    wait_for(lambda: value(scrape(metrics_port), "keysvc_events_connected") == 1, what="connected again")
     writer.stub().RevokeKey(pb.RevokeKeyRequest(key_id=created.key.key_id), metadata=md, timeout=5)
     wait_for(lambda: stub.Validate(pb.ValidateRequest(key=created.secret), timeout=5).code == pb.CODE_REVOKED,
              what="the revocation made elsewhere reached this server")
