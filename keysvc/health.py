@@ -85,7 +85,7 @@ class HealthState:
         for service in self._ready_services:
             await self._set(service, self.ready)
         await self._set("keysvc.store", self.store_ok)
-        for state in self._supervisor.states.values():
+        for state in self._supervisor.snapshot():
             await self._set(f"keysvc.{state.name}", state.up)
 
     def set_live(self, live: bool) -> None:

@@ -93,22 +93,22 @@ def install_tasks(provider: MeterProvider, supervisor: TaskSupervisor, follower:
     `keysvc_events_connected` (the follower's own view, and its task running).
     """
     meter = provider.get_meter("keysvc")
-    states = supervisor.states
 
     def connected(_: CallbackOptions) -> Iterable[Observation]:
         # A follower waiting to be restarted reaches nothing, whatever it last knew.
-        events = states.get("events")
-        return [Observation(int(follower.connected and (events is None or events.up)))]
+        events_up = all(t.up for t in supervisor.snapshot() if t.name == "events")
+        return [Observation(int(follower.connected and events_up))]
 
     meter.create_observable_gauge(
         "keysvc.events.connected", [connected],
         description="1 while the event follower runs and reaches the store's log.")
     meter.create_observable_gauge(
-        "keysvc.task.up", [lambda _: [Observation(int(t.up), {"task": t.name}) for t in states.values()]],
+        "keysvc.task.up",
+        [lambda _: [Observation(int(t.up), {"task": t.name}) for t in supervisor.snapshot()]],
         description="1 while the background task runs; 0 while it waits to be restarted.")
     meter.create_observable_counter(
         "keysvc.task.restarts",
-        [lambda _: [Observation(t.restarts, {"task": t.name}) for t in states.values()]],
+        [lambda _: [Observation(t.restarts, {"task": t.name}) for t in supervisor.snapshot()]],
         unit="{restart}", description="Restarts of a background task after it failed.")
 
 

@@ -12,9 +12,10 @@ read by the `Watchdog` thread, which fails liveness when the loop stops
 ticking (a callback that blocks it, a deadlock), never because the store is
 down.
 
-Threads: task states are written on the event loop only; the watchdog thread
-only reads `heartbeat` (one float) and writes the liveness status through the
-thread-safe health servicer it is given.
+Threads: task states are written on the event loop only; the map of them
+grows under a lock, which `snapshot` (the metrics scrape thread's way in)
+takes too. The watchdog thread only reads `heartbeat` (one float) and writes
+the liveness status through the thread-safe health servicer it is given.
 """
 
 from __future__ import annotations
@@ -70,20 +71,28 @@ class TaskSupervisor:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._healthy_s = healthy_s
-        self.states: dict[str, TaskState] = {}
+        self.states: dict[str, TaskState] = {}  # grown under _lock; read it from other threads by snapshot()
+        self._lock = threading.Lock()
         self.heartbeat = time.monotonic()  # written by the loop's tick, read by the watchdog
 
     @property
     def all_up(self) -> bool:
         """True when every supervised task is running."""
-        return all(state.up for state in self.states.values())
+        return all(state.up for state in self.snapshot())
+
+    def snapshot(self) -> list[TaskState]:
+        """The supervised tasks' states, safe to iterate from any thread."""
+        with self._lock:
+            return list(self.states.values())
 
     def spawn(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         """Start `work()` under supervision as the task `name`; return the asyncio task.
 
         `work` is called again for every restart, so it must build a fresh coroutine.
         """
-        state = self.states[name] = TaskState(name)
+        state = TaskState(name)
+        with self._lock:
+            self.states[name] = state
         return asyncio.create_task(self._supervise(state, work), name=name)
 
     def ticker(self) -> asyncio.Task[None]:
