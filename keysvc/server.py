@@ -234,11 +234,6 @@ async def _write_last_used(app: App) -> None:
                 log.warning("could not record last use", keys=len(batch))
 
 
-async def _follow_events(app: App) -> None:
-    """The event follower's loop; a restart after a failure resumes from its cursor."""
-    await app.follower.run()
-
-
 def _store_kind(settings: Settings) -> str:
     return settings.store.split(":", 1)[0]
 
@@ -265,8 +260,12 @@ async def start(app: App) -> None:
         metrics.install(provider, app.validator, app.cache, app.follower)
         metrics.install_tasks(provider, app.supervisor, app.follower)
     http_port = await _start_http(app) if s.http_listen else None
-    with contextlib.suppress(StoreUnavailableError):
+    try:
         await app.follower.start()
+    except StoreUnavailableError:
+        pass  # its task connects once the store answers
+    except Exception:  # an unexpected error: its supervised task retries, with backoff
+        log.exception("event follower could not start; retrying")
     for server in app.servers:
         started = server.start()
         if started is not None:  # grpc.aio's start is a coroutine; grpc.server's returns None
@@ -276,7 +275,7 @@ async def start(app: App) -> None:
     app.tasks += [
         sup.ticker(),
         sup.spawn("store_probe", lambda: probe_store(app.store, app.status, s.store)),
-        sup.spawn("events", lambda: _follow_events(app)),
+        sup.spawn("events", app.follower.run),  # a restart resumes from the follower's cursor
         sup.spawn("last_used", lambda: _write_last_used(app)),
         sup.spawn("deadlines", announcer.run),
     ]

@@ -243,3 +243,22 @@ def test_health_cli_probes_the_address_keysvc_listen_names(
     done = subprocess.run(keysvc_cmd("health", "--timeout", "2"), capture_output=True, text=True, timeout=60,
                           check=False, env=env)
     assert done.returncode == 1  # nothing answers there any more
+
+
+def test_a_follower_that_cannot_start_does_not_stop_the_server(
+    start_server: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    """The event stream is of the wrong type before start-up: the server serves, not ready, and
+    becomes ready once the log is usable."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.set("{keysvc}:events", "not a stream")
+    server = start_server(redis_url, wait=False)
+    channel = server.channel()
+    wait_for(lambda: status(channel, "liveness") == SERVING, what="liveness SERVING")
+    assert server.proc.poll() is None, server.logs()
+    wait_for(lambda: "background task failed; restarting" in server.logs(), what="the follower's failure logged")
+    assert status(channel, "") == NOT_SERVING
+    client.delete("{keysvc}:events")
+    server.wait_serving(timeout=60)
+    assert status(channel, "keysvc.events") == SERVING
