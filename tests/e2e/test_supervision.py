@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -262,3 +263,22 @@ def test_a_follower_that_cannot_start_does_not_stop_the_server(
     client.delete("{keysvc}:events")
     server.wait_serving(timeout=60)
     assert status(channel, "keysvc.events") == SERVING
+
+
+def test_a_busy_sqlite_lock_at_start_up_is_waited_for_not_an_error(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/k.db"
+    bootstrap(url)  # the file and its schema exist
+    holder = sqlite3.connect(tmp_path / "k.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+    try:
+        server = start_server(url, wait=False)
+        channel = server.channel()
+        wait_for(lambda: status(channel, "liveness") == SERVING, what="liveness SERVING")
+        assert server.proc.poll() is None, server.logs()
+        assert status(channel, "") == NOT_SERVING
+    finally:
+        holder.rollback()
+        holder.close()
+    server.wait_serving(timeout=60)
