@@ -18,6 +18,7 @@ its own children, started afterwards with SO_REUSEPORT, can join.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -33,12 +34,19 @@ if TYPE_CHECKING:
 __all__ = ["check_free", "check_store", "reserve", "sqlite_path"]
 
 
-def _bound(name: str, address: str) -> socket.socket | None:
-    """Bind `address` exclusively; return the socket (None for a unix socket).
+def _bound(name: str, address: str, *, keep: bool) -> socket.socket | None:
+    """Bind every address `address` resolves to, exclusively, as gRPC would.
+
+    Returns:
+        With `keep`, the first bound socket (the others are not tried); else
+        None, every socket closed again. None for a unix socket.
 
     Raises:
-        ConfigError: naming the setting and why the address cannot be bound.
+        ConfigError: naming the setting and why: an address in use, or none bindable.
     """
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{env_name(name)}: cannot listen on {address}: {why}")
+
     try:
         parsed = split_listen(address)
     except ValueError as exc:
@@ -48,19 +56,30 @@ def _bound(name: str, address: str) -> socket.socket | None:
         return None
     host, port = parsed
     try:
-        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                    flags=socket.AI_PASSIVE)[0][0]
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise bad(_reason(exc)) from None
+    failure: OSError | None = None
+    bound_any = False
+    for family, _, _, _, sockaddr in infos:
         sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConfigError(f"{env_name(name)}: cannot listen on {address}: {_reason(exc)}") from None
-    try:
-        # Like gRPC's own bind: connections in TIME_WAIT do not hold the port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
+        try:
+            # Like gRPC's own bind: connections in TIME_WAIT do not hold the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise bad(_reason(exc)) from None
+            failure = failure or exc
+            continue
+        if keep:
+            return sock
         sock.close()
-        raise ConfigError(f"{env_name(name)}: cannot listen on {address}: {_reason(exc)}") from None
-    return sock
+        bound_any = True
+    if not bound_any:
+        raise bad(_reason(failure) if failure else "no address to bind")
+    return None
 
 
 def _check_unix(name: str, address: str, path: str) -> None:
@@ -93,9 +112,7 @@ def check_free(name: str, address: str) -> None:
     Raises:
         ConfigError: it cannot; the message names the setting and the reason.
     """
-    sock = _bound(name, address)
-    if sock is not None:
-        sock.close()
+    _bound(name, address, keep=False)
 
 
 def reserve(name: str, address: str) -> tuple[str, socket.socket | None]:
@@ -107,7 +124,7 @@ def reserve(name: str, address: str) -> tuple[str, socket.socket | None]:
     Raises:
         ConfigError: the address is taken or cannot be bound.
     """
-    sock = _bound(name, address)
+    sock = _bound(name, address, keep=True)
     if sock is None:
         return address, None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
