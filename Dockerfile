@@ -29,10 +29,11 @@ USER 10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 50051 8080
-# gRPC health (grpc.health.v1): SERVING once the store answers.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD \
-  python -c "import sys,grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
-sys.exit(0 if g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2).status == 1 else 1)"
+# `keysvc health` probes the address KEYSVC_LISTEN names (a wildcard host means
+# loopback), so it follows any listen setting. Readiness: SERVING once the store
+# answers. An orchestrator that restarts unhealthy containers should probe
+# `keysvc health --live` instead, which fails only when the process is stuck.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["keysvc", "health", "--timeout", "3"]
 # SIGTERM: health flips to NOT_SERVING, in-flight calls drain (KEYSVC_SHUTDOWN_GRACE_S), exit 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["keysvc"]

@@ -23,9 +23,10 @@ every object and field here costs megabytes.
 
 Threads: reads (`get`, `is_unknown`, `get_policy`) may run on the sync gRPC
 stack's threads while the event loop inserts and evicts. Each step is one dict
-operation (atomic under the GIL) and none checks-then-acts on a shared map: an
-entry removed between the lookup and what follows it is answered as found (or,
-for an expired negative entry, as gone), never a KeyError.
+operation and none checks-then-acts on a shared map: an entry removed between
+the lookup and what follows it is answered as found, never a KeyError. Every
+writer (inserts, dropping an expired negative entry, invalidations, clear)
+holds the one lock above, for O(1) work; a hit only reads.
 """
 
 from __future__ import annotations
@@ -202,7 +203,9 @@ class KeyCache:
         if until > now:
             self.stats.negative_hits += 1
             return True
-        self._negative.pop(key_hash, None)
+        with self._lock:
+            if self._negative.get(key_hash) == until:  # not renewed since it was read
+                del self._negative[key_hash]
         return False
 
     def put(self, record: KeyRecord, now: float, epoch: int) -> CachedKey:
@@ -288,11 +291,11 @@ class KeyCache:
 
     def clear(self) -> None:
         """Forget everything (the event log was lost, so anything may have changed)."""
-        with self._lock:
+        with self._lock:  # new maps: O(1) under the lock, whatever their size
             self.epoch += 1
             self._floor = self.epoch
             self._invalidated.clear()
             self.stats.flushes += 1
-            self._keys.clear()
-            self._negative.clear()
-            self._policies.clear()
+            self._keys = OrderedDict()
+            self._negative = OrderedDict()
+            self._policies = {}

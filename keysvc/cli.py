@@ -90,10 +90,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     try:
-        asyncio.run(server.serve(settings))
+        asyncio.run(server.serve(settings, reuse_port=args.in_worker_set))
     finally:
         telemetry.shutdown_tracing()  # flush spans still in the batch processor
     return 0
+
+
+def _probe_target(listen: str) -> str:
+    """The address to probe a server listening on `listen` at (a wildcard host means loopback)."""
+    if listen.startswith("unix:"):
+        return listen
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, not a bind
+        host = "127.0.0.1"
+    elif host == "[::]":
+        host = "[::1]"
+    return f"{host}:{port}"
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server on the configured `listen` answers SERVING (readiness, or liveness)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from keysvc.health import LIVENESS, READINESS
+
+    settings = _settings_from(args)
+    service = LIVENESS if args.live else READINESS
+    with grpc.insecure_channel(_probe_target(settings.listen)) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"keysvc: {service}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{service}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -451,7 +484,17 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
 
     serve = sub.add_parser("serve", help="run the server")
     _add_settings_flags(serve)
+    # Set by `--workers N` on its children only: they share the ports their parent reserved.
+    serve.add_argument("--in-worker-set", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
+
+    health = sub.add_parser("health", help="probe the server on the configured listen address; exit 0 if "
+                                           "SERVING (for container health checks)")
+    _add_settings_flags(health)
+    health.add_argument("--live", action="store_true",
+                        help="probe liveness (the process is not stuck) instead of readiness")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    health.set_defaults(func=_cmd_health)
 
     boot = sub.add_parser("bootstrap", help="create the first admin key (once)")
     _add_settings_flags(boot)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
+from keysvc.errors import ConfigError
 from keysvc.model import Code
 from keysvc.service.events import FollowerState
 
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from keysvc.cache import KeyCache
     from keysvc.service.events import EventFollower
     from keysvc.service.validator import Validator
+    from keysvc.supervisor import TaskSupervisor
 
-__all__ = ["install", "serve_prometheus"]
+__all__ = ["install", "install_tasks", "serve_prometheus"]
 
 # Buckets for answers that needed the store: 100 us to 1 s.
 _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -86,9 +88,6 @@ def install(
     meter.create_observable_counter(
         "keysvc.events.applied", [lambda _: [Observation(follower.applied)]], unit="{event}",
         description="Events from the store's log applied to this process's cache.")
-    meter.create_observable_gauge(
-        "keysvc.events.connected", [lambda _: [Observation(int(follower.connected))]],
-        description="1 while the event follower reaches the store's log.")
     histogram = meter.create_histogram(
         "keysvc.validate.store_duration", unit="s",
         description="Duration of validations that needed the store (misses, counters).",
@@ -97,18 +96,51 @@ def install(
     validator.on_store_answer = histogram.record
 
 
+def install_tasks(provider: MeterProvider, supervisor: TaskSupervisor, follower: EventFollower) -> None:
+    """Create the instruments that read supervised state.
+
+    `keysvc_task_up{task}`, `keysvc_task_restarts_total{task}`, and
+    `keysvc_events_connected` (the follower's own view, and its task running).
+    """
+    meter = provider.get_meter("keysvc")
+
+    def connected(_: CallbackOptions) -> Iterable[Observation]:
+        # A follower waiting to be restarted reaches nothing, whatever it last knew.
+        events_up = all(t.up for t in supervisor.snapshot() if t.name == "events")
+        return [Observation(int(follower.connected and events_up))]
+
+    meter.create_observable_gauge(
+        "keysvc.events.connected", [connected],
+        description="1 while the event follower runs and reaches the store's log.")
+    meter.create_observable_gauge(
+        "keysvc.task.up",
+        [lambda _: [Observation(int(t.up), {"task": t.name}) for t in supervisor.snapshot()]],
+        description="1 while the background task runs; 0 while it waits to be restarted.")
+    meter.create_observable_counter(
+        "keysvc.task.restarts",
+        [lambda _: [Observation(t.restarts, {"task": t.name}) for t in supervisor.snapshot()]],
+        unit="{restart}", description="Restarts of a background task after it failed.")
+
+
 def serve_prometheus(listen: str) -> MeterProvider:
     """Start a Prometheus scrape endpoint (`/metrics`) on host:port; return its provider.
 
     The endpoint is prometheus_client's HTTP server, in a daemon thread.
+
+    Raises:
+        ConfigError: the address cannot be bound (named as KEYSVC_METRICS_LISTEN).
     """
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
-    from keysvc.settings import split_listen
+    from keysvc.settings import env_name, split_listen
 
     address = split_listen(listen)
     assert isinstance(address, tuple)  # Settings refuses unix sockets here
     host, port = address
-    start_http_server(port, addr=host or "0.0.0.0")  # noqa: S104 - the operator chose the address
+    try:
+        start_http_server(port, addr=host or "0.0.0.0")  # noqa: S104 - the operator chose the address
+    except OSError as exc:
+        raise ConfigError(f"{env_name('metrics_listen')}: cannot listen on {listen}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
     return MeterProvider(metric_readers=[PrometheusMetricReader()])

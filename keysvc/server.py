@@ -1,7 +1,8 @@
 """Wires keysvc together: the only module that builds concrete classes.
 
-Listeners, health, reflection, the event follower, the last-used writer,
-and graceful shutdown (SIGTERM: health NOT_SERVING, drain, exit 0).
+Listeners, health, reflection, the supervised background tasks (event
+follower, last-used writer, deadline announcer, store probe), and graceful
+shutdown (SIGTERM: readiness NOT_SERVING, drain, exit 0).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import inspect
 import os
 import signal
 from concurrent import futures
@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from keysvc import _startup
 from keysvc.api._authz import Authorizer, AuthzConfig
 from keysvc.api._threaded import Bridge, threaded_servicer
 from keysvc.api.auth import AdminAuth
@@ -32,6 +33,7 @@ from keysvc.api.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
 from keysvc.api.keyservice import KeyServiceServicer
 from keysvc.cache import KeyCache
 from keysvc.errors import ConfigError, StoreUnavailableError
+from keysvc.health import HealthState, probe_store, redact_url
 from keysvc.routes import Routes, load_routes
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
@@ -39,6 +41,7 @@ from keysvc.service.events import EventFollower, FollowerState
 from keysvc.service.validator import Validator
 from keysvc.settings import Settings, env_name, header_names
 from keysvc.store.base import Store
+from keysvc.supervisor import TaskSupervisor, Watchdog
 from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 if TYPE_CHECKING:
@@ -50,29 +53,33 @@ log = structlog.get_logger("keysvc.server")
 
 KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 EVENTS_HEALTH = "keysvc.events"
-"""gRPC health service name of the event follower: NOT_SERVING while it is not caught up."""
+"""gRPC health name of the event follower: NOT_SERVING while its task is down or it is behind."""
 _LAST_USED_FLUSH_S = 1.0
-_HEALTH_PROBE_S = 2.0
 
 
 def make_store(settings: Settings) -> Store:
-    """Build the store the settings name (the one place a backend is chosen)."""
+    """Build the store the settings name (the one place a backend is chosen).
+
+    Raises:
+        ConfigError: the store URL cannot be parsed.
+    """
     timeout_s = settings.store_timeout_ms / 1000
     if settings.store.startswith("sqlite://"):
         from keysvc.store.sqlite import SqliteStore
 
-        path = settings.store.removeprefix("sqlite://").removeprefix("/") or "keysvc.db"
-        # sqlite:///rel.db -> rel.db ; sqlite:////abs/path.db -> /abs/path.db
         return SqliteStore(
-            path, event_retention=settings.event_retention,
+            _startup.sqlite_path(settings), event_retention=settings.event_retention,
             poll_interval_s=settings.event_poll_ms / 1000, busy_timeout_s=timeout_s,
         )
     from keysvc.store.redis import RedisStore
 
-    return RedisStore(
-        settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
-        retries=settings.store_retries, event_retention=settings.event_retention,
-    )
+    try:
+        return RedisStore(
+            settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
+            retries=settings.store_retries, event_retention=settings.event_retention,
+        )
+    except ValueError as exc:  # redis-py cannot parse the URL: it will never work
+        raise ConfigError(f"{env_name('store')}: {redact_url(str(exc), settings.store)}") from None
 
 
 def grpc_stack(choice: str, cpus: int | None = None) -> str:
@@ -106,11 +113,19 @@ class App:
     health: Any
     authorizer: Authorizer
     stack: str  # the gRPC stack, "sync" or "aio" ("auto" decided)
+    supervisor: TaskSupervisor
+    status: HealthState  # readiness, liveness and per-component health, published to `health`
+    reuse_port: bool = False  # one of a `--workers` set: share the reserved ports
     servers: list[aio.Server | grpc.Server] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http: HttpListener | None = None  # forward-auth, when `http_listen` is set
-    serving: bool = False  # what health says, for the HTTP /healthz
+    watchdog: Watchdog | None = None  # liveness on the sync stack (grpc.aio answers health on the loop)
+
+    @property
+    def serving(self) -> bool:
+        """What readiness says now (the HTTP /healthz reads it)."""
+        return self.status.ready
 
 
 def _authz_config(settings: Settings) -> AuthzConfig:
@@ -124,8 +139,13 @@ def _authz_config(settings: Settings) -> AuthzConfig:
     return AuthzConfig(routes, header_names(settings.authz_key_headers), settings.authz_trusted_proxy_depth)
 
 
-def build(settings: Settings, store: Store | None = None) -> App:
+def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = False) -> App:
     """Assemble the objects of one process (no network I/O yet; reads the routes file).
+
+    Args:
+        settings: the resolved settings.
+        store: the store to use (default: the one the settings name).
+        reuse_port: this process is one of a `--workers` set sharing reserved ports.
 
     Raises:
         ConfigError: the routes file is missing or invalid.
@@ -148,14 +168,21 @@ def build(settings: Settings, store: Store | None = None) -> App:
     # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
     stack = grpc_stack(settings.grpc_stack)
     checks = health.HealthServicer() if stack == "sync" else health_aio.HealthServicer()
+    supervisor = TaskSupervisor()
+    status = HealthState(checks, (KEYSERVICE, AUTHORIZATION_SERVICE), supervisor,
+                         {"events": lambda: follower.state is FollowerState.FOLLOWING})
+    supervisor.on_change = status.publish  # a task up or down changes readiness
     return App(settings, store, cache, validator, admin, follower, checks,
-               Authorizer(validator, _authz_config(settings)), stack)
+               Authorizer(validator, _authz_config(settings)), stack, supervisor, status,
+               reuse_port=reuse_port)
 
 
 def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     """One gRPC server on the configured stack, serving every service keysvc has."""
     s = app.settings
-    options = [("grpc.max_receive_message_length", s.max_request_bytes), ("grpc.so_reuseport", 1)]
+    # SO_REUSEPORT only within a worker set: a lone process shares its port with nobody.
+    options = [("grpc.max_receive_message_length", s.max_request_bytes),
+               ("grpc.so_reuseport", int(app.reuse_port))]
     keyservice = AdminAuth(app.validator, app.admin.authority, admin_enabled=admin_enabled).protect(
         KeyServiceServicer(app.validator, app.admin, app.store)
     )
@@ -191,50 +218,18 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     return server
 
 
-def _bind(server: aio.Server | grpc.Server, address: str) -> int:
-    port = server.add_insecure_port(address)
-    if port == 0 and not address.startswith("unix:"):
-        raise OSError(f"cannot listen on {address}")
+def _bind(app: App, server: aio.Server | grpc.Server, name: str) -> int:
+    """Bind the address of setting `name`; a failure is a ConfigError naming it and why."""
+    address = getattr(app.settings, name)
+    if not app.reuse_port:  # a worker set's parent checked (and holds) its ports
+        _startup.check_free(name, address)
+    try:
+        port = server.add_insecure_port(address)  # 1 for a unix socket, 0 when it failed (aio)
+    except RuntimeError:  # the sync stack's way of saying it failed
+        port = 0
+    if port == 0:
+        raise ConfigError(f"{env_name(name)}: cannot listen on {address}")
     return port
-
-
-async def _set_health(app: App, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    app.serving = serving
-    for service in ("", KEYSERVICE, AUTHORIZATION_SERVICE):
-        done = app.health.set(service, status)
-        if inspect.isawaitable(done):  # grpc.aio's servicer; the sync one sets at once
-            await done
-
-
-async def _probe_store(app: App) -> None:
-    """NOT_SERVING until the store answers; then follow its reachability."""
-    serving: bool | None = None
-    while True:
-        try:
-            await app.store.ping()
-            ok = True
-        except StoreUnavailableError:
-            ok = False
-        if ok != serving:
-            serving = ok
-            await _set_health(app, ok)
-            log.info("store reachable" if ok else "store unreachable", store=_store_kind(app.settings))
-            if ok:
-                app.follower.wake()  # resume following now, not after its retry delay
-        await _set_follower_health(app)
-        await asyncio.sleep(_HEALTH_PROBE_S if ok else 0.25)
-
-
-async def _set_follower_health(app: App) -> None:
-    """Health of `EVENTS_HEALTH`: SERVING while the event follower is caught up."""
-    following = app.follower.state is FollowerState.FOLLOWING
-    done = app.health.set(EVENTS_HEALTH, health_pb2.HealthCheckResponse.SERVING if following
-                          else health_pb2.HealthCheckResponse.NOT_SERVING)
-    if inspect.isawaitable(done):
-        await done
 
 
 async def _write_last_used(app: App) -> None:
@@ -254,33 +249,50 @@ def _store_kind(settings: Settings) -> str:
 
 
 async def start(app: App) -> None:
-    """Bind listeners and start background work."""
+    """Bind every listener (each failure a ConfigError naming its setting), then start background work.
+
+    Raises:
+        ConfigError: a listen address cannot be bound.
+    """
     s = app.settings
-    await _set_health(app, serving=False)
+    await app.status.start()
     main = _server(app, admin_enabled=not s.admin_listen)
-    app.ports.append(_bind(main, s.listen))
+    app.ports.append(_bind(app, main, "listen"))
     app.servers.append(main)
     if s.admin_listen:
         admin = _server(app, admin_enabled=True)
-        app.ports.append(_bind(admin, s.admin_listen))
+        app.ports.append(_bind(app, admin, "admin_listen"))
         app.servers.append(admin)
-    with contextlib.suppress(StoreUnavailableError):
+    if s.metrics_listen:
+        from keysvc import metrics
+
+        provider = metrics.serve_prometheus(s.metrics_listen)
+        metrics.install(provider, app.validator, app.cache, app.follower)
+        metrics.install_tasks(provider, app.supervisor, app.follower)
+    http_port = await _start_http(app) if s.http_listen else None
+    try:
         await app.follower.start()
+    except StoreUnavailableError:
+        pass  # its task connects once the store answers
+    except Exception:  # an unexpected error: its supervised task retries, with backoff
+        log.exception("event follower could not start; retrying")
     for server in app.servers:
         started = server.start()
         if started is not None:  # grpc.aio's start is a coroutine; grpc.server's returns None
             await started
-    http_port = await _start_http(app) if s.http_listen else None
-    if s.metrics_listen:
-        from keysvc import metrics
-
-        metrics.install(metrics.serve_prometheus(s.metrics_listen), app.validator, app.cache, app.follower)
+    sup = app.supervisor
+    announcer = DeadlineAnnouncer(app.store)
     app.tasks += [
-        asyncio.create_task(_probe_store(app), name="health"),
-        asyncio.create_task(app.follower.run(), name="events"),
-        asyncio.create_task(_write_last_used(app), name="last-used"),
-        asyncio.create_task(DeadlineAnnouncer(app.store).run(), name="deadlines"),
+        sup.ticker(),
+        sup.spawn("store_probe", lambda: probe_store(app.store, app.status, s.store,
+                                                    on_recovered=app.follower.wake)),
+        sup.spawn("events", app.follower.run),  # a restart resumes from the follower's cursor
+        sup.spawn("last_used", lambda: _write_last_used(app)),
+        sup.spawn("deadlines", announcer.run),
     ]
+    if app.stack == "sync":  # grpc.aio answers health on the loop: a stuck loop answers nothing
+        app.watchdog = Watchdog(sup, s.liveness_stall_s, app.status.set_live)
+        app.watchdog.start()
     log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen, stack=app.stack,
              ports=app.ports, store=_store_kind(s), http_listen=s.http_listen, http_port=http_port)
 
@@ -293,8 +305,12 @@ async def _start_http(app: App) -> int:
                            require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
     app.http = HttpListener(make_app(handlers), app.settings.http_listen,
                             shutdown_grace_s=app.settings.shutdown_grace_s,
-                            key_headers=app.authorizer.key_headers)
-    return await app.http.start()
+                            key_headers=app.authorizer.key_headers, reuse_port=app.reuse_port)
+    try:
+        return await app.http.start()
+    except OSError as exc:
+        raise ConfigError(f"{env_name('http_listen')}: cannot listen on {app.settings.http_listen}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
 
 
 async def _cancel(tasks: list[asyncio.Task[None]], bound_s: float = 3.0) -> None:
@@ -330,12 +346,15 @@ async def _stop_server(server: aio.Server | grpc.Server, grace_s: float) -> None
 
 
 async def stop(app: App) -> None:
-    """Flip health, drain in-flight calls within the grace period, release the store."""
-    await _set_health(app, serving=False)
+    """Flip readiness, drain in-flight calls within the grace period, release the store."""
+    app.status.stopping = True
+    await app.status.publish()
     grace = app.settings.shutdown_grace_s
     await asyncio.gather(*(_stop_server(server, grace) for server in app.servers),
                          *([app.http.stop()] if app.http is not None else []))
     await _cancel(app.tasks)
+    if app.watchdog is not None:
+        app.watchdog.stop()
     batch = app.validator.drain_last_used()
     with contextlib.suppress(StoreUnavailableError):
         if batch:
@@ -344,14 +363,27 @@ async def stop(app: App) -> None:
     log.info("keysvc stopped")
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    app = build(settings)
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    Raises:
+        ConfigError: a listener cannot be bound, or the store can never work.
+    """
+    app = build(settings, reuse_port=reuse_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await start(app)
+    try:
+        await _startup.check_store(app.store, settings)
+    except ConfigError:
+        await app.store.close()
+        raise
+    try:
+        await start(app)
+    except ConfigError:
+        await _abandon(app)
+        raise
     # Everything made so far (modules, servicers, clients) lives as long as the process:
     # freezing it keeps the collector's full passes from walking it again and again
     # (measured: ~2.5% of a hit's CPU spent in generation-2 passes before, none after).
@@ -362,3 +394,15 @@ async def serve(settings: Settings) -> None:
     await stop(app)
 
 
+
+
+async def _abandon(app: App) -> None:
+    """Release what a failed start had bound, quietly: the caller reports the one error."""
+    for server in app.servers:
+        if isinstance(server, aio.Server):
+            await server.stop(None)
+        else:
+            server.stop(None)
+    if app.http is not None:
+        await app.http.stop()
+    await app.store.close()

@@ -71,7 +71,7 @@ class Settings:
         "cache), counted in keysvc.store.shed."
     )
     http_listen: str = _f(
-        "", "HTTP forward-auth address (/authz, /healthz): host:port or unix:/path; empty: off."
+        "", "HTTP forward-auth address (/authz, /healthz, /livez): host:port or unix:/path; empty: off."
     )
     authz_routes: str = _f(
         "", "Route file (.toml or .json): scopes needed by path and method; empty: any valid key."
@@ -87,6 +87,9 @@ class Settings:
         "caddy (X-Forwarded-Uri/-Method); required with route rules."
     )
     metrics_listen: str = _f("", "Prometheus scrape address (/metrics), host:port; empty: off.")
+    liveness_stall_s: float = _f(
+        10.0, "Seconds the event loop may go without ticking before the `liveness` health check fails."
+    )
 
     def __post_init__(self) -> None:
         _check(self)
@@ -106,8 +109,7 @@ def _check(s: Settings) -> None:
     def bad(name: str, why: str) -> ConfigError:
         return ConfigError(f"{env_name(name)} (--{name.replace('_', '-')}): {why}")
 
-    if not s.listen:
-        raise bad("listen", "must not be empty")
+    _check_listen(s, bad)
     if not (s.store.startswith("sqlite://") or s.store.startswith(("redis://", "rediss://", "unix://"))):
         raise bad("store", f"unsupported store URL {s.store!r}; use sqlite:///file.db or redis://host:port/db")
     for name in ("store_timeout_ms", "cache_size", "negative_cache_size", "event_poll_ms",
@@ -117,6 +119,8 @@ def _check(s: Settings) -> None:
     for name in ("store_retries",):
         if getattr(s, name) < 0:
             raise bad(name, "must be >= 0")
+    if not (s.liveness_stall_s > 0 and math.isfinite(s.liveness_stall_s)):
+        raise bad("liveness_stall_s", "must be a finite number > 0")
     for name in ("cache_ttl_s", "negative_ttl_s", "stale_window_s", "shutdown_grace_s"):
         value = getattr(s, name)
         if not (value >= 0 and math.isfinite(value)):  # also refuses nan and inf
@@ -133,6 +137,17 @@ def _check(s: Settings) -> None:
     _check_workers(s, bad)
     _check_metrics(s, bad)
     _check_stack(s, bad)
+
+
+def _check_listen(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    if not s.listen:
+        raise bad("listen", "must not be empty")
+    for name in ("listen", "admin_listen"):
+        try:
+            if getattr(s, name):
+                split_listen(getattr(s, name))
+        except ValueError as exc:
+            raise bad(name, str(exc)) from None
 
 
 def _check_stack(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:

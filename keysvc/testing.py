@@ -1,19 +1,22 @@
-"""Test helpers for code that uses keysvc: capture its spans and its log lines."""
+"""Test helpers for code that uses keysvc: capture its spans and its log lines, inject store faults."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from keysvc import telemetry
+from keysvc.store.base import Store
 
-__all__ = ["CapturedLogs", "capture_logs", "capture_spans"]
+__all__ = ["CapturedLogs", "FaultyStore", "capture_logs", "capture_spans"]
 
 
 @contextmanager
@@ -62,3 +65,72 @@ def capture_logs() -> Iterator[CapturedLogs]:
         # In place: loggers cached during the block hold this very list.
         saved["processors"][:] = saved_processors
         structlog.configure(**saved)
+
+
+class FaultyStore:
+    """A real store whose chosen methods raise a given error, for testing what survives it.
+
+    Every call goes to `store`, except calls of a method told to `fail`, which
+    raise that error instead, `times` times (or until `heal`). Faults may be
+    set from any thread (a test's) while the event loop calls the store.
+
+    Args:
+        store: the real backend to forward to.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._faults: dict[str, tuple[Exception, int]] = {}  # method -> (error, calls left; -1: forever)
+        self._raised: dict[str, int] = {}  # method -> errors raised so far
+
+    def as_store(self) -> Store:
+        """Return this object, typed as the Store it stands in for."""
+        return cast("Store", self)
+
+    def fail(self, method: str, error: Exception, times: int = -1) -> None:
+        """Make the next `times` calls of `method` (-1: every call until `heal`) raise `error`."""
+        getattr(self.store, method)  # a typo fails here, not silently later
+        with self._lock:
+            self._faults[method] = (error, times)
+
+    def heal(self, method: str | None = None) -> None:
+        """Stop failing `method` (None: every method)."""
+        with self._lock:
+            if method is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(method, None)
+
+    def raised(self, method: str) -> int:
+        """Return how many calls of `method` raised an injected error so far."""
+        with self._lock:
+            return self._raised.get(method, 0)
+
+    def _fault(self, method: str) -> Exception | None:
+        with self._lock:
+            fault = self._faults.get(method)
+            if fault is None:
+                return None
+            error, left = fault
+            if left > 0:
+                if left == 1:
+                    del self._faults[method]
+                else:
+                    self._faults[method] = (error, left - 1)
+            self._raised[method] = self._raised.get(method, 0) + 1
+            return error
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.store, name)
+        if not callable(target) or name.startswith("_"):
+            return target
+
+        @functools.wraps(target)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            error = self._fault(name)
+            if error is not None:
+                raise error
+            return await target(*args, **kwargs)
+
+        return call

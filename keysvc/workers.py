@@ -14,27 +14,37 @@ A child that dies on its own is logged; the parent then stops the others and
 exits non-zero, so the supervisor above it (systemd, Kubernetes) restarts the
 whole set.
 
-Port 0 ("any free port") is resolved once by the parent, which holds the port
-with a bound, non-listening SO_REUSEPORT socket, so every child gets the same
-one. Unix sockets cannot be shared this way: `Settings` refuses them with N > 1.
+The parent reserves every listen port before the children start (see
+`keysvc._startup.reserve`): it binds each one exclusively, so a port another
+process (another keysvc included) already serves stops the start with one
+line, then lets SO_REUSEPORT sockets join its bound, non-listening holder.
+Only children (started with `--in-worker-set`) bind with SO_REUSEPORT; a
+single `keysvc serve` never does, so nothing else can share its port. Port 0
+("any free port") is resolved by that reservation, so every child gets the
+same one. Unix sockets cannot be shared this way: `Settings` refuses them
+with N > 1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from keysvc._startup import check_store, reserve
 from keysvc.settings import Settings, env_name
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["Supervisor", "child_environment", "run"]
 
@@ -45,21 +55,6 @@ _LISTENERS = ("listen", "admin_listen", "http_listen")  # every address the chil
 # Clean exits once asked to stop: 0, or killed by the signal itself when it came
 # before the child had installed its handlers (still starting up).
 _STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)
-
-
-def _reserve(address: str) -> tuple[str, socket.socket | None]:
-    """Turn host:0 into host:<a free port> held by a non-listening SO_REUSEPORT socket."""
-    if not address or address.startswith("unix:"):
-        return address, None
-    host, _, port = address.rpartition(":")
-    if port != "0":
-        return address, None
-    bare = host.removeprefix("[").removesuffix("]")
-    family = socket.getaddrinfo(bare or None, 0, type=socket.SOCK_STREAM)[0][0]
-    holder = socket.socket(family, socket.SOCK_STREAM)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((bare, 0))
-    return f"{host}:{holder.getsockname()[1]}", holder
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -91,7 +86,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, command: list[str] | None = None) -> None:
         self._settings = settings
-        self._command = command or [sys.executable, "-m", "keysvc.cli", "serve"]
+        self._command = command or [sys.executable, "-m", "keysvc.cli", "serve", "--in-worker-set"]
         self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # pid -> (index, process)
         self._stop_reason: int | None = None  # the signal that asked to stop; 0: a worker died
         self._stop_logged = False
@@ -171,15 +166,31 @@ class Supervisor:
         return 1 if self._failed else 0
 
 
+async def _check_store(settings: Settings) -> None:
+    from keysvc.server import make_store
+
+    store = make_store(settings)
+    try:
+        await check_store(store, settings)
+    finally:
+        await store.close()
+
+
 def run(settings: Settings) -> int:
-    """Serve with `settings.workers` processes until SIGTERM/SIGINT; return the exit code."""
+    """Serve with `settings.workers` processes until SIGTERM/SIGINT; return the exit code.
+
+    Raises:
+        ConfigError: a listen address is taken or cannot be bound, or the store can
+            never work (nothing was started).
+    """
+    asyncio.run(_check_store(settings))  # once here, not N times in the children
     holders: list[socket.socket] = []
     resolved: dict[str, Any] = {}
-    for name in _LISTENERS:
-        if hasattr(settings, name):
-            resolved[name], holder = _reserve(getattr(settings, name))
-            holders += [holder] if holder is not None else []
     try:
+        for name in _LISTENERS:
+            if getattr(settings, name, ""):
+                resolved[name], holder = reserve(name, getattr(settings, name))
+                holders += [holder] if holder is not None else []
         settings = dataclasses.replace(settings, **resolved)
         supervisor = Supervisor(settings)
         log.info("keysvc starting workers", workers=settings.workers, pid=os.getpid(), **resolved)

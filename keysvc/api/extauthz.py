@@ -14,8 +14,8 @@ JSON round trips; a key's response is built once and reused.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -102,6 +102,38 @@ def _headers(http: Any) -> Mapping[str, str]:
     return merged
 
 
+class _ResponseMemo:
+    """Built responses by result, at most `max_entries`, the oldest dropped first.
+
+    Any thread reads; writers (sync-stack threads and the loop) insert and
+    evict under one lock, held for O(1) dict work only.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: dict[AuthzResult, pb.CheckResponse] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, result: AuthzResult, build: Callable[[AuthzResult], pb.CheckResponse]) -> pb.CheckResponse:
+        """Return the response memoised for `result`, building (outside the lock) and keeping it if new."""
+        response = self._entries.get(result)
+        if response is not None:
+            return response
+        response = build(result)
+        with self._lock:
+            entries = self._entries
+            kept = entries.get(result)
+            if kept is not None:  # another thread built it meanwhile: answer the same message
+                return kept
+            if len(entries) >= self._max:
+                del entries[next(iter(entries))]
+            entries[result] = response
+        return response
+
+
 class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Serves envoy.service.auth.v3.Authorization/Check on grpc.aio or grpc.server.
 
@@ -113,7 +145,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
         self._authorizer = authorizer
         # Built responses by result: a key's allow (or 401/403) is the same message every
         # time, and garbage floods reuse a handful. Messages are never mutated once built.
-        self._responses: dict[AuthzResult, pb.CheckResponse] = {}
+        self._responses = _ResponseMemo(_MAX_RESPONSES)
 
     async def Check(self, request: pb.CheckRequest, context: _Context) -> pb.CheckResponse:
         """Decide one request Envoy is holding; a denial is a normal response."""
@@ -150,12 +182,4 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
     def _response(self, result: AuthzResult) -> pb.CheckResponse:
         if result.status == 429:  # its headers count down: not worth keeping
             return check_response(result)
-        responses = self._responses
-        response = responses.get(result)
-        if response is None:
-            response = check_response(result)
-            if len(responses) >= _MAX_RESPONSES:
-                with contextlib.suppress(StopIteration, KeyError):  # threads race for the oldest
-                    del responses[next(iter(responses))]
-            responses[result] = response
-        return response
+        return self._responses.get(result, check_response)

@@ -10,8 +10,9 @@ key from the credential headers. A target header sent twice is refused (400).
 upstream; a denial is 400/401/403/429/503 with the headers and JSON body of
 `keysvc.api._authz`, plus `x-keysvc-error` (nginx drops the
 body of an auth subrequest, so its config reads the code from there).
-`/healthz` is 200 while the store answers, else 503; any other path is a
-JSON 404.
+`/healthz` (readiness) is 200 while the store answers, else 503; `/livez`
+(liveness) is 200 whenever the event loop gets to answer it; any other path
+is a JSON 404.
 
 Every answer is keysvc's own small JSON, including for requests aiohttp's
 parser refuses (its own answer, and its log line, quote the offending
@@ -194,12 +195,17 @@ class ForwardAuth:
             return web.json_response({"status": "SERVING"}, headers=dict((_SERVER,)))
         return web.json_response({"status": "NOT_SERVING"}, status=503, headers=dict((_SERVER,)))
 
+    async def livez(self, request: web.Request) -> web.Response:
+        """200 whenever the loop answers: a stuck loop answers nothing, a store outage is not fatal."""
+        return web.json_response({"status": "SERVING"})
+
 
 def make_app(handlers: ForwardAuth) -> web.Application:
-    """The aiohttp application: `/authz` (any method), `GET /healthz`, a JSON 404 for the rest."""
+    """The aiohttp application: `/authz` (any method), `GET /healthz` and `/livez`, a JSON 404 else."""
     app = web.Application()
     app.router.add_route("*", "/authz", handlers.authz)
     app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/livez", handlers.livez)
     app.router.add_route("*", "/{any:.*}", handlers.not_found)
     return app
 
@@ -212,13 +218,15 @@ class HttpListener:
         address: host:port or unix:/path (see `keysvc.settings.split_listen`).
         shutdown_grace_s: how long `stop` waits for in-flight requests.
         key_headers: the credential headers (an unreadable one is answered 401).
+        reuse_port: share the port by SO_REUSEPORT (only the workers of one `--workers` set do).
     """
 
     def __init__(
         self, app: web.Application, address: str, *, shutdown_grace_s: float,
-        key_headers: tuple[str, ...] = ("x-api-key", "authorization"),
+        key_headers: tuple[str, ...] = ("x-api-key", "authorization"), reuse_port: bool = False,
     ) -> None:
         self._address = split_listen(address)
+        self._reuse_port = reuse_port
         # No access log: one line per proxied request would dwarf the work itself.
         self._runner = _Runner(app, key_headers, access_log=None, shutdown_timeout=shutdown_grace_s)
 
@@ -233,8 +241,7 @@ class HttpListener:
             await web.UnixSite(self._runner, self._address).start()
             return 0
         host, port = self._address
-        # reuse_port: `--workers N` processes share the port, as they share the gRPC one.
-        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=True)
+        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=self._reuse_port)
         await tcp.start()
         return tcp.port
 

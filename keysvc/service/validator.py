@@ -124,7 +124,9 @@ class Validator:
         self._over_limit: dict[str, tuple[float, RateLimitState]] = {}
         # key_id -> last use; drained by `drain_last_used` (write-behind),
         # at most `last_used_max` keys between two drains.
+        # Pool threads note uses while the loop drains: both under this lock (O(1) work).
         self._last_used: dict[str, float] = {}
+        self._last_used_lock = threading.Lock()
         self._last_used_max = last_used_max
         self.last_used_dropped = 0
         # Plain counters, read by the metrics exporter at scrape time (no per-call
@@ -174,11 +176,12 @@ class Validator:
         return decision
 
     def _note_use(self, key_id: str, now: float) -> None:
-        used = self._last_used
-        if len(used) < self._last_used_max or key_id in used:
-            used[key_id] = now
-        else:
-            self.last_used_dropped += 1
+        with self._last_used_lock:
+            used = self._last_used
+            if len(used) < self._last_used_max or key_id in used:
+                used[key_id] = now
+            else:
+                self.last_used_dropped += 1
 
     def _over_limit_decision(self, decision: Decision, key_id: str, now: float) -> Decision | None:
         blocked = self._over_limit.get(key_id)
@@ -441,7 +444,8 @@ class Validator:
 
     def drain_last_used(self) -> dict[str, float]:
         """Take the last-use times gathered since the previous drain."""
-        drained, self._last_used = self._last_used, {}
+        with self._last_used_lock:
+            drained, self._last_used = self._last_used, {}
         # Over-limit memos of windows that have ended are dead weight: drop them here,
         # off the hot path, so that map stays bounded too.
         now = self._clock()
