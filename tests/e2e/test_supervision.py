@@ -262,7 +262,8 @@ def test_a_follower_that_cannot_start_does_not_stop_the_server(
     assert status(channel, "") == NOT_SERVING
     client.delete("{keysvc}:events")
     server.wait_serving(timeout=60)
-    assert status(channel, "keysvc.events") == SERVING
+    # keysvc.events also needs the follower caught up, published by the next probe round.
+    wait_for(lambda: status(channel, "keysvc.events") == SERVING, what="keysvc.events SERVING")
 
 
 def test_a_busy_sqlite_lock_at_start_up_is_waited_for_not_an_error(
@@ -277,7 +278,10 @@ def test_a_busy_sqlite_lock_at_start_up_is_waited_for_not_an_error(
         channel = server.channel()
         wait_for(lambda: status(channel, "liveness") == SERVING, what="liveness SERVING")
         assert server.proc.poll() is None, server.logs()
-        assert status(channel, "") == NOT_SERVING
+        # Reads go on beside another process's write lock (WAL, a reader connection of
+        # their own), so the store answers its probe: ready, though writes must wait.
+        server.wait_serving(timeout=60)
+        assert "Traceback" not in server.logs()
     finally:
         holder.rollback()
         holder.close()
