@@ -616,6 +616,10 @@ class AdminService:
 
     async def _reissue(self, actor: str, first: requests.Recorded, span: Any) -> tuple[KeyView, str]:
         """Answer a retried CreateKey/RotateKey: the same key, with a fresh secret."""
+        # A fresh secret is a grant: the actor must still hold what the key holds.
+        grantor = await authority.load(self._store, actor, self._clock())
+        made = await self._record(str(first.outcome["key_id"]))
+        authority.check_key(grantor, made, await self._key_policy(made))
         record, secret = await self._replays.rekey(actor, first, span)
         view = (await self._views([record]))[0]
         return replace(view, secret_reissued=True), secret

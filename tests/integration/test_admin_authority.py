@@ -108,6 +108,23 @@ async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: St
     assert (await admin.revoke_key(actor, wider.record.key_id)).status is KeyStatus.REVOKED
 
 
+async def test_a_retry_after_the_actor_lost_a_scope_re_issues_no_secret(store: Store) -> None:
+    admin, _, ops = await world(store)
+    actor = ops.record.key_id
+    made, _ = await admin.create_key(actor, owner_id="o", scopes=["read"], request_id="r-create")
+    other, _ = await admin.create_key(actor, owner_id="o", scopes=["read"])
+    rotated, _, _ = await admin.rotate_key(actor, other.record.key_id, request_id="r-rotate")
+    # An unbounded admin takes "read" from the actor's policy.
+    await admin.update_policy(OPERATOR, replace(OPS, scopes=(ADMIN_SCOPE,)), expected_version=1,
+                              allow_breaking=True)
+    with pytest.raises(PermissionDeniedError, match="scope 'read'"):
+        await admin.create_key(actor, owner_id="o", scopes=["read"], request_id="r-create")
+    with pytest.raises(PermissionDeniedError, match="scope 'read'"):
+        await admin.rotate_key(actor, other.record.key_id, request_id="r-rotate")
+    for view in (made, rotated):
+        assert (await admin.get_key(view.record.key_id)).record.key_hash == view.record.key_hash
+
+
 async def test_a_bounded_actor_cannot_write_policies_beyond_its_authority(store: Store) -> None:
     admin, _, ops = await world(store)
     actor = ops.record.key_id
