@@ -260,8 +260,8 @@ class AdminService:
             fields["policy_id"] = policy_id
             grantor = await authority.load(self._store, actor, now)
             policy = await self._policy(policy_id) if policy_id else None
-            # The bounds hold on every path that sets an expiry or a policy or grants
-            # (scopes, enabled); a name or metadata edit re-grants nothing.
+            # The expiry bounds hold on every path that sets an expiry or a policy or grants
+            # (scopes, enabled); a name, metadata or quota edit sets no expiry.
             if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
                 explicit = "expires_at" in changes
                 fields["expires_at"] = authority.bounded_expiry(
@@ -275,8 +275,9 @@ class AdminService:
                     raise InvalidArgumentError("quota_remaining: must be >= 0")
                 fields["has_quota"] = quota is not None
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
-            if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
-                authority.check_key(grantor, updated, policy)
+            # Every edit is checked, not only the granting ones: a refilled quota
+            # grants use, and metadata may carry authority upstream.
+            authority.check_key(grantor, updated, policy)
             before = policy if policy_id == record.policy_id else await self._key_policy(record)
             # Only a change that takes a working admin key's authority needs the (scanning) guard.
             if authority.durable_admin(record, before, now) and not authority.durable_admin(

@@ -108,6 +108,23 @@ async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: St
     assert (await admin.revoke_key(actor, wider.record.key_id)).status is KeyStatus.REVOKED
 
 
+async def test_a_bounded_actor_cannot_refill_or_edit_a_key_beyond_its_scopes(store: Store) -> None:
+    admin, _, ops = await world(store)
+    actor = ops.record.key_id
+    # A key made by an unbounded admin, its quota spent: refilling it grants it use again.
+    wider, _ = await admin.create_key(OPERATOR, owner_id="o", scopes=["write"], quota=0)
+    target = wider.record.key_id
+    with pytest.raises(PermissionDeniedError, match="scope 'write'"):
+        await admin.update_key(actor, target, {"quota_remaining": 1_000_000})
+    with pytest.raises(PermissionDeniedError, match="scope 'write'"):
+        await admin.update_key(actor, target, {"metadata": {"tenant": "other"}})
+    after = await admin.get_key(target)
+    assert after.quota_remaining == 0 and after.record.revision == wider.record.revision
+    # Within its scopes it may.
+    mine, _ = await admin.create_key(actor, owner_id="o", scopes=["read"], quota=0)
+    assert (await admin.update_key(actor, mine.record.key_id, {"quota_remaining": 5})).quota_remaining == 5
+
+
 async def test_a_retry_after_the_actor_lost_a_scope_re_issues_no_secret(store: Store) -> None:
     admin, _, ops = await world(store)
     actor = ops.record.key_id
