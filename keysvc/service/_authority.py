@@ -44,6 +44,7 @@ __all__ = [
     "Authority",
     "audited_rule",
     "bounded_expiry",
+    "check_grantees",
     "check_key",
     "check_policy",
     "durable_admin",
@@ -180,6 +181,40 @@ def check_policy(authority: Authority, policy: Policy) -> None:
             f"max_key_ttl: must be set and at most {bound} seconds, the max_key_ttl of "
             f"admin key {authority.actor}", rule="actor_max_key_ttl",
         )
+
+
+async def check_grantees(store: Store, authority: Authority, policy_id: str, now: float) -> None:
+    """Refuse a lifetime-bound actor's policy change that adds scopes to keys outliving it.
+
+    A key issued before its policy got a `max_key_ttl` keeps its (perhaps
+    no) expiry; granting it a scope through the policy would be an heir that
+    outlives the actor. Scans the keys (rare: only such an actor adding scopes).
+
+    Raises:
+        PermissionDeniedError: a live key on the policy lasts past the actor's bound.
+    """
+    if authority.max_key_ttl_s is None:
+        return
+    latest = now + authority.max_key_ttl_s
+    if authority.expires_at is not None:
+        latest = min(latest, authority.expires_at)
+    token = ""
+    while True:
+        page = await store.list_keys("", _SCAN_PAGE, token)
+        for record in page.keys:
+            if record.policy_id != policy_id or key_status(record, now) in (
+                    KeyStatus.REVOKED, KeyStatus.EXPIRED):
+                continue
+            ends = [t for t in (record.expires_at, record.revoke_at) if t is not None]
+            if not ends or min(ends) > latest + 1:
+                raise PermissionDeniedError(
+                    f"scopes: policy {safe(policy_id)} has keys that outlive the max_key_ttl or "
+                    f"expiry of admin key {authority.actor}; it may add no scope to them",
+                    rule="actor_max_key_ttl",
+                )
+        token = page.next_token
+        if not token:
+            return
 
 
 def bounded_expiry(

@@ -555,10 +555,13 @@ class AdminService:
                 f"not {expected_version}"
             )
         checked = _checked_policy(proposed)
+        change = diff(current, checked)
         with authority.audited_rule(span):
             # A dry run reports a refusal too: it predicts what applying would do.
-            authority.check_policy(await authority.load(self._store, actor, self._clock()), checked)
-        change = diff(current, checked)
+            grantor = await authority.load(self._store, actor, self._clock())
+            authority.check_policy(grantor, checked)
+            if change.scopes_added:
+                await authority.check_grantees(self._store, grantor, current.policy_id, self._clock())
         count, sample = await self._store.keys_with_policy(current.policy_id, _SAMPLE_KEYS)
         impact = PolicyImpact(change, count, sample)
         span.set("breaking", change.breaking)

@@ -169,6 +169,29 @@ async def test_a_bounded_actor_cannot_write_policies_beyond_its_authority(store:
     await admin.create_policy(actor, Policy("mine", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60))
 
 
+async def test_a_lifetime_bound_actor_grants_no_scope_to_keys_that_outlive_it(store: Store) -> None:
+    admin, _, ops = await world(store)
+    actor = ops.record.key_id
+    # A never-expiring key on a policy that got its max_key_ttl later (issued keys keep their expiry).
+    await admin.create_policy(OPERATOR, Policy("team", 0, 0.0, 0.0, scopes=("read",)))
+    lasting, _ = await admin.create_key(OPERATOR, owner_id="o", policy_id="team")
+    capped = Policy("team", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60)
+    await admin.update_policy(OPERATOR, capped, expected_version=1, allow_breaking=True)
+    assert (await admin.get_key(lasting.record.key_id)).record.expires_at is None
+    # Granting admin through the policy would make it an admin key outliving the actor: an heir.
+    escalated = replace(capped, scopes=("read", ADMIN_SCOPE))
+    for dry_run in (True, False):
+        with pytest.raises(PermissionDeniedError, match="max_key_ttl"):
+            await admin.update_policy(actor, escalated, expected_version=2, allow_breaking=True,
+                                      dry_run=dry_run)
+    assert (await admin.get_policy("team")).version == 2
+    # On a policy whose keys all expire in time, it may.
+    await admin.create_policy(OPERATOR, Policy("short", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60))
+    await admin.create_key(OPERATOR, owner_id="o", policy_id="short")
+    await admin.update_policy(actor, replace(escalated, policy_id="short"), expected_version=1,
+                              allow_breaking=True)
+
+
 async def test_an_actor_whose_key_stopped_working_cannot_act(store: Store) -> None:
     admin, root, ops = await world(store)
     await admin.update_key(root.record.key_id, ops.record.key_id, {"enabled": False})
