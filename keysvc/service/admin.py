@@ -312,8 +312,9 @@ class AdminService:
             NotFoundError: no such key.
             FailedPreconditionError: already revoked.
         """
+        reason = check.text("reason", reason, 256, stored=False)  # audited (redacted), not stored
         with audit_span("key.revoke", actor=actor, target_key_id=key_id,
-                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span, \
+                        grace_s=int(grace_s), reason=reason) as span, \
                 authority.audited_rule(span):
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RevokeKey",
