@@ -13,9 +13,9 @@ what it writes is bounded in turn:
 - scopes: the key's effective scopes, or a policy's scopes, are a subset of
   the actor's own effective scopes;
 - lifetime: an actor whose policy has `max_key_ttl` writes only keys that
-  expire within it and no later than the actor's own key (so no chain of
-  renewals outlives it), on policies whose own `max_key_ttl` is at most as
-  long, and policies with such a bound.
+  expire within it, on policies whose own `max_key_ttl` is at most as
+  long, and policies with such a bound; an actor that expires writes only
+  keys that expire no later (so no chain of renewals outlives it).
 Rate limits, quotas and allowed CIDRs limit how the actor itself calls; they
 are not passed on as bounds.
 """
@@ -86,7 +86,7 @@ class Authority:
     actor: str
     scopes: frozenset[str] | None = None
     max_key_ttl_s: int | None = None
-    expires_at: float | None = None  # the actor's own expiry, when max_key_ttl_s bounds it
+    expires_at: float | None = None  # a bounded actor's own expiry: nothing it writes outlives it
 
 
 async def load(store: Store, actor: str, now: float, client_ip: str = "") -> Authority:
@@ -127,8 +127,10 @@ async def load(store: Store, actor: str, now: float, client_ip: str = "") -> Aut
                                     rule="admin_scope")
     if policy is None:
         return Authority(actor)  # a root admin key
+    # Its own expiry bounds what it writes even without a max_key_ttl: a temporary
+    # admin key makes no heir that outlives it.
     return Authority(actor, frozenset(effective_scopes(record, policy)), policy.max_key_ttl_s,
-                     record.expires_at if policy.max_key_ttl_s is not None else None)
+                     record.expires_at)
 
 
 def _within_scopes(authority: Authority, scopes: Iterable[str], what: str) -> None:
@@ -193,11 +195,12 @@ async def check_grantees(store: Store, authority: Authority, policy_id: str, now
     Raises:
         PermissionDeniedError: a live key on the policy lasts past the actor's bound.
     """
-    if authority.max_key_ttl_s is None:
+    ends_by = [t for t in (authority.expires_at,) if t is not None]
+    if authority.max_key_ttl_s is not None:
+        ends_by.append(now + authority.max_key_ttl_s)
+    if not ends_by:
         return
-    latest = now + authority.max_key_ttl_s
-    if authority.expires_at is not None:
-        latest = min(latest, authority.expires_at)
+    latest = min(ends_by)
     token = ""
     while True:
         page = await store.list_keys("", _SCAN_PAGE, token)
@@ -238,8 +241,8 @@ def bounded_expiry(
         bounds.append((now + policy.max_key_ttl_s, "policy"))
     if authority.max_key_ttl_s is not None:
         bounds.append((now + authority.max_key_ttl_s, "actor"))
-        if authority.expires_at is not None:
-            bounds.append((authority.expires_at, "actor_expiry"))
+    if authority.expires_at is not None:
+        bounds.append((authority.expires_at, "actor_expiry"))
     if not bounds:
         return expires_at
     latest, whose = min(bounds)
@@ -254,7 +257,8 @@ def bounded_expiry(
         if whose == "actor_expiry":
             raise PermissionDeniedError(
                 f"expires_at: a key admin key {authority.actor} writes may not outlive it "
-                "(its policy has a max_key_ttl)", rule="actor_max_key_ttl",
+                "(a bounded admin key's own expiry is a max_key_ttl on what it writes)",
+                rule="actor_max_key_ttl",
             )
         raise PermissionDeniedError(
             f"expires_at: admin key {authority.actor} may grant keys of at most "

@@ -79,6 +79,25 @@ async def test_no_key_a_bounded_actor_writes_outlives_the_actor(store: Store) ->
     assert rotated.record.expires_at is not None and rotated.record.expires_at <= soon
 
 
+async def test_an_expiring_bounded_actor_without_a_max_key_ttl_makes_no_key_outliving_it(
+        store: Store) -> None:
+    admin, _, _ = await world(store)
+    soon = time.time() + 600
+    # A temporary admin key (an explicit expiry) on a policy with no max_key_ttl.
+    await admin.create_policy(OPERATOR, Policy("staff", 0, 0.0, 0.0, scopes=(ADMIN_SCOPE, "read")))
+    temporary, _ = await admin.create_key(OPERATOR, owner_id="contractor", policy_id="staff",
+                                          expires_at=soon)
+    actor = temporary.record.key_id
+    heir, _ = await admin.create_key(actor, owner_id="contractor", policy_id="staff")
+    assert heir.record.expires_at is not None and heir.record.expires_at <= soon
+    with pytest.raises(PermissionDeniedError, match="may not outlive it"):
+        await admin.create_key(actor, owner_id="o", policy_id="staff", expires_at=soon + 600)
+    with pytest.raises(PermissionDeniedError, match="may not outlive it"):
+        await admin.update_key(actor, heir.record.key_id, {"expires_at": None})
+    rotated, _, _ = await admin.rotate_key(actor, actor)
+    assert rotated.record.expires_at is not None and rotated.record.expires_at <= soon
+
+
 async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: Store) -> None:
     admin, _, ops = await world(store)
     actor = ops.record.key_id
