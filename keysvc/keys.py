@@ -24,6 +24,7 @@ __all__ = [
     "ParsedKey",
     "generate",
     "hash_key",
+    "holds_key",
     "new_key_id",
     "parse",
     "validate_prefix",
@@ -133,6 +134,16 @@ def well_formed_hash(secret: str) -> str | None:
     if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
         return None
     return hashlib.sha256(raw).hexdigest()
+
+
+def holds_key(text: str) -> bool:
+    """True when `text` contains a well-formed key (shape and checksum), e.g. one pasted by mistake."""
+    for match in KEY_PATTERN.finditer(text):
+        prefix = match.group(1)
+        # The match may start inside a longer word: try every start within its prefix.
+        if any(well_formed_hash(match.group(0)[i:]) for i in range(len(prefix))):
+            return True
+    return False
 
 
 def _why_malformed(secret: str) -> str:

@@ -13,9 +13,9 @@ what it writes is bounded in turn:
 - scopes: the key's effective scopes, or a policy's scopes, are a subset of
   the actor's own effective scopes;
 - lifetime: an actor whose policy has `max_key_ttl` writes only keys that
-  expire within it and no later than the actor's own key (so no chain of
-  renewals outlives it), on policies whose own `max_key_ttl` is at most as
-  long, and policies with such a bound.
+  expire within it, on policies whose own `max_key_ttl` is at most as
+  long, and policies with such a bound; an actor that expires writes only
+  keys that expire no later (so no chain of renewals outlives it).
 Rate limits, quotas and allowed CIDRs limit how the actor itself calls; they
 are not passed on as bounds.
 """
@@ -44,6 +44,7 @@ __all__ = [
     "Authority",
     "audited_rule",
     "bounded_expiry",
+    "check_grantees",
     "check_key",
     "check_policy",
     "durable_admin",
@@ -85,7 +86,7 @@ class Authority:
     actor: str
     scopes: frozenset[str] | None = None
     max_key_ttl_s: int | None = None
-    expires_at: float | None = None  # the actor's own expiry, when max_key_ttl_s bounds it
+    expires_at: float | None = None  # a bounded actor's own expiry: nothing it writes outlives it
 
 
 async def load(store: Store, actor: str, now: float, client_ip: str = "") -> Authority:
@@ -126,8 +127,10 @@ async def load(store: Store, actor: str, now: float, client_ip: str = "") -> Aut
                                     rule="admin_scope")
     if policy is None:
         return Authority(actor)  # a root admin key
+    # Its own expiry bounds what it writes even without a max_key_ttl: a temporary
+    # admin key makes no heir that outlives it.
     return Authority(actor, frozenset(effective_scopes(record, policy)), policy.max_key_ttl_s,
-                     record.expires_at if policy.max_key_ttl_s is not None else None)
+                     record.expires_at)
 
 
 def _within_scopes(authority: Authority, scopes: Iterable[str], what: str) -> None:
@@ -182,6 +185,41 @@ def check_policy(authority: Authority, policy: Policy) -> None:
         )
 
 
+async def check_grantees(store: Store, authority: Authority, policy_id: str, now: float) -> None:
+    """Refuse a lifetime-bound actor's policy change that adds scopes to keys outliving it.
+
+    A key issued before its policy got a `max_key_ttl` keeps its (perhaps
+    no) expiry; granting it a scope through the policy would be an heir that
+    outlives the actor. Scans the keys (rare: only such an actor adding scopes).
+
+    Raises:
+        PermissionDeniedError: a live key on the policy lasts past the actor's bound.
+    """
+    ends_by = [t for t in (authority.expires_at,) if t is not None]
+    if authority.max_key_ttl_s is not None:
+        ends_by.append(now + authority.max_key_ttl_s)
+    if not ends_by:
+        return
+    latest = min(ends_by)
+    token = ""
+    while True:
+        page = await store.list_keys("", _SCAN_PAGE, token)
+        for record in page.keys:
+            if record.policy_id != policy_id or key_status(record, now) in (
+                    KeyStatus.REVOKED, KeyStatus.EXPIRED):
+                continue
+            ends = [t for t in (record.expires_at, record.revoke_at) if t is not None]
+            if not ends or min(ends) > latest + 1:
+                raise PermissionDeniedError(
+                    f"scopes: policy {safe(policy_id)} has keys that outlive the max_key_ttl or "
+                    f"expiry of admin key {authority.actor}; it may add no scope to them",
+                    rule="actor_max_key_ttl",
+                )
+        token = page.next_token
+        if not token:
+            return
+
+
 def bounded_expiry(
     expires_at: float | None, *, explicit: bool, policy: Policy | None, authority: Authority,
     now: float, clear: bool = False,
@@ -203,8 +241,8 @@ def bounded_expiry(
         bounds.append((now + policy.max_key_ttl_s, "policy"))
     if authority.max_key_ttl_s is not None:
         bounds.append((now + authority.max_key_ttl_s, "actor"))
-        if authority.expires_at is not None:
-            bounds.append((authority.expires_at, "actor_expiry"))
+    if authority.expires_at is not None:
+        bounds.append((authority.expires_at, "actor_expiry"))
     if not bounds:
         return expires_at
     latest, whose = min(bounds)
@@ -219,7 +257,8 @@ def bounded_expiry(
         if whose == "actor_expiry":
             raise PermissionDeniedError(
                 f"expires_at: a key admin key {authority.actor} writes may not outlive it "
-                "(its policy has a max_key_ttl)", rule="actor_max_key_ttl",
+                "(a bounded admin key's own expiry is a max_key_ttl on what it writes)",
+                rule="actor_max_key_ttl",
             )
         raise PermissionDeniedError(
             f"expires_at: admin key {authority.actor} may grant keys of at most "

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from keysvc.errors import InvalidArgumentError
+from keysvc.keys import holds_key
 from keysvc.policy import parse_cidrs
 
 MAX_NAME = 128
@@ -30,11 +31,23 @@ _POLICY_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _KEY_ID_RE = re.compile(r"key_[0-9A-Za-z]{17}")
 
 
-def text(field: str, value: str, limit: int = MAX_NAME) -> str:
-    """Return `value` if printable and at most `limit` chars."""
+def no_key(field: str, value: str) -> str:
+    """Return `value` unless it holds a key: one pasted in the wrong field would be stored in plain."""
+    if holds_key(value):
+        raise InvalidArgumentError(
+            f"{field}: looks like an API key; keys are never stored, send it nowhere but where a key goes"
+        )
+    return value
+
+
+def text(field: str, value: str, limit: int = MAX_NAME, *, stored: bool = True) -> str:
+    """Return `value` if printable, at most `limit` chars and (when `stored`) holding no key.
+
+    A text only audited (redacted there), not stored, may name a key: "revoked: leaked ks_...".
+    """
     if len(value) > limit or not value.isprintable():
         raise InvalidArgumentError(f"{field}: at most {limit} printable characters")
-    return value
+    return no_key(field, value) if stored else value
 
 
 def owner_id(value: str) -> str:
@@ -45,7 +58,7 @@ def owner_id(value: str) -> str:
         raise InvalidArgumentError(
             f"owner_id: at most {MAX_ID} of letters, digits and : . _ @ / + -"
         )
-    return value
+    return no_key("owner_id", value)
 
 
 def key_id(value: str) -> str:
@@ -77,6 +90,7 @@ def scopes(field: str, values: Iterable[str]) -> tuple[str, ...]:
                 f"{field}: entry {position} is not a scope (1-{MAX_SCOPE_LEN} of letters, digits "
                 "and : . _ * / -)"
             )
+        no_key(field, scope)
     return result
 
 
@@ -89,6 +103,8 @@ def metadata(values: Mapping[str, str]) -> dict[str, str]:
             raise InvalidArgumentError(f"metadata: keys are 1-{MAX_METADATA_KEY} printable characters")
         if len(v) > MAX_METADATA_VALUE:
             raise InvalidArgumentError(f"metadata: values are at most {MAX_METADATA_VALUE} characters")
+        no_key("metadata", k)
+        no_key("metadata", v)
     return dict(values)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from keysvc import keys
 from keysvc.errors import ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from keysvc.model import Event, EventType, KeyRecord
+from keysvc.service import _checks as check
 from keysvc.store.base import RequestMark, Store
 
 __all__ = ["REQUEST_WINDOW_S", "Recorded", "Replays", "Request", "recorded", "request"]
@@ -81,6 +82,7 @@ def request(actor: str, request_id: str, operation: str, fields: Mapping[str, An
         return None
     if not _REQUEST_ID_RE.fullmatch(request_id):
         raise InvalidArgumentError("request_id: 1-64 of letters, digits, '-' and '_' (a UUID)")
+    check.no_key("request_id", request_id)  # it is stored and traced
     canonical = json.dumps({"operation": operation, "fields": _plain(fields)},
                            sort_keys=True, separators=(",", ":"))
     return Request(actor, request_id, hashlib.sha256(canonical.encode()).hexdigest())

@@ -260,8 +260,8 @@ class AdminService:
             fields["policy_id"] = policy_id
             grantor = await authority.load(self._store, actor, now)
             policy = await self._policy(policy_id) if policy_id else None
-            # The bounds hold on every path that sets an expiry or a policy or grants
-            # (scopes, enabled); a name or metadata edit re-grants nothing.
+            # The expiry bounds hold on every path that sets an expiry or a policy or grants
+            # (scopes, enabled); a name, metadata or quota edit sets no expiry.
             if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
                 explicit = "expires_at" in changes
                 fields["expires_at"] = authority.bounded_expiry(
@@ -275,8 +275,9 @@ class AdminService:
                     raise InvalidArgumentError("quota_remaining: must be >= 0")
                 fields["has_quota"] = quota is not None
             updated = replace(record, **fields, updated_at=now, revision=record.revision + 1)
-            if changes.keys() & {"expires_at", "policy_id", "scopes", "enabled"}:
-                authority.check_key(grantor, updated, policy)
+            # Every edit is checked, not only the granting ones: a refilled quota
+            # grants use, and metadata may carry authority upstream.
+            authority.check_key(grantor, updated, policy)
             before = policy if policy_id == record.policy_id else await self._key_policy(record)
             # Only a change that takes a working admin key's authority needs the (scanning) guard.
             if authority.durable_admin(record, before, now) and not authority.durable_admin(
@@ -311,8 +312,9 @@ class AdminService:
             NotFoundError: no such key.
             FailedPreconditionError: already revoked.
         """
+        reason = check.text("reason", reason, 256, stored=False)  # audited (redacted), not stored
         with audit_span("key.revoke", actor=actor, target_key_id=key_id,
-                        grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span, \
+                        grace_s=int(grace_s), reason=reason) as span, \
                 authority.audited_rule(span):
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RevokeKey",
@@ -554,10 +556,13 @@ class AdminService:
                 f"not {expected_version}"
             )
         checked = _checked_policy(proposed)
+        change = diff(current, checked)
         with authority.audited_rule(span):
             # A dry run reports a refusal too: it predicts what applying would do.
-            authority.check_policy(await authority.load(self._store, actor, self._clock()), checked)
-        change = diff(current, checked)
+            grantor = await authority.load(self._store, actor, self._clock())
+            authority.check_policy(grantor, checked)
+            if change.scopes_added:
+                await authority.check_grantees(self._store, grantor, current.policy_id, self._clock())
         count, sample = await self._store.keys_with_policy(current.policy_id, _SAMPLE_KEYS)
         impact = PolicyImpact(change, count, sample)
         span.set("breaking", change.breaking)
@@ -616,6 +621,10 @@ class AdminService:
 
     async def _reissue(self, actor: str, first: requests.Recorded, span: Any) -> tuple[KeyView, str]:
         """Answer a retried CreateKey/RotateKey: the same key, with a fresh secret."""
+        # A fresh secret is a grant: the actor must still hold what the key holds.
+        grantor = await authority.load(self._store, actor, self._clock())
+        made = await self._record(str(first.outcome["key_id"]))
+        authority.check_key(grantor, made, await self._key_policy(made))
         record, secret = await self._replays.rekey(actor, first, span)
         view = (await self._views([record]))[0]
         return replace(view, secret_reissued=True), secret

@@ -79,6 +79,25 @@ async def test_no_key_a_bounded_actor_writes_outlives_the_actor(store: Store) ->
     assert rotated.record.expires_at is not None and rotated.record.expires_at <= soon
 
 
+async def test_an_expiring_bounded_actor_without_a_max_key_ttl_makes_no_key_outliving_it(
+        store: Store) -> None:
+    admin, _, _ = await world(store)
+    soon = time.time() + 600
+    # A temporary admin key (an explicit expiry) on a policy with no max_key_ttl.
+    await admin.create_policy(OPERATOR, Policy("staff", 0, 0.0, 0.0, scopes=(ADMIN_SCOPE, "read")))
+    temporary, _ = await admin.create_key(OPERATOR, owner_id="contractor", policy_id="staff",
+                                          expires_at=soon)
+    actor = temporary.record.key_id
+    heir, _ = await admin.create_key(actor, owner_id="contractor", policy_id="staff")
+    assert heir.record.expires_at is not None and heir.record.expires_at <= soon
+    with pytest.raises(PermissionDeniedError, match="may not outlive it"):
+        await admin.create_key(actor, owner_id="o", policy_id="staff", expires_at=soon + 600)
+    with pytest.raises(PermissionDeniedError, match="may not outlive it"):
+        await admin.update_key(actor, heir.record.key_id, {"expires_at": None})
+    rotated, _, _ = await admin.rotate_key(actor, actor)
+    assert rotated.record.expires_at is not None and rotated.record.expires_at <= soon
+
+
 async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: Store) -> None:
     admin, _, ops = await world(store)
     actor = ops.record.key_id
@@ -108,6 +127,40 @@ async def test_a_bounded_actor_cannot_widen_keys_by_update_or_rotation(store: St
     assert (await admin.revoke_key(actor, wider.record.key_id)).status is KeyStatus.REVOKED
 
 
+async def test_a_bounded_actor_cannot_refill_or_edit_a_key_beyond_its_scopes(store: Store) -> None:
+    admin, _, ops = await world(store)
+    actor = ops.record.key_id
+    # A key made by an unbounded admin, its quota spent: refilling it grants it use again.
+    wider, _ = await admin.create_key(OPERATOR, owner_id="o", scopes=["write"], quota=0)
+    target = wider.record.key_id
+    with pytest.raises(PermissionDeniedError, match="scope 'write'"):
+        await admin.update_key(actor, target, {"quota_remaining": 1_000_000})
+    with pytest.raises(PermissionDeniedError, match="scope 'write'"):
+        await admin.update_key(actor, target, {"metadata": {"tenant": "other"}})
+    after = await admin.get_key(target)
+    assert after.quota_remaining == 0 and after.record.revision == wider.record.revision
+    # Within its scopes it may.
+    mine, _ = await admin.create_key(actor, owner_id="o", scopes=["read"], quota=0)
+    assert (await admin.update_key(actor, mine.record.key_id, {"quota_remaining": 5})).quota_remaining == 5
+
+
+async def test_a_retry_after_the_actor_lost_a_scope_re_issues_no_secret(store: Store) -> None:
+    admin, _, ops = await world(store)
+    actor = ops.record.key_id
+    made, _ = await admin.create_key(actor, owner_id="o", scopes=["read"], request_id="r-create")
+    other, _ = await admin.create_key(actor, owner_id="o", scopes=["read"])
+    rotated, _, _ = await admin.rotate_key(actor, other.record.key_id, request_id="r-rotate")
+    # An unbounded admin takes "read" from the actor's policy.
+    await admin.update_policy(OPERATOR, replace(OPS, scopes=(ADMIN_SCOPE,)), expected_version=1,
+                              allow_breaking=True)
+    with pytest.raises(PermissionDeniedError, match="scope 'read'"):
+        await admin.create_key(actor, owner_id="o", scopes=["read"], request_id="r-create")
+    with pytest.raises(PermissionDeniedError, match="scope 'read'"):
+        await admin.rotate_key(actor, other.record.key_id, request_id="r-rotate")
+    for view in (made, rotated):
+        assert (await admin.get_key(view.record.key_id)).record.key_hash == view.record.key_hash
+
+
 async def test_a_bounded_actor_cannot_write_policies_beyond_its_authority(store: Store) -> None:
     admin, _, ops = await world(store)
     actor = ops.record.key_id
@@ -133,6 +186,29 @@ async def test_a_bounded_actor_cannot_write_policies_beyond_its_authority(store:
     assert (await admin.get_policy("ops")).version == 1
     # Within its authority it may.
     await admin.create_policy(actor, Policy("mine", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60))
+
+
+async def test_a_lifetime_bound_actor_grants_no_scope_to_keys_that_outlive_it(store: Store) -> None:
+    admin, _, ops = await world(store)
+    actor = ops.record.key_id
+    # A never-expiring key on a policy that got its max_key_ttl later (issued keys keep their expiry).
+    await admin.create_policy(OPERATOR, Policy("team", 0, 0.0, 0.0, scopes=("read",)))
+    lasting, _ = await admin.create_key(OPERATOR, owner_id="o", policy_id="team")
+    capped = Policy("team", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60)
+    await admin.update_policy(OPERATOR, capped, expected_version=1, allow_breaking=True)
+    assert (await admin.get_key(lasting.record.key_id)).record.expires_at is None
+    # Granting admin through the policy would make it an admin key outliving the actor: an heir.
+    escalated = replace(capped, scopes=("read", ADMIN_SCOPE))
+    for dry_run in (True, False):
+        with pytest.raises(PermissionDeniedError, match="max_key_ttl"):
+            await admin.update_policy(actor, escalated, expected_version=2, allow_breaking=True,
+                                      dry_run=dry_run)
+    assert (await admin.get_policy("team")).version == 2
+    # On a policy whose keys all expire in time, it may.
+    await admin.create_policy(OPERATOR, Policy("short", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60))
+    await admin.create_key(OPERATOR, owner_id="o", policy_id="short")
+    await admin.update_policy(actor, replace(escalated, policy_id="short"), expected_version=1,
+                              allow_breaking=True)
 
 
 async def test_an_actor_whose_key_stopped_working_cannot_act(store: Store) -> None:

@@ -9,6 +9,7 @@ import pytest
 from keysvc.errors import InvalidArgumentError
 from keysvc.keys import generate, new_key_id
 from keysvc.service import _checks as check
+from keysvc.service import _requests as requests
 
 pytestmark = pytest.mark.unit
 
@@ -239,3 +240,33 @@ def test_errors_never_echo_the_value(call: Callable[[], object]) -> None:
     assert SECRET not in message and SECRET[:12] not in message
     assert message.split(":", maxsplit=1)[0] in {"scopes", "allowed_cidrs", "metadata", "owner_id", "key_id",
                                       "policy_id", "name"}
+
+
+# -- a key pasted into a stored field --------------------------------------------------
+
+PASTED = generate().secret
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: check.text("name", s),
+    lambda s: check.text("description", f"for {s}!", 512),
+    check.owner_id,
+    lambda s: check.scopes("scopes", ["read", s]),
+    lambda s: check.metadata({"note": s}),
+    lambda s: check.metadata({s: "v"}),
+    lambda s: requests.request("actor", s, "CreateKey", {}),
+], ids=["name", "description", "owner_id", "scopes", "metadata_value", "metadata_key", "request_id"])
+def test_a_key_pasted_into_a_stored_field_is_refused(call: Callable[[str], object]) -> None:
+    # Stored, returned by GetKey/ListKeys, and (owner_id) sent upstream in x-keysvc-owner-id.
+    with pytest.raises(InvalidArgumentError, match="looks like an API key") as refused:
+        call(PASTED)
+    assert PASTED not in str(refused.value) and PASTED[:16] not in str(refused.value)
+
+
+def test_key_shaped_values_without_a_key_checksum_are_kept() -> None:
+    digest = "sha_" + "ab" * 32  # the shape of a key, not its checksum
+    assert check.text("name", digest) == digest
+    assert check.owner_id(digest) == digest
+    assert check.metadata({"digest": digest}) == {"digest": digest}
+    # A revocation's reason is only audited (and redacted there): it may name the leaked key.
+    assert check.text("reason", f"leaked {PASTED}", 256, stored=False) == f"leaked {PASTED}"
