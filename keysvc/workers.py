@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from keysvc._startup import check_store, reserve
+from keysvc._startup import check_apart, check_store, reserve
 from keysvc.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -214,6 +214,7 @@ def run(settings: Settings) -> int:
     try:
         for name in _LISTENERS:
             if getattr(settings, name, ""):
+                check_apart(name, getattr(settings, name), resolved)
                 resolved[name], holder = reserve(name, getattr(settings, name))
                 holders += [holder] if holder is not None else []
         settings = dataclasses.replace(settings, **resolved)
