@@ -31,7 +31,7 @@ from keysvc.settings import Settings, env_name, split_listen
 if TYPE_CHECKING:
     from keysvc.store.base import Store
 
-__all__ = ["check_free", "check_store", "reserve", "sqlite_path"]
+__all__ = ["check_apart", "check_free", "check_store", "reserve", "sqlite_path"]
 
 
 def _bound(name: str, address: str, *, keep: bool) -> socket.socket | None:
@@ -113,6 +113,40 @@ def check_free(name: str, address: str) -> None:
         ConfigError: it cannot; the message names the setting and the reason.
     """
     _bound(name, address, keep=False)
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (compared against, never bound)
+
+
+def _hosts(host: str, port: int) -> set[str]:
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return {host}
+    return {str(info[4][0]) for info in infos}
+
+
+def check_apart(name: str, address: str, reserved: dict[str, str]) -> None:
+    """Refuse `address` when it shares a port with one already `reserved` (setting -> address).
+
+    The holders of `reserve` bind with SO_REUSEADDR and never listen, so the
+    kernel lets a second one share their port; the set's listeners would then
+    take turns at each new connection. A wildcard host counts as every address.
+
+    Raises:
+        ConfigError: naming the setting and the one it collides with.
+    """
+    parsed = split_listen(address)
+    if isinstance(parsed, str) or parsed[1] == 0:
+        return
+    mine = _hosts(*parsed)
+    for other, held in reserved.items():
+        theirs = split_listen(held)
+        if isinstance(theirs, str) or theirs[1] != parsed[1]:
+            continue
+        if mine & _hosts(*theirs) or (mine | _hosts(*theirs)) & _WILDCARDS:
+            raise ConfigError(f"{env_name(name)}: cannot listen on {address}: "
+                              f"Address already in use (by {env_name(other)})")
 
 
 def reserve(name: str, address: str) -> tuple[str, socket.socket | None]:

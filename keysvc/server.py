@@ -16,6 +16,7 @@ import signal
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import grpc
 import structlog
@@ -74,6 +75,10 @@ def make_store(settings: Settings) -> Store:
     from keysvc.store.redis import RedisStore
 
     try:
+        database = urlsplit(settings.store).path.strip("/") if settings.store.startswith("redis") else ""
+        if database and not (database.isascii() and database.isdigit()):
+            # redis-py quietly uses database 0 for a path it cannot read as an int.
+            raise ValueError("the database must be a number >= 0, as in redis://host:port/0")
         return RedisStore(
             settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
             retries=settings.store_retries, event_retention=settings.event_retention,

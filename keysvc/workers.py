@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from keysvc._startup import check_store, reserve
+from keysvc._startup import check_apart, check_store, reserve
 from keysvc.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ _LISTENERS = ("listen", "admin_listen", "http_listen")  # every address the chil
 # Clean exits once asked to stop: 0, or killed by the signal itself when it came
 # before the child had installed its handlers (still starting up).
 _STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -71,6 +74,26 @@ def child_environment(settings: Settings) -> dict[str, str]:
         env[env_name(f.name)] = text
     env[env_name("workers")] = "1"
     return env
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """Return what a child runs before exec so it gets SIGTERM when the parent dies (Linux).
+
+    A parent killed outright (SIGKILL, the OOM killer) cannot stop its
+    children: orphans would keep serving the ports, unsupervised, and the
+    restarted set would find them taken. The death signal survives exec; a
+    parent already gone by then is caught by the pid check.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 class Supervisor:
@@ -127,7 +150,9 @@ class Supervisor:
         for index in range(self._settings.workers):
             if self.stopping:
                 break
-            proc = subprocess.Popen(self._command, env={**os.environ, **env})
+            # The parent runs no other thread, and the hook calls only prctl and getppid.
+            hook = _die_with_parent(os.getpid())
+            proc = subprocess.Popen(self._command, env={**os.environ, **env}, preexec_fn=hook)  # noqa: PLW1509
             self._children[proc.pid] = (index, proc)
             log.info("worker started", worker=index, pid=proc.pid)
         if self.stopping:  # a signal came while starting: reach the late ones too
@@ -189,6 +214,7 @@ def run(settings: Settings) -> int:
     try:
         for name in _LISTENERS:
             if getattr(settings, name, ""):
+                check_apart(name, getattr(settings, name), resolved)
                 resolved[name], holder = reserve(name, getattr(settings, name))
                 holders += [holder] if holder is not None else []
         settings = dataclasses.replace(settings, **resolved)

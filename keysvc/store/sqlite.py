@@ -422,7 +422,16 @@ class SqliteStore:
             if self._wakeup is None:
                 self._wakeup = asyncio.Event()
             waiter = self._wakeup
-            events = await self._run(work)
+            try:
+                events = await self._run(work)
+            except StoreUnavailableError:
+                if after_id is None or self._reader.generation == self._log_generation:
+                    raise
+                # Replaced by a file SQLite cannot read (e.g. moved in beside the old
+                # file's WAL): the old log is lost all the same, and a follower that
+                # waited for the new one to answer would keep serving its cache.
+                self._log_generation = self._reader.generation
+                raise CursorExpiredError("the database file was replaced; resynchronise") from None
             left = deadline - loop.time()
             if events or left <= 0:
                 return events

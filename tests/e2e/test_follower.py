@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 import urllib.request
@@ -195,3 +196,32 @@ def test_a_slow_link_makes_the_follower_behind_and_bounds_stale_answers(
         assert metric(metrics_port, "keysvc_events_behind") == 0
     finally:
         proxy.stop()
+
+
+def test_a_sqlite_file_moved_in_beside_the_old_wal_flushes_the_cache(
+    start_server: Callable[..., ServerProcess], tmp_path: Path, stack: str
+) -> None:
+    # `mv copy.db keysvc.db` under a running server leaves the old file's -wal and
+    # -shm, and SQLite then finds the new file "malformed": the follower never reads
+    # the new log, so the replacement alone must flush, or the revoked keys in the
+    # copy stay valid from the cache for the whole stale window.
+    live, copy = tmp_path / "k.db", tmp_path / "copy.db"
+    _, admin_secret = bootstrap(f"sqlite:///{live}")
+    md = [("authorization", f"Bearer {admin_secret}")]
+    server = start_server(f"sqlite:///{live}", "--cache-ttl-s", "300", stack=stack)
+    made = [server.stub().CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=10)
+            for _ in range(3)]
+    for key in made:
+        assert code(server, key.secret) == pb.CODE_VALID
+    with sqlite3.connect(live) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    restorer = start_server(f"sqlite:///{copy}")
+    for key in made:
+        restorer.stub().RevokeKey(pb.RevokeKeyRequest(key_id=key.key.key_id), metadata=md, timeout=10)
+    for _ in range(5):
+        restorer.stub().CreateKey(pb.CreateKeyRequest(owner_id="p"), metadata=md, timeout=10)
+    assert restorer.stop() == 0
+    copy.replace(live)
+    wait_until(lambda: all(code(server, key.secret) != pb.CODE_VALID for key in made), 15,
+               "no revoked key answered from the cache")
+    assert "event log lost; flushing cache" in server.logs()

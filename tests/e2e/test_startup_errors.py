@@ -110,3 +110,25 @@ def test_a_unix_socket_in_a_missing_directory_or_held_by_a_server_is_one_line(tm
         held.listen()
         done = serve("--listen", f"unix:{path}", "--store", store)
     assert "in use" in assert_one_line(done, "KEYSVC_LISTEN")
+
+
+@pytest.mark.parametrize("database", ["notadb", "-1", "0x1", "\u00b2"])
+def test_a_redis_url_whose_database_is_not_a_number_is_one_line(database: str) -> None:
+    # redis-py drops a database it cannot read as an int and uses database 0,
+    # so a typo would quietly share another deployment's keys.
+    done = serve("--listen", f"127.0.0.1:{free_port()}", "--store", f"redis://127.0.0.1:1/{database}")
+    assert_one_line(done, "KEYSVC_STORE", "database")
+
+
+@pytest.mark.parametrize(("flag", "host"), [
+    ("--admin-listen", "127.0.0.1"), ("--http-listen", "127.0.0.1"),
+    ("--admin-listen", "localhost"), ("--http-listen", "0.0.0.0"),
+])
+def test_a_worker_set_refuses_two_listeners_on_one_port(flag: str, host: str, tmp_path: Path) -> None:
+    # The parent's port holders bind with SO_REUSEADDR and never listen, so the kernel
+    # let a second holder share the port: gRPC and HTTP (or the admin listener) then
+    # took turns at each new connection, as a single process refuses at once.
+    port = free_port()
+    done = serve("--listen", f"127.0.0.1:{port}", flag, f"{host}:{port}",
+                 "--store", f"sqlite:///{tmp_path}/k.db", "--workers", "2")
+    assert_one_line(done, "KEYSVC_" + flag.removeprefix("--").replace("-", "_").upper())

@@ -110,6 +110,21 @@ def test_a_worker_dying_stops_the_others_and_fails(workers2: ServerProcess) -> N
     assert "worker exited unexpectedly" in workers2.logs()
 
 
+def test_a_killed_parent_takes_its_workers_with_it(workers2: ServerProcess) -> None:
+    # SIGKILL (the OOM killer, `kill -9` of the supervised pid) gives the parent no
+    # chance to stop its children: orphans would keep serving the port, unsupervised,
+    # and the restarted set would find it taken.
+    children = children_of(workers2.proc.pid)
+    workers2.proc.kill()
+    workers2.proc.wait(15)
+    try:
+        wait_for(lambda: all(gone(pid) for pid in children))
+    finally:
+        for pid in children:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_port_0_gives_every_worker_the_same_port(redis_url: str, tmp_path: Path) -> None:
     server = launch(redis_url, tmp_path, "--workers", "2", listen="127.0.0.1:0", wait=False)
     try:
