@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _keysvc_container() -> dict[str, object]:
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "sidecar.yaml").read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
-    containers = deployment["spec"]["template"]["spec"]["containers"]
+    spec = deployment["spec"]["template"]["spec"]
+    containers = [*spec.get("initContainers", []), *spec["containers"]]
     return next(c for c in containers if c["name"] == "keysvc")
 
 
