@@ -24,7 +24,8 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from keysvc import _startup
 from keysvc.api._authz import Authorizer, AuthzConfig
@@ -215,11 +216,16 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    reflection.enable_server_reflection(
-        (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
-        server,
-    )
+    names = (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
+    reflection.enable_server_reflection(names, server)
+    # grpcio-reflection ships only v1alpha; v1 is the same messages under a new name (grpcurl asks it first).
+    v1 = (reflection_aio if isinstance(server, aio.Server) else reflection).ReflectionServicer(names)
+    info = grpc.stream_stream_rpc_method_handler(v1.ServerReflectionInfo,
+                                                 reflection_pb2.ServerReflectionRequest.FromString,
+                                                 reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(names[-1], {"ServerReflectionInfo": info}),))
     return server
 
 
