@@ -10,6 +10,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v caddy >/dev/null || missing+=(caddy)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive
@@ -24,10 +25,12 @@ echo "== installing Python dependencies from pyproject.toml"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 bash scripts/fix-otel-proto.sh .venv/bin/python
 
-echo "== lint: ruff, mypy, buf"
+echo "== lint: ruff, mypy, buf, hadolint, kubernetes-validate"
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/buf lint
+.venv/bin/hadolint Dockerfile
+.venv/bin/kubernetes-validate --strict --kubernetes-version 1.31 deploy/k8s/*.yaml
 
 echo "== starting redis-server on loopback"
 redis_dir=$(mktemp -d)
