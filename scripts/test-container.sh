@@ -75,7 +75,7 @@ tmp_dir = "$work/tmp"
 CONF
 cat >"$work/storage.conf" <<CONF
 [storage]
-driver = "vfs"
+driver = "overlay"
 runroot = "$work/run"
 graphroot = "$work/storage"
 CONF
