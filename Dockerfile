@@ -26,8 +26,8 @@ RUN groupadd --gid 10001 keysvc \
  && mkdir -p /data /run/keysvc && chown keysvc:keysvc /data /run/keysvc
 COPY --from=build /opt/keysvc /opt/keysvc
 # Validate and ext_authz on 50051, HTTP forward-auth on 8080, Prometheus on 9464;
-# admin RPCs only on a unix socket (podman/docker exec ... keysvc keys list), never
-# in clear on the network. The root filesystem may be read-only: keysvc writes
+# admin RPCs only on a unix socket, never in clear on the network: the CLI in the
+# image talks to it (KEYSVC_ADDR), as in `docker exec ... keysvc keys list`. The root filesystem may be read-only: keysvc writes
 # only /data (the SQLite store) and /run/keysvc (the admin socket).
 ENV PATH=/opt/keysvc/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -35,6 +35,7 @@ ENV PATH=/opt/keysvc/bin:$PATH \
     KEYSVC_HTTP_LISTEN=0.0.0.0:8080 \
     KEYSVC_METRICS_LISTEN=0.0.0.0:9464 \
     KEYSVC_ADMIN_LISTEN=unix:/run/keysvc/admin.sock \
+    KEYSVC_ADDR=unix:/run/keysvc/admin.sock \
     KEYSVC_STORE=sqlite:////data/keysvc.db \
     KEYSVC_LOG_FORMAT=json
 USER 10001:10001

@@ -20,7 +20,7 @@ import pytest
 
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc
-from tests.container._podman import Container
+from tests.container._podman import Container, podman
 from tests.e2e._servers import free_port
 
 pytestmark = pytest.mark.container
@@ -72,6 +72,10 @@ def test_container_serves_as_non_root_and_keeps_data_on_its_volume(
     bearer = [("authorization", f"Bearer {admin}")]
     created = _stub(f"unix:{socket_dir}/admin.sock").CreateKey(
         pb.CreateKeyRequest(owner_id="orders"), metadata=bearer, timeout=30)
+
+    # The CLI inside the image reaches the admin socket without being told where it is.
+    listed = podman("exec", f"--env=KEYSVC_ADMIN_KEY={admin}", first.name, "keysvc", "keys", "list")
+    assert created.key.key_id in listed.stdout
 
     public = _stub(f"127.0.0.1:{ports[50051]}")
     reply = public.Validate(pb.ValidateRequest(key=created.secret), timeout=30)
