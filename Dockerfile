@@ -27,8 +27,9 @@ RUN groupadd --gid 10001 keysvc \
 COPY --from=build /opt/keysvc /opt/keysvc
 # Validate and ext_authz on 50051, HTTP forward-auth on 8080, Prometheus on 9464;
 # admin RPCs only on a unix socket, never in clear on the network: the CLI in the
-# image talks to it (KEYSVC_ADDR), as in `docker exec ... keysvc keys list`. The root filesystem may be read-only: keysvc writes
-# only /data (the SQLite store) and /run/keysvc (the admin socket).
+# image talks to it (KEYSVC_ADDR), as in `docker exec ... keysvc keys list`.
+# The root filesystem may be read-only: keysvc writes only /data (the SQLite
+# store) and /run/keysvc (the admin socket).
 ENV PATH=/opt/keysvc/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     KEYSVC_LISTEN=0.0.0.0:50051 \
