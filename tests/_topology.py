@@ -54,6 +54,12 @@ def _free_port(bus: bool = False) -> int:
             return port
 
 
+def _replica_online(info: dict[str, object]) -> bool:
+    """Whether a master's INFO replication shows a replica done syncing."""
+    replica = info.get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
+
+
 class _Node:
     """One redis-server (or sentinel) process in its own folder."""
 
@@ -83,6 +89,16 @@ class _Node:
         """A plain client of this one process."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2,
                            socket_connect_timeout=2, decode_responses=True)
+
+    def pause(self) -> None:
+        """SIGSTOP the process: it holds its connections but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused process."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the process: the fault a failover test injects."""
@@ -132,7 +148,7 @@ class Cluster:
                 return False
             roles = [n.client().info("replication") for n in self.alive()]
             masters = [r for r in roles if r["role"] == "master"]
-            if len(masters) != 3 or any(r["connected_slaves"] < 1 for r in masters):
+            if len(masters) != 3 or not all(_replica_online(r) for r in masters):
                 return False
         return True
 
@@ -153,6 +169,11 @@ class Cluster:
             if int(start) <= slot <= int(end):
                 return next(n for n in self.nodes if n.port == int(master[1]))
         raise AssertionError(f"no node holds {key}'s slot")
+
+    def replica_of(self, master: _Node) -> _Node:
+        """The node replicating `master`."""
+        replica = master.client().info("replication")["slave0"]
+        return next(n for n in self.nodes if n.port == int(replica["port"]))
 
     def flush(self) -> None:
         """FLUSHALL every master, and wait until the replicas have it too."""
@@ -179,8 +200,8 @@ class SentinelSet:
             self.servers.append(master)
             self.servers.append(_Node(workdir / "replica", _free_port(),
                                       [f"replicaof 127.0.0.1 {master.port}"]))
-            wait_until(lambda: master.client().info("replication")["connected_slaves"] == 1, 30,
-                       "the replica connected to the master")
+            wait_until(lambda: _replica_online(master.client().info("replication")), 30,
+                       "the replica in sync with the master")
             for i in range(3):
                 self.sentinels.append(_Node(workdir / f"sentinel{i}", _free_port(), [
                     f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 2",
@@ -208,6 +229,11 @@ class SentinelSet:
         """The server the sentinels name as master now."""
         _host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
         return next(n for n in self.servers if n.port == int(port))
+
+    def replica(self) -> _Node:
+        """The server that is not the master now."""
+        master = self.master()
+        return next(n for n in self.servers if n is not master)
 
     def flush(self) -> None:
         """FLUSHALL the master and wait until the replica has it too."""

@@ -40,7 +40,7 @@ class RedisCounters:
     ) -> None:
         self._client = client
         # Quota counters an admin set must survive a failover as the record does.
-        self._ack = ack or Replicated(client, 0, caller.budget_s)
+        self._ack = ack or Replicated(client, 0, 0.0)
         self._store_clock = store_clock
         self._prefix = namespace + ":c:"
         self._call = caller

@@ -156,9 +156,10 @@ class RedisStore:
         )
         topology = parse(url)
         self._call = Caller(retries, timeout_s, limit=None if topology is None else max_connections)
-        # Lifecycle writes reach a replica before they are acknowledged (`_redis_topology`).
+        # Lifecycle writes reach a replica before they are acknowledged (`_redis_topology`);
+        # WAIT's own timeout stays inside the socket timeout of its reply.
         self._ack = Replicated(
-            self._client, 0 if topology is None else topology.replicas, self._call.budget_s / 2
+            self._client, 0 if topology is None else topology.replicas, timeout_s / 2
         )
         self._timeout_s = timeout_s
         self._retention = event_retention
