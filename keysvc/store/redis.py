@@ -51,7 +51,8 @@ Blocking event reads use their own
 client without a socket timeout, bounded by `block_s + timeout_s` per call.
 
 Modules: `_redis_scripts` (Lua), `_redis_counters` (the per-key slots),
-`_redis_stream` (the event log), `_redis_io` (clients, errors, retries).
+`_redis_stream` (the event log), `_redis_io` (clients, errors, retries),
+`_redis_topology` (Cluster and Sentinel URLs, writes acknowledged by a replica).
 """
 
 from __future__ import annotations
