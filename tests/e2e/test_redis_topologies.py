@@ -89,9 +89,13 @@ def _failover(
     wait_until(lambda: len(writer.acked) >= 3, 30, "the writer's first acknowledged keys")
 
     kill()
-    # The cached key answers from the cache while the store fails over.
-    wait_until(promoted, FAILOVER_BOUND_S, "a replica promoted")
-    assert validate(server, cached).code == pb.CODE_VALID
+
+    def cached_answers_until_promoted() -> bool:
+        # The cached key answers from the cache all the while the store fails over.
+        assert validate(server, cached).code == pb.CODE_VALID
+        return promoted()
+
+    wait_until(cached_answers_until_promoted, FAILOVER_BOUND_S, "a replica promoted")
     # After the failover a cache miss is answered from the new master again.
     wait_until(lambda: validate(server, unread[0]).code == pb.CODE_VALID, FAILOVER_BOUND_S,
                "a cache miss answered after the failover")
