@@ -33,7 +33,8 @@ class Settings:
 
     listen: str = _f("127.0.0.1:50051", "gRPC address of Validate and ext_authz: host:port or unix:/path.")
     admin_listen: str = _f("", "Separate gRPC address for admin RPCs; empty serves them on `listen`.")
-    store: str = _f("sqlite:///keysvc.db", "Store URL: sqlite:///path/to/file.db or redis://host:port/db.")
+    store: str = _f("sqlite:///keysvc.db", "Store URL: sqlite:///path/to/file.db, redis://host:port/db, "
+                    "redis+cluster://host:port[,...] or redis+sentinel://host:port[,...]/service/db.")
     store_timeout_ms: int = _f(
         100, "Timeout of one store call, in milliseconds; a validation's store work gets "
         "this x (1 + retries) in all."
@@ -110,7 +111,8 @@ def _check(s: Settings) -> None:
         return ConfigError(f"{env_name(name)} (--{name.replace('_', '-')}): {why}")
 
     _check_listen(s, bad)
-    if not (s.store.startswith("sqlite://") or s.store.startswith(("redis://", "rediss://", "unix://"))):
+    redis_schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")
+    if not (s.store.startswith("sqlite://") or s.store.startswith(redis_schemes)):
         raise bad("store", f"unsupported store URL {s.store!r}; use sqlite:///file.db or redis://host:port/db")
     for name in ("store_timeout_ms", "cache_size", "negative_cache_size", "event_poll_ms",
                  "event_retention", "max_request_bytes", "max_concurrent_rpcs", "max_store_inflight"):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests._topology import redis_cluster, redis_sentinel  # noqa: F401 (session fixtures)
+
 
 def free_port() -> int:
     """Return a loopback TCP port nothing listens on right now."""

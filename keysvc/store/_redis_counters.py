@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from keysvc.errors import InvalidArgumentError
 from keysvc.model import CounterResult, QuotaRefill, RateLimit
 from keysvc.store import _redis_scripts as lua
 from keysvc.store._counters import counter_result
 from keysvc.store._redis_io import Caller
+from keysvc.store._redis_topology import Client, Replicated
 
 __all__ = ["RedisCounters"]
 
@@ -36,15 +35,17 @@ class RedisCounters:
     """Counters under `<namespace>:c:{<key_id>}:...`."""
 
     def __init__(
-        self, client: Redis, namespace: str, caller: Caller, *, store_clock: bool = True
+        self, client: Client, namespace: str, caller: Caller, *, store_clock: bool = True,
+        ack: Replicated | None = None,
     ) -> None:
         self._client = client
+        # Quota counters an admin set must survive a failover as the record does.
+        self._ack = ack or Replicated(client, 0, 0.0)
         self._store_clock = store_clock
         self._prefix = namespace + ":c:"
         self._call = caller
         self._take = client.register_script(lua.TAKE)
         self._create_quota = client.register_script(lua.CREATE_QUOTA)
-        self._touch = client.register_script(lua.TOUCH)
 
     def key(self, key_id: str, *parts: str) -> str:
         """Return the name of one of a key's counters."""
@@ -91,7 +92,7 @@ class RedisCounters:
     async def create_quota(self, key_id: str, remaining: int, since: float) -> bool:
         """Create a key's quota counter unless it exists; return whether it did."""
         created = await self._call.write(
-            self._create_quota(keys=[self.key(key_id, "q")], args=[remaining, repr(since)])
+            self._ack.script(self._create_quota, [self.key(key_id, "q")], [remaining, repr(since)])
         )
         return bool(created)
 
@@ -99,11 +100,11 @@ class RedisCounters:
         """Set (or with None, remove) a key's remaining quota; its refill cadence is kept."""
         counter = self.key(key_id, "q")
         if remaining is None:
-            await self._call.write(self._client.delete(counter))
+            await self._call.write(self._ack.command(counter, "DEL", counter))
         elif remaining < 0:
             raise InvalidArgumentError("remaining quota must be >= 0")
         else:
-            await self._call.write(self._client.hset(counter, "remaining", remaining))
+            await self._call.write(self._ack.command(counter, "HSET", counter, "remaining", remaining))
 
     async def get_quota(self, key_id: str) -> int | None:
         """Return a key's remaining quota, or None when it has none."""
@@ -118,7 +119,8 @@ class RedisCounters:
         async def op() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key_id, at in last_used.items():
-                    await self._touch(keys=[self.key(key_id, "lu")], args=[repr(float(at))], client=pipe)
+                    # EVAL, not a registered script: a cluster pipeline cannot load one on NOSCRIPT.
+                    pipe.eval(lua.TOUCH, 1, self.key(key_id, "lu"), repr(float(at)))
                 await pipe.execute()
 
         await self._call.read(op)

@@ -11,11 +11,20 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from keysvc.errors import StoreUnavailableError
+from keysvc.store._redis_topology import Client, make_topology_client, parse
 
 __all__ = ["Caller", "make_client", "text", "unavailable", "warn_if_evictable"]
 
@@ -28,13 +37,20 @@ _UNAVAILABLE_REPLIES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "
 
 def make_client(
     url: str, *, socket_timeout: float | None, connect_timeout: float, max_connections: int
-) -> Redis:
+) -> Client:
     """Return a client whose every timeout is explicit (redis-py's defaults are seconds).
 
     redis-py's own retries are off (`RedisStore` retries reads only). A burst
     beyond `max_connections` waits up to `connect_timeout` for a free
     connection instead of failing at once or opening sockets without bound.
+    Cluster and Sentinel URLs: `_redis_topology`.
     """
+    topology = parse(url)
+    if topology is not None:
+        return make_topology_client(
+            topology, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+            max_connections=max_connections,
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -54,7 +70,7 @@ def unavailable() -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError,
-            OSError, TimeoutError) as exc:
+            OSError, TimeoutError, ClusterError, SlotNotCoveredError, TryAgainError) as exc:
         # OutOfMemoryError: redis-py strips the "OOM" prefix the check below looks for.
         raise StoreUnavailableError(f"redis: {exc or 'no answer within the store budget'}") from exc
     except ResponseError as exc:
@@ -82,11 +98,15 @@ class Caller:
     Args:
         retries: extra attempts of a failed read.
         timeout_s: the timeout of one attempt.
+        limit: calls in flight at once, the rest waiting within their
+            deadline (for the cluster and Sentinel clients, whose pools
+            fail at their bound instead of waiting as the plain client's does).
     """
 
-    def __init__(self, retries: int, timeout_s: float) -> None:
+    def __init__(self, retries: int, timeout_s: float, limit: int | None = None) -> None:
         self._retries = retries
         self._timeout_s = timeout_s
+        self._gate = contextlib.nullcontext() if limit is None else asyncio.BoundedSemaphore(limit)
         # Backoff of a millisecond or so: sized for a sub-millisecond service.
         self._backoff = ExponentialWithJitterBackoff(base=0.0005, cap=0.005)
 
@@ -103,7 +123,7 @@ class Caller:
         while True:
             try:
                 with unavailable():
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(deadline), self._gate:
                         return await op()
             except StoreUnavailableError:
                 failures += 1
@@ -115,11 +135,11 @@ class Caller:
     async def write(self, op: Awaitable[_T]) -> _T:
         """Await a call once, within the budget."""
         with unavailable():
-            async with asyncio.timeout(self.budget_s):
+            async with asyncio.timeout(self.budget_s), self._gate:
                 return await op
 
 
-async def warn_if_evictable(client: Redis, caller: Caller) -> None:
+async def warn_if_evictable(client: Client, caller: Caller) -> None:
     """Log a warning when Redis may evict keysvc's keys (`maxmemory-policy` not noeviction).
 
     Any eviction policy may drop them: volatile-* the rate windows (they have

@@ -7,13 +7,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from keysvc.errors import CursorExpiredError, InvalidArgumentError
 from keysvc.model import Event
 from keysvc.store._codec import event_from_dict, loads
 from keysvc.store._redis_io import unavailable
+from keysvc.store._redis_topology import Client
 
 __all__ = [
     "ORIGIN", "StreamId", "check_cursor", "end_of", "parse_stream_id", "read_entries",
@@ -97,7 +97,7 @@ def end_of(info: Mapping[str, Any] | None) -> str:
     return _id_text(end or ORIGIN)
 
 
-async def stream_info(client: Redis, stream: str) -> Mapping[str, Any] | None:
+async def stream_info(client: Client, stream: str) -> Mapping[str, Any] | None:
     """XINFO STREAM's answer, or None when the stream does not exist."""
     try:
         info: Mapping[str, Any] = await client.xinfo_stream(stream)
@@ -113,11 +113,11 @@ def _id_text(stream_id: StreamId) -> str:
 
 
 async def read_entries(
-    client: Redis, stream: str, after: StreamId | None, limit: int
+    client: Client, stream: str, after: StreamId | None, limit: int
 ) -> list[Event]:
     """Return up to `limit` events after `after` (None: from the oldest retained).
 
-    The cursor check (XINFO STREAM) and the read (XREAD) run in one MULTI, so
+    The cursor check (XINFO STREAM) and the read (XRANGE) run in one MULTI, so
     no trim or reset can slip in between.
 
     Raises:
@@ -125,7 +125,8 @@ async def read_entries(
     """
     async with client.pipeline(transaction=True) as pipe:
         pipe.xinfo_stream(stream)
-        pipe.xread({stream: _id_text(after or (0, 0))}, count=limit)
+        # XRANGE, not XREAD: its key has a fixed place, so a cluster client routes it unaided.
+        pipe.xrange(stream, "(" + _id_text(after or ORIGIN), "+", count=limit)
         info, reply = await pipe.execute(raise_on_error=False)
     if isinstance(reply, Exception):
         raise reply
@@ -135,12 +136,12 @@ async def read_entries(
         raise info
     if after is not None:
         check_cursor(after, info)
-    entries = reply[0][1] if reply else []
+    entries = reply or []
     return [event_from_dict(loads(fields["e"]), str(entry_id)) for entry_id, fields in entries]
 
 
 async def wait_for_entry(
-    blocking: Redis, stream: str, after: StreamId | None, wait_s: float, timeout_s: float
+    blocking: Client, stream: str, after: StreamId | None, wait_s: float, timeout_s: float
 ) -> None:
     """Return when an entry after `after` exists, or after about `wait_s` seconds.
 

@@ -1,4 +1,4 @@
-"""Production store: Redis, shared by every sidecar; Redis Cluster ready.
+"""Production store: Redis, shared by every sidecar: one server, a Redis Cluster or behind Sentinel.
 
 Key schema (`ns` = namespace):
 
@@ -51,7 +51,8 @@ Blocking event reads use their own
 client without a socket timeout, bounded by `block_s + timeout_s` per call.
 
 Modules: `_redis_scripts` (Lua), `_redis_counters` (the per-key slots),
-`_redis_stream` (the event log), `_redis_io` (clients, errors, retries).
+`_redis_stream` (the event log), `_redis_io` (clients, errors, retries),
+`_redis_topology` (Cluster and Sentinel URLs, writes acknowledged by a replica).
 """
 
 from __future__ import annotations
@@ -59,8 +60,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
-
-from redis.typing import EncodableT
 
 from keysvc.errors import (
     AlreadyExistsError,
@@ -100,6 +99,7 @@ from keysvc.store._codec import (
 from keysvc.store._redis_counters import RedisCounters
 from keysvc.store._redis_io import Caller, make_client, text, warn_if_evictable
 from keysvc.store._redis_stream import end_of, parse_stream_id, read_entries, stream_info, wait_for_entry
+from keysvc.store._redis_topology import Replicated, parse
 from keysvc.store.base import KeyPage, PolicyPage, RequestMark
 
 __all__ = ["RedisStore"]
@@ -121,7 +121,8 @@ class RedisStore:
     """`Store` on Redis, with a key schema ready for Redis Cluster.
 
     Args:
-        url: redis://host:port/db (or rediss://, unix://).
+        url: redis://host:port/db (or rediss://, unix://, redis+cluster://,
+            redis+sentinel://: see `_redis_topology`).
         namespace: prefix of every key, and the lifecycle hash tag.
         timeout_s: connect, reply and pool-wait timeout of one call.
         retries: extra attempts of a failed read (writes get none).
@@ -154,14 +155,20 @@ class RedisStore:
         self._blocking = make_client(
             url, socket_timeout=None, connect_timeout=timeout_s, max_connections=max_connections
         )
-        self._call = Caller(retries, timeout_s)
+        topology = parse(url)
+        self._call = Caller(retries, timeout_s, limit=None if topology is None else max_connections)
+        # Lifecycle writes reach a replica before they are acknowledged (`_redis_topology`);
+        # WAIT's own timeout stays inside the socket timeout of its reply.
+        self._ack = Replicated(
+            self._client, 0 if topology is None else topology.replicas, timeout_s / 2
+        )
         self._timeout_s = timeout_s
         self._retention = event_retention
         self._closed = False
         self._ns = "{" + namespace + "}"
         self._events = self._ns + ":events"
         self._counters = RedisCounters(
-            self._client, namespace, self._call, store_clock=store_clock
+            self._client, namespace, self._call, store_clock=store_clock, ack=self._ack
         )
         self._eviction_checked = False
         self._put_keys = self._client.register_script(lua.PUT_KEYS)
@@ -222,7 +229,7 @@ class RedisStore:
             due = next_deadline(new)
             args += [new.key_id, expected, dumps(record_to_dict(new)), "" if due is None else repr(due)]
         self._with_mark(keys, args, mark)
-        reply = await self._call.write(self._put_keys(keys=keys, args=args))
+        reply = await self._call.write(self._ack.script(self._put_keys, keys, args))
         if reply[0] != "OK":
             raise _refused(str(reply[0]), f"key {writes[0][0].key_id}")
         return str(reply[1])
@@ -419,7 +426,7 @@ class RedisStore:
             mode,
         ]
         self._with_mark(keys, args, mark)
-        reply = await self._call.write(self._put_policy(keys=keys, args=args))
+        reply = await self._call.write(self._ack.script(self._put_policy, keys, args))
         if reply[0] != "OK":
             raise _refused(str(reply[0]), f"policy {policy.policy_id}")
 
@@ -480,12 +487,12 @@ class RedisStore:
 
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value."""
-        await self._call.write(self._client.hset(self._k("meta"), name, value))
+        await self._call.write(self._ack.command(self._k("meta"), "HSET", self._k("meta"), name, value))
 
     async def ensure_meta(self, name: str, value: str) -> str:
         """Set a small named value unless one is set (HSETNX); return the stored one."""
         stored = await self._call.write(
-            self._ensure_meta(keys=[self._k("meta")], args=[name, value])
+            self._ack.script(self._ensure_meta, [self._k("meta")], [name, value])
         )
         return text(stored)
 
@@ -503,10 +510,10 @@ class RedisStore:
 
     async def append_event(self, event: Event) -> str:
         """Append an event on its own (XADD, trimmed to about `event_retention`)."""
-        entry: dict[EncodableT, EncodableT] = {"e": dumps(event_to_dict(event))}
-        cursor = await self._call.write(
-            self._client.xadd(self._events, entry, maxlen=self._retention, approximate=True)
-        )
+        cursor = await self._call.write(self._ack.command(
+            self._events, "XADD", self._events, "MAXLEN", "~", self._retention, "*",
+            "e", dumps(event_to_dict(event)),
+        ))
         return str(cursor)
 
     async def read_events(self, after: str, limit: int, block_s: float) -> Sequence[Event]:

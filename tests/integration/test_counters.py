@@ -23,6 +23,7 @@ from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
 from keysvc.testing import capture_logs
+from tests._topology import client_of, current_store_url
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def lose_quota_counter(
 
     def lose(budget_id: str) -> None:
         if isinstance(store, RedisStore):
-            client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+            client = client_of(current_store_url(request))
             try:
                 assert client.delete(f"keysvc:c:{{{budget_id}}}:q") == 1
             finally:

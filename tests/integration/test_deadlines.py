@@ -14,20 +14,21 @@ from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
+from tests._topology import REDIS_KINDS, store_url
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_KINDS])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
     """Two store clients on one database, as two server processes would have."""
     pair: tuple[Store, Store]
     if request.param == "sqlite":
         pair = (SqliteStore(str(tmp_path / "d.db")), SqliteStore(str(tmp_path / "d.db")))
     else:
-        url = request.getfixturevalue("redis_url")
+        url = store_url(request, request.param)
         pair = (RedisStore(url, timeout_s=1.0), RedisStore(url, timeout_s=1.0))
     yield pair
     for store in pair:

@@ -26,6 +26,7 @@ from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
 from keysvc.testing import capture_logs
+from tests._topology import REDIS_KINDS, client_of, store_url
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +61,11 @@ class Log:
             conn.close()
 
     def _redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, socket_timeout=2)
+        return client_of(self.redis_url)  # type: ignore[return-value]
 
     def empty(self) -> None:
         """Remove every entry but keep the log's identity (XTRIM MAXLEN 0; DELETE FROM events)."""
-        if self.kind == "redis":
+        if self.kind != "sqlite":
             with self._redis() as client:
                 client.xtrim(STREAM, maxlen=0, approximate=False)
         else:
@@ -72,7 +73,7 @@ class Log:
 
     def delete(self) -> None:
         """Remove the log itself (DEL of the stream; the SQLite id sequence reset)."""
-        if self.kind == "redis":
+        if self.kind != "sqlite":
             with self._redis() as client:
                 client.delete(STREAM)
         else:
@@ -81,7 +82,7 @@ class Log:
     def append_raw(self, body: dict[str, object]) -> None:
         """Append an entry as another (newer) keysvc version might write it."""
         text = json.dumps(body)
-        if self.kind == "redis":
+        if self.kind != "sqlite":
             with self._redis() as client:
                 client.xadd(STREAM, {"e": text})
         else:
@@ -92,9 +93,9 @@ class Log:
             await store.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_KINDS])
 async def log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Log]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    url = store_url(request, request.param) if request.param != "sqlite" else ""
     found = Log(request.param, tmp_path, url)
     yield found
     await found.close()

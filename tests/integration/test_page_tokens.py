@@ -22,6 +22,7 @@ from keysvc.service.admin import AdminService
 from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
+from tests._topology import REDIS_KINDS, store_url
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,11 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_KINDS])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[[], Store]]:
     """Makes stores on one shared backend, as several sidecars on one store would have."""
     opened: list[Store] = []
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    url = store_url(request, request.param) if request.param != "sqlite" else ""
 
     def make() -> Store:
         store: Store = (SqliteStore(str(tmp_path / "keysvc.db"), poll_interval_s=0.01)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from keysvc import keys
 from keysvc.cache import KeyCache
@@ -23,6 +22,7 @@ from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
 from keysvc.store.redis import RedisStore
+from tests._topology import client_of, current_store_url
 
 pytestmark = pytest.mark.integration
 
@@ -53,23 +53,23 @@ async def works(store: Store, secret: str) -> bool:
 async def stored_text(store: Store, request: pytest.FixtureRequest, tmp_path: Path) -> bytes:
     """Every byte the store holds: the SQLite files, or every Redis value."""
     if isinstance(store, RedisStore):
-        client = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+        client = client_of(current_store_url(request))  # every node of a cluster
         try:
             out = b""
-            async for name in client.scan_iter(count=1000):
-                out += name + b"=" + (await client.dump(name) or b"") + b"\n"
-                kind = await client.type(name)
+            for name in client.scan_iter(count=1000):
+                out += name + b"=" + (client.dump(name) or b"") + b"\n"
+                kind = client.type(name)
                 if kind == b"string":
-                    out += await client.get(name) or b""
+                    out += client.get(name) or b""
                 elif kind == b"hash":
-                    out += repr(await client.hgetall(name)).encode()
+                    out += repr(client.hgetall(name)).encode()
                 elif kind == b"zset":
-                    out += repr(await client.zrange(name, 0, -1)).encode()
+                    out += repr(client.zrange(name, 0, -1)).encode()
                 elif kind == b"stream":
-                    out += repr(await client.xrange(name)).encode()
+                    out += repr(client.xrange(name)).encode()
             return out
         finally:
-            await client.aclose()
+            client.close()
     files = await asyncio.to_thread(lambda: [p.read_bytes() for p in tmp_path.glob("keysvc.db*")])
     return b"".join(files)
 

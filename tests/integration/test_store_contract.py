@@ -27,6 +27,7 @@ from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateL
 from keysvc.store.base import RequestMark, Store
 from keysvc.store.redis import RedisStore
 from keysvc.store.sqlite import SqliteStore
+from tests._topology import REDIS_KINDS, flush, store_url
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +77,8 @@ class Backend:
 
     async def reset(self) -> None:
         """Lose everything, as a flushed Redis or a replaced database file would."""
-        if self.kind == "redis":
-            client = redis.asyncio.Redis.from_url(self.redis_url)
-            await client.flushall()
-            await client.aclose()
+        if self.kind != "sqlite":
+            flush(self.redis_url)
             return
         for store in self.opened:
             await store.close()
@@ -94,9 +93,9 @@ class Backend:
             await store.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_KINDS])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    url = store_url(request, request.param) if request.param != "sqlite" else ""
     b = Backend(request.param, tmp_path, url)
     yield b
     await b.close()
