@@ -13,7 +13,7 @@ from typing import Any, cast
 import structlog
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from keysvc import telemetry
+from keysvc.app import telemetry
 from keysvc.store.base import Store
 
 __all__ = ["CapturedLogs", "FaultyStore", "capture_logs", "capture_spans"]

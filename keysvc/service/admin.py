@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from keysvc import keys
-from keysvc.errors import (
+from keysvc.app.telemetry import audit_span
+from keysvc.core import keys
+from keysvc.core.errors import (
     AlreadyExistsError,
     ConflictError,
     DuplicateRequestError,
@@ -21,7 +22,7 @@ from keysvc.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from keysvc.model import (
+from keysvc.core.model import (
     ADMIN_SCOPE,
     Event,
     EventType,
@@ -31,13 +32,12 @@ from keysvc.model import (
     budget_of,
     key_status,
 )
-from keysvc.policy import PolicyDiff, diff
+from keysvc.core.policy import PolicyDiff, diff
 from keysvc.service import _authority as authority
-from keysvc.service import _checks as check
 from keysvc.service import _requests as requests
+from keysvc.service import checks as check
 from keysvc.service._pages import PageTokens
 from keysvc.store.base import Store
-from keysvc.telemetry import audit_span
 
 __all__ = ["UPDATABLE_KEY_FIELDS", "AdminService", "KeyView", "PolicyImpact"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from keysvc.cache import KeyCache
-from keysvc.errors import CursorExpiredError, StoreUnavailableError
-from keysvc.model import Event, EventType
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import CursorExpiredError, StoreUnavailableError
+from keysvc.core.model import Event, EventType
 from keysvc.store.base import Store
 
 __all__ = ["ACTIONS", "BEHIND_AFTER_S", "Action", "EventFollower", "FollowerHealth", "FollowerState", "watch"]

@@ -27,11 +27,11 @@ from typing import NamedTuple
 
 import structlog
 
-from keysvc.cache import CachedKey, KeyCache
-from keysvc.errors import StoreUnavailableError
-from keysvc.keys import well_formed_hash
-from keysvc.model import Code, CounterResult, Decision, KeyRecord, Policy, RateLimitState, budget_of
-from keysvc.policy import Grant, evaluate, make_grant
+from keysvc.core.cache import CachedKey, KeyCache
+from keysvc.core.errors import StoreUnavailableError
+from keysvc.core.keys import well_formed_hash
+from keysvc.core.model import Code, CounterResult, Decision, KeyRecord, Policy, RateLimitState, budget_of
+from keysvc.core.policy import Grant, evaluate, make_grant
 from keysvc.service._slots import StoreSlots
 from keysvc.store.base import Store
 
@@ -86,7 +86,7 @@ class ValidationRequest(NamedTuple):
 class Validator:
     """Answers validation requests from the cache, falling back to the store.
 
-    A decision's record is the key as the cache keeps it (`keysvc.cache.cached_record`):
+    A decision's record is the key as the cache keeps it (`keysvc.core.cache.cached_record`):
     ids, scopes, metadata, state and deadlines, not its name, hint or times.
 
     Args:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.core.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
 
 __all__ = ["KeyPage", "PolicyPage", "RequestMark", "Store"]
 

@@ -23,7 +23,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from google.protobuf import duration_pb2, field_mask_pb2, json_format, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keysvc.keys import generate
+from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.conftest import _start_redis
 from tests.e2e._servers import STACKS, ServerProcess, bootstrap, free_port, keysvc_cmd, launch

@@ -9,14 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.errors import (
+from keysvc.core.errors import (
     ConflictError,
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from keysvc.model import ADMIN_SCOPE, KeyStatus, Policy
+from keysvc.core.model import ADMIN_SCOPE, KeyStatus, Policy
 from keysvc.service.admin import AdminService, KeyView
 from keysvc.store.base import Store
 from keysvc.testing import capture_spans

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.model import EventType
+from keysvc.core.model import EventType
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from keysvc.cache import KeyCache
-from keysvc.errors import CursorExpiredError
-from keysvc.model import Code, Event, EventType, Policy, RateLimit, RateLimitState
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import CursorExpiredError
+from keysvc.core.model import Code, Event, EventType, Policy, RateLimit, RateLimitState
 from keysvc.service.admin import AdminService
 from keysvc.service.events import ACTIONS, BEHIND_AFTER_S, EventFollower, FollowerState
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from keysvc.testing import capture_logs
 
 pytestmark = pytest.mark.integration

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from keysvc.errors import InvalidArgumentError
-from keysvc.model import KeyStatus, Policy
+from keysvc.core.errors import InvalidArgumentError
+from keysvc.core.model import KeyStatus, Policy
 from keysvc.service._pages import PAGE_TOKEN_TTL_S
 from keysvc.service.admin import AdminService
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.cache import KeyCache
-from keysvc.errors import ConflictError, FailedPreconditionError
-from keysvc.model import Code, Policy, RateLimit
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import ConflictError, FailedPreconditionError
+from keysvc.core.model import Code, Policy, RateLimit
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from keysvc import keys
-from keysvc.cache import KeyCache
-from keysvc.errors import ConflictError, FailedPreconditionError, InvalidArgumentError
-from keysvc.model import Code, EventType, KeyStatus, Policy
+from keysvc.core import keys
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import ConflictError, FailedPreconditionError, InvalidArgumentError
+from keysvc.core.model import Code, EventType, KeyStatus, Policy
 from keysvc.service._requests import REQUEST_WINDOW_S
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
+from keysvc.store.redis.store import RedisStore
 
 pytestmark = pytest.mark.integration
 

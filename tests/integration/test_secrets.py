@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from keysvc.cache import KeyCache
-from keysvc.errors import NotFoundError
-from keysvc.model import Code, Policy
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import NotFoundError
+from keysvc.core.model import Code, Policy
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store

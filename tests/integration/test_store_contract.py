@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from keysvc.errors import (
+from keysvc.core.errors import (
     AlreadyExistsError,
     ConflictError,
     CursorExpiredError,
@@ -23,10 +23,10 @@ from keysvc.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.core.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
 from keysvc.store.base import RequestMark, Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from keysvc import keys
-from keysvc.api._authz import Authorizer, AuthzConfig, AuthzResult
-from keysvc.api.extauthz import _MAX_RESPONSES, AuthorizationServicer
-from keysvc.cache import KeyCache
-from keysvc.model import Code
-from keysvc.routes import Routes
+from keysvc.api.authz import Authorizer, AuthzConfig, AuthzResult
+from keysvc.api.envoy.extauthz import _MAX_RESPONSES, AuthorizationServicer
+from keysvc.core import keys
+from keysvc.core.cache import KeyCache
+from keysvc.core.model import Code
+from keysvc.core.routes import Routes
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
-from keysvc.store.redis import RedisStore
+from keysvc.store.redis.store import RedisStore
 
 pytestmark = pytest.mark.integration
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from keysvc import keys
-from keysvc.cache import KeyCache
-from keysvc.model import Code, Policy, RateLimit
+from keysvc.core import keys
+from keysvc.core.cache import KeyCache
+from keysvc.core.model import Code, Policy, RateLimit
 from keysvc.service.admin import AdminService
 from keysvc.service.events import EventFollower
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 

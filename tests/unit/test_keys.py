@@ -1,4 +1,4 @@
-"""keysvc.keys: key format, checksum, parsing and hashing."""
+"""keysvc.core.keys: key format, checksum, parsing and hashing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from keysvc import keys
-from keysvc.errors import MalformedKeyError
+from keysvc.core import keys
+from keysvc.core.errors import MalformedKeyError
 
 pytestmark = pytest.mark.unit
 
