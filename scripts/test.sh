@@ -24,9 +24,10 @@ echo "== installing Python dependencies from pyproject.toml"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 bash scripts/fix-otel-proto.sh .venv/bin/python
 
-echo "== lint: ruff, mypy, buf"
+echo "== lint: ruff, mypy, import layers, buf"
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 .venv/bin/buf lint
 
 echo "== starting redis-server on loopback"

@@ -31,15 +31,16 @@ from keysvc.api.grpc.auth import AdminAuth
 from keysvc.api.grpc.bridge import Bridge, threaded_servicer
 from keysvc.api.grpc.keyservice import KeyServiceServicer
 from keysvc.app import startup as _startup
+from keysvc.app import telemetry
 from keysvc.app.health import HealthState, probe_store, redact_url
-from keysvc.app.settings import Settings, env_name, header_names
+from keysvc.app.settings import Settings, env_name, header_names, split_listen
 from keysvc.app.supervisor import TaskSupervisor, Watchdog
 from keysvc.core.cache import KeyCache
 from keysvc.core.errors import ConfigError, StoreUnavailableError
-from keysvc.core.routes import Routes, load_routes
+from keysvc.core.routes import Routes
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
-from keysvc.service.events import EventFollower, FollowerState
+from keysvc.service.events import EventFollower, EventLog, FollowerState
 from keysvc.service.validator import Validator
 from keysvc.store.base import Store
 from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
@@ -133,7 +134,7 @@ def _authz_config(settings: Settings) -> AuthzConfig:
     routes = Routes()
     if settings.authz_routes:
         try:
-            routes = load_routes(settings.authz_routes)
+            routes = _startup.load_routes(settings.authz_routes)
         except ConfigError as exc:
             raise ConfigError(f"{env_name('authz_routes')}: {exc}") from None
     return AuthzConfig(routes, header_names(settings.authz_key_headers), settings.authz_trusted_proxy_depth)
@@ -164,7 +165,9 @@ def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = 
     follower = EventFollower(
         store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
     )
-    admin = AdminService(store, default_prefix=settings.key_prefix, on_change=follower.apply_local)
+    admin = AdminService(
+        store, auditor=telemetry.AUDITOR, default_prefix=settings.key_prefix, on_change=follower.apply_local
+    )
     # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
     stack = grpc_stack(settings.grpc_stack)
     checks = health.HealthServicer() if stack == "sync" else health_aio.HealthServicer()
@@ -183,8 +186,9 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     # SO_REUSEPORT only within a worker set: a lone process shares its port with nobody.
     options = [("grpc.max_receive_message_length", s.max_request_bytes),
                ("grpc.so_reuseport", int(app.reuse_port))]
-    keyservice = AdminAuth(app.validator, app.admin.authority, admin_enabled=admin_enabled).protect(
-        KeyServiceServicer(app.validator, app.admin, app.store)
+    auth = AdminAuth(app.validator, app.admin.authority, telemetry.AUDITOR, admin_enabled=admin_enabled)
+    keyservice = auth.protect(
+        KeyServiceServicer(app.validator, app.admin, EventLog(app.store))
     )
     authorization: Any = AuthorizationServicer(app.authorizer)
     server: aio.Server | grpc.Server
@@ -303,7 +307,7 @@ async def _start_http(app: App) -> int:
 
     handlers = ForwardAuth(app.authorizer, lambda: app.serving,
                            require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
-    app.http = HttpListener(make_app(handlers), app.settings.http_listen,
+    app.http = HttpListener(make_app(handlers), split_listen(app.settings.http_listen),
                             shutdown_grace_s=app.settings.shutdown_grace_s,
                             key_headers=app.authorizer.key_headers, reuse_port=app.reuse_port)
     try:

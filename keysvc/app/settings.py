@@ -17,9 +17,10 @@ from typing import Any
 
 from keysvc.core.errors import ConfigError
 from keysvc.core.keys import validate_prefix
+from keysvc.core.routes import PROXY_TARGET_HEADERS
 
 __all__ = [
-    "PROXY_TARGET_HEADERS", "Settings", "env_name", "header_names", "load", "markdown_table", "split_listen",
+    "Settings", "env_name", "header_names", "load", "markdown_table", "split_listen",
 ]
 
 
@@ -183,12 +184,6 @@ def _check_workers(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
                             f"({env_name('workers')}); use host:port, or one worker")
 
 
-# The headers each forward-auth proxy writes the held request's target and method into.
-PROXY_TARGET_HEADERS: Mapping[str, tuple[str, str]] = {
-    "nginx": ("x-original-uri", "x-original-method"),
-    "traefik": ("x-forwarded-uri", "x-forwarded-method"),
-    "caddy": ("x-forwarded-uri", "x-forwarded-method"),
-}
 _HEADER_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 

@@ -4,7 +4,8 @@ The store: a SQLite file that cannot be opened, or is not a database, will
 not heal by waiting (a busy lock will, and so will a Redis that is not up
 yet: the server then starts NOT_SERVING and waits for it).
 
-Listen addresses are checked before binding.
+Listen addresses are checked before binding. Route files are read here and
+parsed by the pure `keysvc.core.routes`.
 
 gRPC reports a failed bind as a bare failure (and logs C-core lines of its
 own), so each TCP address is first bound here with a plain socket, which
@@ -22,16 +23,33 @@ import errno
 import os
 import socket
 import stat
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keysvc.app.health import redact_url
 from keysvc.app.settings import Settings, env_name, split_listen
 from keysvc.core.errors import ConfigError, StoreUnavailableError
+from keysvc.core.routes import Routes, parse_route_file
 
 if TYPE_CHECKING:
     from keysvc.store.base import Store
 
-__all__ = ["check_free", "check_store", "reserve", "sqlite_path"]
+__all__ = ["check_free", "check_store", "load_routes", "reserve", "sqlite_path"]
+
+
+def load_routes(path: str | Path) -> Routes:
+    """Read a route file (`.json` or `.toml`) and parse it.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or a rule is invalid;
+            the message names the file and the rule's index.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read route file: {exc}") from None
+    return parse_route_file(text, source.suffix, str(source))
 
 
 def _bound(name: str, address: str, *, keep: bool) -> socket.socket | None:

@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TextIO, cast
 
 import structlog
@@ -32,8 +32,18 @@ from keysvc.core.errors import ConfigError
 from keysvc.core.keys import KEY_PATTERN
 
 __all__ = [
-    "REDACTED", "SENSITIVE_FIELDS", "AuditRecord", "audit_span", "audit_tracer",
-    "configure_logging", "configure_tracing", "redact", "redact_value", "request_tracer",
+    "AUDITOR",
+    "REDACTED",
+    "SENSITIVE_FIELDS",
+    "AuditRecord",
+    "SpanAuditor",
+    "audit_span",
+    "audit_tracer",
+    "configure_logging",
+    "configure_tracing",
+    "redact",
+    "redact_value",
+    "request_tracer",
     "shutdown_tracing",
 ]
 
@@ -352,3 +362,19 @@ def _log_audit(record: AuditRecord, span: Span) -> None:
     log = structlog.get_logger().bind(logger="keysvc.audit")  # fresh: current level too
     emit = log.info if record.fields["outcome"] == "ok" else log.warning
     emit("audit", **record.fields, **ids)
+
+
+class SpanAuditor:
+    """The `keysvc.service.ports.Auditor` of a running server: `audit_span` per event."""
+
+    def audit(
+        self, action: str, *, actor: str, target_key_id: str = "", target_policy_id: str = "",
+        **attrs: str | int | bool,
+    ) -> AbstractContextManager[AuditRecord]:
+        """Open an always-sampled audit span and its log line (see `audit_span`)."""
+        return audit_span(action, actor=actor, target_key_id=target_key_id,
+                          target_policy_id=target_policy_id, **attrs)
+
+
+AUDITOR = SpanAuditor()
+"""The one auditor; spans go to whatever providers `configure_tracing` installed."""

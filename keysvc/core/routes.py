@@ -35,14 +35,14 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from keysvc.core.errors import ConfigError
 
 __all__ = [
-    "MAX_TARGET", "RouteRule", "Routes", "load_routes", "normalize_path", "parse_routes", "path_problem",
+    "MAX_TARGET", "PROXY_TARGET_HEADERS", "RouteRule", "Routes", "normalize_path", "parse_route_file",
+    "parse_routes", "path_problem",
 ]
 
 # The scopes CreateKey accepts (keysvc.service.checks): a route cannot ask for
@@ -165,19 +165,24 @@ class Routes:
         return self.default_scopes
 
 
-def load_routes(path: str | Path) -> Routes:
-    """Read a route file (`.json` or `.toml`).
+# The headers each forward-auth proxy writes the held request's target and method into.
+PROXY_TARGET_HEADERS: Mapping[str, tuple[str, str]] = {
+    "nginx": ("x-original-uri", "x-original-method"),
+    "traefik": ("x-forwarded-uri", "x-forwarded-method"),
+    "caddy": ("x-forwarded-uri", "x-forwarded-method"),
+}
+
+
+def parse_route_file(text: str, suffix: str, source: str) -> Routes:
+    """Parse the text of a route file whose name ends in `suffix` (".json" or ".toml").
+
+    The app layer reads the file (`keysvc.app.startup.load_routes`); this stays pure.
 
     Raises:
-        ConfigError: the file cannot be read or parsed, or a rule is invalid;
-            the message names the file and the rule's index.
+        ConfigError: the text cannot be parsed, or a rule is invalid; the
+            message names `source` and the rule's index.
     """
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read route file: {exc}") from None
-    suffix = source.suffix.lower()
+    suffix = suffix.lower()
     try:
         if suffix == ".json":
             data: Any = json.loads(text)
@@ -187,7 +192,7 @@ def load_routes(path: str | Path) -> Routes:
             raise ConfigError(f"{source}: route files are .json or .toml, not {suffix or 'no extension'!r}")
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{source}: not valid {suffix[1:].upper()}: {exc}") from None
-    return parse_routes(data, str(source))
+    return parse_routes(data, source)
 
 
 def parse_routes(data: Any, source: str = "<routes>") -> Routes:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from keysvc.app.telemetry import AuditRecord
 from keysvc.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -38,6 +37,7 @@ from keysvc.core.errors import (
 from keysvc.core.keys import KEY_PATTERN
 from keysvc.core.model import ADMIN_SCOPE, Code, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
 from keysvc.core.policy import effective_scopes, evaluate
+from keysvc.service.ports import AuditRecord
 from keysvc.store.base import Store
 
 __all__ = [

@@ -7,12 +7,10 @@ span. Knows no protobuf.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from keysvc.app.telemetry import audit_span
 from keysvc.core import keys
 from keysvc.core.errors import (
     AlreadyExistsError,
@@ -37,6 +35,7 @@ from keysvc.service import _authority as authority
 from keysvc.service import _requests as requests
 from keysvc.service import checks as check
 from keysvc.service._pages import PageTokens
+from keysvc.service.ports import Auditor, Clock, wall_clock
 from keysvc.store.base import Store
 
 __all__ = ["UPDATABLE_KEY_FIELDS", "AdminService", "KeyView", "PolicyImpact"]
@@ -74,6 +73,7 @@ class AdminService:
 
     Args:
         store: the backend.
+        auditor: records every change and refusal (the app's telemetry).
         default_prefix: prefix of new keys when the request names none.
         clock: wall clock.
         on_change: called with the event of every change this service wrote,
@@ -82,10 +82,11 @@ class AdminService:
     """
 
     def __init__(
-        self, store: Store, *, default_prefix: str = keys.DEFAULT_PREFIX,
-        clock: Callable[[], float] = time.time, on_change: Callable[[Event], None] | None = None,
+        self, store: Store, *, auditor: Auditor, default_prefix: str = keys.DEFAULT_PREFIX,
+        clock: Clock = wall_clock, on_change: Callable[[Event], None] | None = None,
     ) -> None:
         self._store = store
+        self._auditor = auditor
         self._prefix = default_prefix
         self._clock = clock
         self._pages = PageTokens(store, clock)
@@ -121,7 +122,7 @@ class AdminService:
             FailedPreconditionError: `request_id` was used for another request.
             PermissionDeniedError: the key would hold more than the actor.
         """
-        with audit_span("key.create", actor=actor, target_policy_id=policy_id) as span, \
+        with self._auditor.audit("key.create", actor=actor, target_policy_id=policy_id) as span, \
                 authority.audited_rule(span):
             req = requests.request(actor, request_id, "CreateKey", {
                 "owner_id": owner_id, "name": name, "policy_id": policy_id, "scopes": scopes,
@@ -231,7 +232,7 @@ class AdminService:
                 change won.
         """
         unknown = set(changes) - UPDATABLE_KEY_FIELDS
-        with audit_span("key.update", actor=actor, target_key_id=key_id,
+        with self._auditor.audit("key.update", actor=actor, target_key_id=key_id,
                         fields=",".join(sorted(set(changes) - unknown))) as span, \
                 authority.audited_rule(span):
             if unknown or not changes:
@@ -311,7 +312,7 @@ class AdminService:
             NotFoundError: no such key.
             FailedPreconditionError: already revoked.
         """
-        with audit_span("key.revoke", actor=actor, target_key_id=key_id,
+        with self._auditor.audit("key.revoke", actor=actor, target_key_id=key_id,
                         grace_s=int(grace_s), reason=check.text("reason", reason, 256)) as span, \
                 authority.audited_rule(span):
             grace_s = check.duration("grace_period", grace_s)
@@ -368,7 +369,8 @@ class AdminService:
             NotFoundError: no such key.
             FailedPreconditionError: the key is revoked, being revoked or expired.
         """
-        with audit_span("key.rotate", actor=actor, target_key_id=key_id, grace_s=int(grace_s)) as span, \
+        with self._auditor.audit("key.rotate", actor=actor, target_key_id=key_id,
+                                 grace_s=int(grace_s)) as span, \
                 authority.audited_rule(span):
             grace_s = check.duration("grace_period", grace_s)
             req = requests.request(actor, request_id, "RotateKey",
@@ -423,7 +425,7 @@ class AdminService:
             AlreadyExistsError: the policy_id is taken.
             PermissionDeniedError: the policy would grant more than the actor holds.
         """
-        with audit_span("policy.create", actor=actor, target_policy_id=policy.policy_id) as span, \
+        with self._auditor.audit("policy.create", actor=actor, target_policy_id=policy.policy_id) as span, \
                 authority.audited_rule(span):
             req = requests.request(actor, request_id, "CreatePolicy", {"policy": policy})
             if await self._replays.first_attempt(req, span) is not None:
@@ -496,7 +498,7 @@ class AdminService:
             ConflictError: `expected_version` is not the current version.
             FailedPreconditionError: the change is breaking and not allowed.
         """
-        with audit_span("policy.update", actor=actor, target_policy_id=proposed.policy_id,
+        with self._auditor.audit("policy.update", actor=actor, target_policy_id=proposed.policy_id,
                         dry_run=dry_run) as span:
             req = None if dry_run else requests.request(actor, request_id, "UpdatePolicy", {
                 "policy": proposed, "expected_version": expected_version,
@@ -523,7 +525,7 @@ class AdminService:
             NotFoundError: no such policy or version.
             ConflictError, FailedPreconditionError: as update_policy.
         """
-        with audit_span("policy.rollback", actor=actor, target_policy_id=policy_id,
+        with self._auditor.audit("policy.rollback", actor=actor, target_policy_id=policy_id,
                         to_version=to_version, dry_run=dry_run) as span:
             req = None if dry_run else requests.request(actor, request_id, "RollbackPolicy", {
                 "policy_id": policy_id, "to_version": to_version,

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from keysvc.app.telemetry import AUDITOR
 from keysvc.core.errors import (
     ConflictError,
     FailedPreconditionError,
@@ -32,7 +33,7 @@ CAPPED = Policy("capped", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60)
 
 async def world(store: Store) -> tuple[AdminService, KeyView, KeyView]:
     """An unbounded, durable admin key (`root`) and a bounded one (`ops`: scopes admin+read, 1 h)."""
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     for policy in (OPS, WIDE, CAPPED):
         await admin.create_policy(OPERATOR, policy)
     root, _ = await admin.create_key(OPERATOR, owner_id="root", scopes=[ADMIN_SCOPE])
@@ -195,7 +196,7 @@ async def test_the_last_admin_key_cannot_be_taken_away(store: Store) -> None:
 
 
 async def test_a_policy_change_cannot_take_admin_from_the_last_admin_keys(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy(OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=(ADMIN_SCOPE, "read")))
     only, _ = await admin.create_key(OPERATOR, owner_id="root", policy_id="admins")
     actor = only.record.key_id
@@ -210,7 +211,7 @@ async def test_a_policy_change_cannot_take_admin_from_the_last_admin_keys(store:
 
 
 async def test_a_rollback_cannot_take_admin_from_the_last_admin_keys(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy(OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=("read",)))
     escalated, impact = await admin.update_policy(
         OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=("read", ADMIN_SCOPE)), expected_version=1,
@@ -223,7 +224,7 @@ async def test_a_rollback_cannot_take_admin_from_the_last_admin_keys(store: Stor
 
 
 async def test_two_concurrent_revocations_of_the_two_last_admins_do_not_both_succeed(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     for _ in range(5):
         a, _ = await admin.create_key(OPERATOR, owner_id="a", scopes=[ADMIN_SCOPE])
         b, _ = await admin.create_key(OPERATOR, owner_id="b", scopes=[ADMIN_SCOPE])

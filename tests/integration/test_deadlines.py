@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from keysvc.app.telemetry import AUDITOR
 from keysvc.core.model import EventType
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
@@ -37,7 +38,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 async def test_each_deadline_is_announced_once(stores: tuple[Store, Store]) -> None:
     clock = [T0]
     first, second = stores
-    admin = AdminService(first, clock=lambda: clock[0])
+    admin = AdminService(first, auditor=AUDITOR, clock=lambda: clock[0])
     expiring, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 10)
     revoking, _ = await admin.create_key("a", owner_id="o")
     await admin.revoke_key("a", revoking.record.key_id, grace_s=20)
@@ -69,7 +70,7 @@ async def test_each_deadline_is_announced_once(stores: tuple[Store, Store]) -> N
 async def test_a_new_expiry_is_announced_again(stores: tuple[Store, Store]) -> None:
     clock = [T0]
     store, _ = stores
-    admin = AdminService(store, clock=lambda: clock[0])
+    admin = AdminService(store, auditor=AUDITOR, clock=lambda: clock[0])
     view, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 5)
     announcer = DeadlineAnnouncer(store, clock=lambda: clock[0])
     clock[0] = T0 + 6
@@ -85,7 +86,7 @@ async def test_an_immediate_revocation_is_announced_once_not_again_by_schedule(
 ) -> None:
     clock = [T0]
     store, _ = stores
-    admin = AdminService(store, clock=lambda: clock[0])
+    admin = AdminService(store, auditor=AUDITOR, clock=lambda: clock[0])
     view, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 50)
     start = await store.last_cursor()
     await admin.revoke_key("a", view.record.key_id)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from keysvc.app.telemetry import AUDITOR
 from keysvc.core.cache import KeyCache
 from keysvc.core.errors import ConflictError, FailedPreconditionError
 from keysvc.core.model import Code, Policy, RateLimit
@@ -38,7 +39,7 @@ async def outcomes(store: Store, secrets: list[str]) -> list[tuple[Code, ...]]:
 
 
 async def setup(store: Store) -> tuple[AdminService, list[str]]:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy("admin-1", BASE)
     secrets = []
     for scopes in ([], ["read"], ["write"]):

@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from keysvc.app.telemetry import audit_span
 from keysvc.core.errors import PermissionDeniedError, StoreUnavailableError, UnauthenticatedError
 from keysvc.core.model import ADMIN_SCOPE, Code
 from keysvc.core.policy import ip_allowed
+from keysvc.service.ports import Auditor
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.v1 import keysvc_pb2
 
@@ -85,12 +85,16 @@ class AdminAuth:
         validator: the process's validator.
         authority: `AdminService.authority`: checks (key_id, client address)
             against the store; raises a typed error to refuse.
+        auditor: records each refusal and each audited read.
         admin_enabled: False on a listener that must not serve admin RPCs
             (when admin RPCs have their own listener).
     """
 
-    def __init__(self, validator: Validator, authority: Authority, *, admin_enabled: bool = True) -> None:
+    def __init__(
+        self, validator: Validator, authority: Authority, auditor: Auditor, *, admin_enabled: bool = True,
+    ) -> None:
         self._validator = validator
+        self._auditor = auditor
         self._authority = authority
         self._admin_enabled = admin_enabled
 
@@ -154,12 +158,11 @@ class AdminAuth:
                            f"key {key_id} may not call admin RPCs (needs scope {ADMIN_SCOPE!r})")
         raise AssertionError("unreachable: abort raises")
 
-    @staticmethod
     async def _refuse(
-        context: aio.ServicerContext[Any, Any], action: str, actor: str, outcome: str,
+        self, context: aio.ServicerContext[Any, Any], action: str, actor: str, outcome: str,
         code: grpc.StatusCode, message: str,
     ) -> None:
-        with audit_span("auth.denied", actor=actor, rpc=action) as span:
+        with self._auditor.audit("auth.denied", actor=actor, rpc=action) as span:
             span.set("outcome", outcome)
         await context.abort(code, message)
 
@@ -174,7 +177,7 @@ class AdminAuth:
                 read = _READ_ACTIONS.get(action)
                 if read is None:
                     return await behaviour(request, context)
-                with audit_span(read, actor=actor, target_key_id=getattr(request, "key_id", ""),
+                with self._auditor.audit(read, actor=actor, target_key_id=getattr(request, "key_id", ""),
                                 target_policy_id=getattr(request, "policy_id", "")):
                     return await behaviour(request, context)
             finally:
@@ -191,7 +194,7 @@ class AdminAuth:
             # no reset, because a generator's cleanup may run in another context.
             actor = await self._authenticate(token, action, context)
             ACTOR.set(actor)
-            with audit_span(_READ_ACTIONS.get(action, action), actor=actor,
+            with self._auditor.audit(_READ_ACTIONS.get(action, action), actor=actor,
                             since=getattr(request, "since", "")):
                 pass  # the stream's start is the audited act; it may then run for hours
             async for response in behaviour(request, context):

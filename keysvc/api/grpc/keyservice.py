@@ -16,9 +16,8 @@ from keysvc.api.grpc.status import status_for
 from keysvc.core.errors import InvalidArgumentError, KeysvcError
 from keysvc.core.model import Code, Decision, KeyStatus
 from keysvc.service.admin import AdminService
-from keysvc.service.events import watch
+from keysvc.service.events import EventLog
 from keysvc.service.validator import ValidationRequest, Validator
-from keysvc.store.base import Store
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc as pb_grpc
 
@@ -63,10 +62,10 @@ def _optional_duration(message: Any, field: str) -> float | None:
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     """Serves keysvc.v1.KeyService on grpc.aio (and, through `_threaded`, on grpc.server)."""
 
-    def __init__(self, validator: Validator, admin: AdminService, store: Store) -> None:
+    def __init__(self, validator: Validator, admin: AdminService, events: EventLog) -> None:
         self._validator = validator
         self._admin = admin
-        self._store = store
+        self._events = events
         # id(decision) -> (decision, response). VALID answers without counters are
         # one shared Decision per cached key (a policy.Grant), and the constant
         # denials are module-level objects: their responses are built once.
@@ -276,10 +275,10 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         since, from_beginning = request.since, request.from_beginning
         try:
             if not since and not from_beginning:
-                since = await self._store.last_cursor()
+                since = await self._events.last_cursor()
                 from_beginning = not since  # an empty log: all that is appended from now on
             await context.send_initial_metadata(((CURSOR_METADATA, since),))
-            async for event in watch(self._store, since, from_beginning=from_beginning):
+            async for event in self._events.follow(since, from_beginning=from_beginning):
                 yield pb.WatchEventsResponse(event=conv.event_to_pb(event))
         except KeysvcError as exc:
             await context.abort(*status_for(exc, "WatchEvents"))

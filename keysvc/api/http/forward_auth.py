@@ -36,8 +36,8 @@ from multidict import CIMultiDict
 
 from keysvc.api.authz import ERROR_HEADER, Authorizer, AuthzResult, denial, result_for
 from keysvc.api.grpc.status import status_for
-from keysvc.app.settings import PROXY_TARGET_HEADERS, split_listen
 from keysvc.core.model import Code, Decision
+from keysvc.core.routes import PROXY_TARGET_HEADERS
 
 __all__ = ["ForwardAuth", "HttpListener", "make_app"]
 
@@ -215,17 +215,17 @@ class HttpListener:
 
     Args:
         app: the application.
-        address: host:port or unix:/path (see `keysvc.app.settings.split_listen`).
+        address: (host, port), or a unix socket path (as `keysvc.app.settings.split_listen` parses).
         shutdown_grace_s: how long `stop` waits for in-flight requests.
         key_headers: the credential headers (an unreadable one is answered 401).
         reuse_port: share the port by SO_REUSEPORT (only the workers of one `--workers` set do).
     """
 
     def __init__(
-        self, app: web.Application, address: str, *, shutdown_grace_s: float,
+        self, app: web.Application, address: tuple[str, int] | str, *, shutdown_grace_s: float,
         key_headers: tuple[str, ...] = ("x-api-key", "authorization"), reuse_port: bool = False,
     ) -> None:
-        self._address = split_listen(address)
+        self._address = address
         self._reuse_port = reuse_port
         # No access log: one line per proxied request would dwarf the work itself.
         self._runner = _Runner(app, key_headers, access_log=None, shutdown_timeout=shutdown_grace_s)

@@ -140,9 +140,8 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
     async def run() -> tuple[Any, str]:
         store = server.make_store(settings)
         try:
-            return await AdminService(store, default_prefix=settings.key_prefix).bootstrap(
-                force=args.force
-            )
+            admin = AdminService(store, auditor=telemetry.AUDITOR, default_prefix=settings.key_prefix)
+            return await admin.bootstrap(force=args.force)
         finally:
             await store.close()
 

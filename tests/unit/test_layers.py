@@ -1,0 +1,54 @@
+"""The layer contracts in pyproject.toml [tool.importlinter] hold, and a crossing import breaks them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT), "--no-cache", str(root / "pyproject.toml")], cwd=root, capture_output=True, text=True,
+        timeout=300, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, check=False,
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A copy of the package and its pyproject.toml, to break on purpose."""
+    shutil.copytree(ROOT / "keysvc", tmp_path / "keysvc", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + f"\n{line}\n")
+
+
+def test_the_tree_keeps_every_contract(tree: Path) -> None:
+    result = _lint(tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), [
+    ("core/keys.py", "import sqlite3  # noqa", "The pure core does no I/O"),
+    ("core/policy.py", "from keysvc.store.base import Store  # noqa", "Layers: app > api"),
+    ("api/grpc/keyservice.py", "from keysvc.store.base import Store  # noqa", "never reaches into a store"),
+    ("service/admin.py", "from keysvc.app import telemetry  # noqa", "Layers: app > api"),
+    ("service/validator.py", "from keysvc.v1 import keysvc_pb2  # noqa", "Services know no protobuf"),
+    ("api/authz.py", "from keysvc.app.settings import split_listen  # noqa", "Only the entry points"),
+])
+def test_a_crossing_import_fails_the_lint(tree: Path, module: str, line: str, contract: str) -> None:
+    _append(tree / "keysvc" / module, line)
+    result = _lint(tree)
+    assert result.returncode != 0, result.stdout
+    broken = [ln for ln in result.stdout.splitlines() if ln.endswith("BROKEN")]
+    assert any(contract in ln for ln in broken), result.stdout
