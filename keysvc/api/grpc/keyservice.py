@@ -60,7 +60,7 @@ def _optional_duration(message: Any, field: str) -> float | None:
 
 
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
-    """Serves keysvc.v1.KeyService on grpc.aio (and, through `_threaded`, on grpc.server)."""
+    """Serves keysvc.v1.KeyService on grpc.aio (and, through `bridge`, on grpc.server)."""
 
     def __init__(self, validator: Validator, admin: AdminService, events: EventLog) -> None:
         self._validator = validator

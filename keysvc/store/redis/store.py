@@ -50,8 +50,8 @@ attempt, never retried (a retried write could apply twice).
 Blocking event reads use their own
 client without a socket timeout, bounded by `block_s + timeout_s` per call.
 
-Modules: `_redis_scripts` (Lua), `_redis_counters` (the per-key slots),
-`_redis_stream` (the event log), `_redis_io` (clients, errors, retries).
+Modules: `scripts` (loads lua/*.lua), `counters` (the per-key slots),
+`stream` (the event log), `io` (clients, errors, retries).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class RedisStore:
     def _with_mark(
         self, keys: list[str], args: list[str | int], mark: RequestMark | None
     ) -> None:
-        """Append a request mark to a lifecycle script's KEYS and ARGV (see `_redis_scripts`)."""
+        """Append a request mark to a lifecycle script's KEYS and ARGV (see lua/mark_check.lua)."""
         if mark is not None:
             keys.append(self._k("req", mark.actor, mark.request_id))
             args += ["replace" if mark.replace else "new", mark_to_json(mark),
@@ -369,7 +369,7 @@ class RedisStore:
             ),
         )
 
-    # -- counters (per-key slots: see _redis_counters) ------------------------------
+    # -- counters (per-key slots: see counters) ------------------------------
 
     async def take(
         self,
@@ -380,7 +380,7 @@ class RedisStore:
         refill: QuotaRefill | None,
         now: float,
     ) -> CounterResult:
-        """Take from the rate limit and quota in one EVALSHA (rules in `_counters`)."""
+        """Take from the rate limit and quota in one EVALSHA (rules in `keysvc.core.limits`)."""
         return await self._counters.take(key_id, cost, rate_limit, quota, refill, now)
 
     async def set_quota(self, key_id: str, remaining: int | None) -> None:

@@ -283,7 +283,7 @@ class SqliteStore:
         refill: QuotaRefill | None,
         now: float,
     ) -> CounterResult:
-        """Take from the rate limit and quota in one transaction (rules in `_counters`)."""
+        """Take from the rate limit and quota in one transaction (rules in `keysvc.core.limits`)."""
         if rate_limit is None and not quota:
             return CounterResult(allowed=True)
         return await self._write(
