@@ -64,9 +64,7 @@ from redis.typing import EncodableT
 
 from keysvc.core.errors import (
     AlreadyExistsError,
-    ConfigError,
     ConflictError,
-    DuplicateRequestError,
     InvalidArgumentError,
     NotFoundError,
 )
@@ -74,50 +72,30 @@ from keysvc.core.model import (
     CounterResult,
     Event,
     KeyRecord,
-    Policy,
     QuotaRefill,
     RateLimit,
     budget_of,
     next_deadline,
 )
-from keysvc.store.base import KeyPage, PolicyPage, RequestMark
+from keysvc.store.base import KeyPage, RequestMark
 from keysvc.store.codec import (
     check_page_size,
     check_revision,
-    decode_int_token,
-    decode_token,
     dumps,
     event_to_dict,
     loads,
-    mark_from_json,
-    mark_to_json,
-    paginate,
-    policy_from_dict,
-    policy_to_dict,
     record_from_dict,
     record_to_dict,
 )
-from keysvc.store.redis import scripts as lua
-from keysvc.store.redis.counters import RedisCounters
-from keysvc.store.redis.io import Caller, make_client, text, warn_if_evictable
+from keysvc.store.redis.io import text, warn_if_evictable
+from keysvc.store.redis.keyspace import refused
+from keysvc.store.redis.policies import RedisPolicies
 from keysvc.store.redis.stream import end_of, parse_stream_id, read_entries, stream_info, wait_for_entry
 
 __all__ = ["RedisStore"]
 
 
-def _refused(status: str, what: str) -> Exception:
-    if status == "DUPLICATE":
-        return DuplicateRequestError(f"request_id: already used by this admin key ({what})")
-    if status == "EXISTS":
-        return AlreadyExistsError(f"{what} exists already")
-    if status == "NOT_FOUND":
-        return NotFoundError(f"{what} not found")
-    if status == "CONFLICT":
-        return ConflictError(f"{what} was changed by someone else")
-    return RuntimeError(f"unexpected script status {status!r}")
-
-
-class RedisStore:
+class RedisStore(RedisPolicies):
     """`Store` on Redis, with a key schema ready for Redis Cluster.
 
     Args:
@@ -131,54 +109,6 @@ class RedisStore:
         store_clock: count windows and refills on Redis's TIME (False: on
             the caller's `now`, for tests of the rules at fixed instants).
     """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        namespace: str = "keysvc",
-        timeout_s: float = 0.1,
-        retries: int = 1,
-        event_retention: int = 100_000,
-        max_connections: int = 64,
-        store_clock: bool = True,
-    ) -> None:
-        if not namespace or any(c in namespace for c in "{}"):
-            raise ConfigError("KEYSVC_REDIS_NAMESPACE: must be non-empty and hold no '{' or '}'")
-        if event_retention < 1:
-            raise ValueError("event_retention must be >= 1")
-        self._client = make_client(
-            url, socket_timeout=timeout_s, connect_timeout=timeout_s,
-            max_connections=max_connections,
-        )
-        self._blocking = make_client(
-            url, socket_timeout=None, connect_timeout=timeout_s, max_connections=max_connections
-        )
-        self._call = Caller(retries, timeout_s)
-        self._timeout_s = timeout_s
-        self._retention = event_retention
-        self._closed = False
-        self._ns = "{" + namespace + "}"
-        self._events = self._ns + ":events"
-        self._counters = RedisCounters(
-            self._client, namespace, self._call, store_clock=store_clock
-        )
-        self._eviction_checked = False
-        self._put_keys = self._client.register_script(lua.PUT_KEYS)
-        self._put_policy = self._client.register_script(lua.PUT_POLICY)
-        self._ensure_meta = self._client.register_script(lua.ENSURE_META)
-
-    def _k(self, *parts: str) -> str:
-        return ":".join((self._ns, *parts))
-
-    def _with_mark(
-        self, keys: list[str], args: list[str | int], mark: RequestMark | None
-    ) -> None:
-        """Append a request mark to a lifecycle script's KEYS and ARGV (see lua/mark_check.lua)."""
-        if mark is not None:
-            keys.append(self._k("req", mark.actor, mark.request_id))
-            args += ["replace" if mark.replace else "new", mark_to_json(mark),
-                     int(mark.expires_at * 1000), repr(mark.recorded_at)]
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -224,7 +154,7 @@ class RedisStore:
         self._with_mark(keys, args, mark)
         reply = await self._call.write(self._put_keys(keys=keys, args=args))
         if reply[0] != "OK":
-            raise _refused(str(reply[0]), f"key {writes[0][0].key_id}")
+            raise refused(str(reply[0]), f"key {writes[0][0].key_id}")
         return str(reply[1])
 
     async def _with_new_quota(
@@ -302,21 +232,6 @@ class RedisStore:
         ids, token = await self._page_ids(index, "keys", page_size, page_token)
         bodies = await self._mget([self._k("key", i) for i in ids])
         return KeyPage([record_from_dict(loads(b)) for b in bodies if b is not None], token)
-
-    async def _page_ids(
-        self, index: str, kind: str, page_size: int, token: str
-    ) -> tuple[list[str], str]:
-        start = "(" + decode_token(kind, token) if token else "-"
-        ids = await self._call.read(
-            lambda: self._client.zrangebylex(index, start, "+", start=0, num=page_size + 1)
-        )
-        return paginate([text(i) for i in ids], page_size, kind, str)
-
-    async def _mget(self, keys: list[str]) -> list[str | None]:
-        if not keys:
-            return []
-        values = await self._call.read(lambda: self._client.mget(keys))
-        return [None if v is None else text(v) for v in values]
 
     async def keys_with_policy(self, policy_id: str, limit: int) -> tuple[int, Sequence[str]]:
         """Return how many keys reference `policy_id` and the first `limit` of their ids."""
@@ -398,106 +313,6 @@ class RedisStore:
     async def last_used(self, key_ids: Sequence[str]) -> dict[str, float]:
         """Return the known last-use times of these keys."""
         return await self._counters.last_used(key_ids)
-
-    # -- policies ---------------------------------------------------------------
-
-    async def _put_policy_version(
-        self, policy: Policy, event: Event, mode: str, mark: RequestMark | None
-    ) -> None:
-        keys = [
-            self._events,
-            self._k("policies"),
-            self._k("policy", policy.policy_id),
-            self._k("policy", policy.policy_id, "versions"),
-        ]
-        args: list[str | int] = [
-            self._retention,
-            dumps(event_to_dict(event)),
-            policy.policy_id,
-            policy.version,
-            dumps(policy_to_dict(policy)),
-            mode,
-        ]
-        self._with_mark(keys, args, mark)
-        reply = await self._call.write(self._put_policy(keys=keys, args=args))
-        if reply[0] != "OK":
-            raise _refused(str(reply[0]), f"policy {policy.policy_id}")
-
-    async def create_policy(
-        self, policy: Policy, event: Event, mark: RequestMark | None = None
-    ) -> None:
-        """Insert version 1 of a new policy and its event in one script."""
-        if policy.version != 1:
-            raise InvalidArgumentError("a new policy starts at version 1")
-        await self._put_policy_version(policy, event, "create", mark)
-
-    async def get_policy(self, policy_id: str, version: int = 0) -> Policy | None:
-        """Return the current version (version=0) or a given version, or None."""
-        if version == 0:
-            body = await self._call.read(lambda: self._client.get(self._k("policy", policy_id)))
-        else:
-            versions = self._k("policy", policy_id, "versions")
-            body = await self._call.read(lambda: self._client.hget(versions, str(version)))
-        return None if body is None else policy_from_dict(loads(body))
-
-    async def list_policies(self, page_size: int, page_token: str) -> PolicyPage:
-        """Page through the current version of every policy, ordered by policy_id."""
-        check_page_size(page_size)
-        ids, token = await self._page_ids(self._k("policies"), "policies", page_size, page_token)
-        bodies = await self._mget([self._k("policy", i) for i in ids])
-        return PolicyPage([policy_from_dict(loads(b)) for b in bodies if b is not None], token)
-
-    async def put_policy_version(
-        self, policy: Policy, event: Event, mark: RequestMark | None = None
-    ) -> None:
-        """Append `policy` as the new current version if the current one is `version - 1`."""
-        await self._put_policy_version(policy, event, "put", mark)
-
-    async def list_policy_versions(
-        self, policy_id: str, page_size: int, page_token: str
-    ) -> PolicyPage:
-        """Page through one policy's versions, newest first (they are 1..current)."""
-        check_page_size(page_size)
-        kind = "versions:" + policy_id
-        before = decode_int_token(kind, page_token) if page_token else 0
-        current = await self.get_policy(policy_id)
-        if current is None:
-            raise NotFoundError(f"policy {policy_id} not found")
-        top = current.version if before == 0 else min(before - 1, current.version)
-        wanted, token = paginate(
-            [str(v) for v in range(top, max(0, top - page_size - 1), -1)], page_size, kind, str
-        )
-        versions = self._k("policy", policy_id, "versions")
-        bodies = await self._call.read(lambda: self._client.hmget(versions, wanted)) if wanted else []
-        return PolicyPage([policy_from_dict(loads(b)) for b in bodies if b is not None], token)
-
-    # -- meta -------------------------------------------------------------------
-
-    async def get_meta(self, name: str) -> str | None:
-        """Return a small named value, or None."""
-        value = await self._call.read(lambda: self._client.hget(self._k("meta"), name))
-        return None if value is None else text(value)
-
-    async def set_meta(self, name: str, value: str) -> None:
-        """Set a small named value."""
-        await self._call.write(self._client.hset(self._k("meta"), name, value))
-
-    async def ensure_meta(self, name: str, value: str) -> str:
-        """Set a small named value unless one is set (HSETNX); return the stored one."""
-        stored = await self._call.write(
-            self._ensure_meta(keys=[self._k("meta")], args=[name, value])
-        )
-        return text(stored)
-
-    # -- request ids ------------------------------------------------------------
-
-    async def get_request(self, actor: str, request_id: str, now: float) -> RequestMark | None:
-        """Return the unexpired mark of (actor, request_id), or None."""
-        body = await self._call.read(lambda: self._client.get(self._k("req", actor, request_id)))
-        if body is None:
-            return None
-        mark = mark_from_json(actor, request_id, body)
-        return mark if mark.expires_at > now else None
 
     # -- event log (see _redis_stream) ------------------------------------------------
 
