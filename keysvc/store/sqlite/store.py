@@ -36,35 +36,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import TypeVar
 
-from keysvc.core.errors import CursorExpiredError, InvalidArgumentError, StoreUnavailableError
+from keysvc.core.errors import CursorExpiredError, InvalidArgumentError
 from keysvc.core.model import (
     CounterResult,
     Event,
     KeyRecord,
-    Policy,
     QuotaRefill,
     RateLimit,
     budget_of,
 )
-from keysvc.store.base import KeyPage, PolicyPage, RequestMark
+from keysvc.store.base import KeyPage, RequestMark
 from keysvc.store.codec import (
     check_page_size,
     check_revision,
-    decode_int_token,
     decode_token,
     paginate,
 )
 from keysvc.store.sqlite import ops
-from keysvc.store.sqlite.schema import Connection, connect, connect_reader
+from keysvc.store.sqlite.policies import SqlitePolicies
 
 __all__ = ["SqliteStore"]
-
-_T = TypeVar("_T")
 
 
 def _parse_cursor(after: str) -> int:
@@ -73,7 +67,7 @@ def _parse_cursor(after: str) -> int:
     return int(after)
 
 
-class SqliteStore:
+class SqliteStore(SqlitePolicies):
     """`Store` on one SQLite file in WAL mode; several processes may share the file.
 
     Args:
@@ -85,102 +79,6 @@ class SqliteStore:
             process's write lock and the work itself) before it raises
             StoreUnavailableError.
     """
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        event_retention: int = 100_000,
-        poll_interval_s: float = 0.05,
-        busy_timeout_s: float = 5.0,
-    ) -> None:
-        if event_retention < 1:
-            raise ValueError("event_retention must be >= 1")
-        self._path = path
-        self._retention = event_retention
-        self._poll_interval_s = poll_interval_s
-        self._busy_timeout_s = busy_timeout_s
-        self._trim_every = max(1, min(1000, event_retention // 100))
-        self._appended = 0
-        # One connection per role, each used under its lock by one thread at a time.
-        self._writer = Connection(partial(connect, path, busy_timeout_s), path)
-        self._reader = Connection(partial(connect_reader, path, busy_timeout_s), path)
-        self._log_generation = 0  # the reader generation whose log the follower's cursors are in
-        self._wakeup: asyncio.Event | None = None
-
-    # -- plumbing -------------------------------------------------------------
-
-    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run a read on the read connection."""
-        deadline = time.monotonic() + self._busy_timeout_s
-        return await asyncio.to_thread(self._on, self._reader, work, None, deadline)
-
-    async def _run_write(
-        self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = False
-    ) -> _T:
-        """Run a write (its own transaction) on the write connection."""
-        deadline = time.monotonic() + self._busy_timeout_s
-        return await asyncio.to_thread(self._on, self._writer, work, durable, deadline)
-
-    def _on(
-        self,
-        role: Connection,
-        work: Callable[[sqlite3.Connection], _T],
-        durable: bool | None,
-        deadline: float,
-    ) -> _T:
-        # The deadline started with the call, so time queued for a worker
-        # thread or the connection counts too.
-        if not role.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise StoreUnavailableError(
-                f"SQLite store {self._path}: no connection free within the store timeout"
-            )
-        try:
-            conn = role.open()
-            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            conn.execute(f"PRAGMA busy_timeout = {left_ms}")
-            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
-            if durable is None:
-                return work(conn)
-            conn.execute("PRAGMA synchronous = " + ("FULL" if durable else "NORMAL"))
-            with ops.transaction(conn):
-                return work(conn)
-        except sqlite3.DatabaseError as exc:
-            # Locked, interrupted, I/O, full disk, not a database: the store
-            # cannot answer. Integrity and programming errors are bugs: let them be.
-            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
-                raise StoreUnavailableError(f"SQLite store {self._path}: {exc}") from exc
-            raise
-        finally:
-            role.lock.release()
-
-    async def _change(
-        self, work: Callable[[sqlite3.Connection], object], event: Event,
-        mark: RequestMark | None = None,
-    ) -> str:
-        """Run a lifecycle write and append its event (and record `mark`), in one transaction."""
-
-        def run(conn: sqlite3.Connection) -> str:
-            if mark is not None:
-                ops.put_request(conn, mark)
-            work(conn)
-            # Runs under the write connection's lock: the count needs no other guard.
-            self._appended += 1
-            trim = self._appended % self._trim_every == 0
-            return ops.append_event(conn, event, self._retention if trim else None)
-
-        cursor = await self._run_write(run, durable=True)
-        self._wake()
-        return cursor
-
-    async def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await self._run_write(work)
-
-    def _wake(self) -> None:
-        # This process's readers need not wait for their next poll.
-        waiter, self._wakeup = self._wakeup, None
-        if waiter is not None:
-            waiter.set()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -316,82 +214,6 @@ class SqliteStore:
         """Return the known last-use times of these keys."""
         ids = list(dict.fromkeys(key_ids))
         return await self._run(partial(ops.last_used, key_ids=ids)) if ids else {}
-
-    # -- policies ---------------------------------------------------------------
-
-    async def create_policy(
-        self, policy: Policy, event: Event, mark: RequestMark | None = None
-    ) -> None:
-        """Insert version 1 of a new policy and its event in one transaction."""
-        if policy.version != 1:
-            raise InvalidArgumentError("a new policy starts at version 1")
-        await self._change(partial(ops.insert_policy, policy=policy), event, mark)
-
-    async def get_policy(self, policy_id: str, version: int = 0) -> Policy | None:
-        """Return the current version (version=0) or a given version, or None."""
-        return await self._run(partial(ops.get_policy, policy_id=policy_id, version=version))
-
-    async def list_policies(self, page_size: int, page_token: str) -> PolicyPage:
-        """Page through the current version of every policy, ordered by policy_id."""
-        check_page_size(page_size)
-        after = decode_token("policies", page_token) if page_token else ""
-        rows = await self._run(partial(ops.policies_page, after=after, limit=page_size + 1))
-        policies, token = paginate(rows, page_size, "policies", lambda p: p.policy_id)
-        return PolicyPage(policies, token)
-
-    async def put_policy_version(
-        self, policy: Policy, event: Event, mark: RequestMark | None = None
-    ) -> None:
-        """Append `policy` as the new current version if the current one is `version - 1`."""
-        await self._change(partial(ops.put_policy_version, policy=policy), event, mark)
-
-    async def list_policy_versions(
-        self, policy_id: str, page_size: int, page_token: str
-    ) -> PolicyPage:
-        """Page through one policy's versions, newest first."""
-        check_page_size(page_size)
-        kind = "versions:" + policy_id
-        before = decode_int_token(kind, page_token) if page_token else 2**62
-        rows = await self._run(partial(ops.policy_versions_page, policy_id=policy_id,
-                                       before=before, limit=page_size + 1))
-        policies, token = paginate(rows, page_size, kind, lambda p: str(p.version))
-        return PolicyPage(policies, token)
-
-    # -- meta -------------------------------------------------------------------
-
-    async def get_meta(self, name: str) -> str | None:
-        """Return a small named value, or None."""
-        row = await self._run(
-            lambda conn: conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        )
-        return None if row is None else str(row[0])
-
-    async def set_meta(self, name: str, value: str) -> None:
-        """Set a small named value."""
-        await self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO meta (name, value) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (name, value),
-            )
-        )
-
-    async def ensure_meta(self, name: str, value: str) -> str:
-        """Set a small named value unless one is set; return the stored one."""
-
-        def work(conn: sqlite3.Connection) -> str:
-            conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (name, value))
-            return str(conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0])
-
-        return await self._write(work)
-
-    # -- request ids --------------------------------------------------------------
-
-    async def get_request(self, actor: str, request_id: str, now: float) -> RequestMark | None:
-        """Return the unexpired mark of (actor, request_id), or None."""
-        return await self._run(
-            partial(ops.get_request, actor=actor, request_id=request_id, now=now)
-        )
 
     # -- event log --------------------------------------------------------------
 
