@@ -17,14 +17,10 @@ from keysvc.core.errors import (
     DuplicateRequestError,
     NotFoundError,
 )
-from keysvc.core.limits import QuotaCounter, plan_take, window_start
 from keysvc.core.model import (
-    CounterResult,
     Event,
     KeyRecord,
     Policy,
-    QuotaRefill,
-    RateLimit,
     budget_of,
     next_deadline,
 )
@@ -43,6 +39,7 @@ from keysvc.store.codec import (
 )
 
 __all__ = [
+    "IN_CHUNK",
     "append_event",
     "get_key",
     "get_policy",
@@ -52,20 +49,16 @@ __all__ = [
     "keys_page",
     "keys_with_policy",
     "last_id",
-    "last_used",
     "policies_page",
     "policy_versions_page",
     "put_policy_version",
     "put_request",
     "read_events",
     "replace_key",
-    "set_quota",
-    "take",
-    "touch",
     "transaction",
 ]
 
-_IN_CHUNK = 500  # well under SQLite's bound-parameter limit
+IN_CHUNK = 500  # bound parameters per statement (SQLite's limit is 999 on old builds)
 
 
 @contextlib.contextmanager
@@ -214,14 +207,11 @@ def get_key(conn: sqlite3.Connection, *, key_id: str = "", key_hash: str = "") -
     return None if row is None else record_from_dict(loads(row[0]))
 
 
-_IN_CHUNK = 500  # bound parameters per statement (SQLite's limit is 999 on old builds)
-
-
 def keys_by_hash(conn: sqlite3.Connection, key_hashes: Sequence[str]) -> list[KeyRecord | None]:
     """Return the key of each hash, in order (None where unknown)."""
     found: dict[str, KeyRecord] = {}
-    for start in range(0, len(key_hashes), _IN_CHUNK):
-        chunk = key_hashes[start:start + _IN_CHUNK]
+    for start in range(0, len(key_hashes), IN_CHUNK):
+        chunk = key_hashes[start:start + IN_CHUNK]
         marks = ",".join("?" * len(chunk))
         for key_hash, body in conn.execute(
             f"SELECT key_hash, body FROM keys WHERE key_hash IN ({marks})", tuple(chunk)  # noqa: S608 - only ? marks
@@ -264,81 +254,6 @@ def keys_with_policy(conn: sqlite3.Connection, policy_id: str, limit: int) -> tu
             (policy_id, max(0, limit)),
         ).fetchall()
     return int(count), [row[0] for row in rows]
-
-
-# -- counters -------------------------------------------------------------------
-
-
-def take(
-    conn: sqlite3.Connection,
-    key_id: str,
-    cost: int,
-    rate_limit: RateLimit | None,
-    quota: bool,
-    refill: QuotaRefill | None,
-    now: float,
-) -> CounterResult:
-    """Apply `plan_take` to the stored window count and quota counter."""
-    used = 0
-    start = 0
-    if rate_limit is not None:
-        start = window_start(now, rate_limit.window_s)
-        row = conn.execute(
-            "SELECT window_s, window_start, used FROM rate_windows WHERE key_id = ?", (key_id,)
-        ).fetchone()
-        if row is not None and (row[0], row[1]) == (rate_limit.window_s, start):
-            used = int(row[2])
-    counter = None
-    if quota:
-        row = conn.execute(
-            "SELECT remaining, refilled_at FROM quotas WHERE key_id = ?", (key_id,)
-        ).fetchone()
-        counter = QuotaCounter(None) if row is None else QuotaCounter(row[0], row[1])
-    plan = plan_take(cost, rate_limit, used, counter, refill, now)
-    if rate_limit is not None and plan.rate_used != used:
-        conn.execute(
-            "INSERT OR REPLACE INTO rate_windows (key_id, window_s, window_start, used) "
-            "VALUES (?, ?, ?, ?)",
-            (key_id, rate_limit.window_s, start, plan.rate_used),
-        )
-    if counter is not None and plan.quota != counter and plan.quota.remaining is not None:
-        conn.execute(
-            "INSERT OR REPLACE INTO quotas (key_id, remaining, refilled_at) VALUES (?, ?, ?)",
-            (key_id, plan.quota.remaining, plan.quota.refilled_at),
-        )
-    return plan.result
-
-
-def set_quota(conn: sqlite3.Connection, key_id: str, remaining: int | None) -> None:
-    """Set (keeping the refill cadence) or with None remove a quota counter."""
-    if remaining is None:
-        conn.execute("DELETE FROM quotas WHERE key_id = ?", (key_id,))
-    else:
-        conn.execute(
-            "INSERT INTO quotas (key_id, remaining) VALUES (?, ?) "
-            "ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining",
-            (key_id, remaining),
-        )
-
-
-def touch(conn: sqlite3.Connection, rows: Sequence[tuple[str, float]]) -> None:
-    """Record (key_id, time) pairs, keeping the later time of each key."""
-    conn.executemany(
-        "INSERT INTO last_used (key_id, at) VALUES (?, ?) "
-        "ON CONFLICT (key_id) DO UPDATE SET at = max(at, excluded.at)",
-        rows,
-    )
-
-
-def last_used(conn: sqlite3.Connection, key_ids: Sequence[str]) -> dict[str, float]:
-    """Return the recorded last-use times of these keys."""
-    found: dict[str, float] = {}
-    for i in range(0, len(key_ids), _IN_CHUNK):
-        chunk = key_ids[i : i + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        sql = f"SELECT key_id, at FROM last_used WHERE key_id IN ({marks})"  # noqa: S608
-        found.update((row[0], float(row[1])) for row in conn.execute(sql, chunk))
-    return found
 
 
 # -- policies -------------------------------------------------------------------
@@ -434,4 +349,3 @@ def policy_versions_page(
             (policy_id, before, limit),
         ).fetchall()
     return [policy_from_dict(loads(row[0])) for row in rows]
-

@@ -55,7 +55,7 @@ from keysvc.store.codec import (
     decode_token,
     paginate,
 )
-from keysvc.store.sqlite import ops
+from keysvc.store.sqlite import counters, ops
 from keysvc.store.sqlite.policies import SqlitePolicies
 
 __all__ = ["SqliteStore"]
@@ -148,7 +148,7 @@ class SqliteStore(SqlitePolicies):
         def work(conn: sqlite3.Connection) -> None:
             ops.replace_key(conn, record, expected_revision)
             if quota is not None:
-                ops.set_quota(conn, budget_of(record), quota)
+                counters.set_quota(conn, budget_of(record), quota)
 
         await self._change(work, event, mark)
 
@@ -185,7 +185,7 @@ class SqliteStore(SqlitePolicies):
         if rate_limit is None and not quota:
             return CounterResult(allowed=True)
         return await self._write(
-            partial(ops.take, key_id=key_id, cost=cost, rate_limit=rate_limit, quota=quota,
+            partial(counters.take, key_id=key_id, cost=cost, rate_limit=rate_limit, quota=quota,
                     refill=refill, now=now)
         )
 
@@ -193,7 +193,7 @@ class SqliteStore(SqlitePolicies):
         """Set (or with None, remove) a key's remaining quota; its refill cadence is kept."""
         if remaining is not None and remaining < 0:
             raise InvalidArgumentError("remaining quota must be >= 0")
-        await self._write(partial(ops.set_quota, key_id=key_id, remaining=remaining))
+        await self._write(partial(counters.set_quota, key_id=key_id, remaining=remaining))
 
     async def get_quota(self, key_id: str) -> int | None:
         """Return a key's remaining quota, or None when it has none."""
@@ -208,12 +208,12 @@ class SqliteStore(SqlitePolicies):
         """Record last-use times; an older time never replaces a newer one."""
         if last_used:
             rows = [(key_id, float(at)) for key_id, at in last_used.items()]
-            await self._write(partial(ops.touch, rows=rows))
+            await self._write(partial(counters.touch, rows=rows))
 
     async def last_used(self, key_ids: Sequence[str]) -> dict[str, float]:
         """Return the known last-use times of these keys."""
         ids = list(dict.fromkeys(key_ids))
-        return await self._run(partial(ops.last_used, key_ids=ids)) if ids else {}
+        return await self._run(partial(counters.last_used, key_ids=ids)) if ids else {}
 
     # -- event log --------------------------------------------------------------
 
