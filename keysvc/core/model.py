@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "ADMIN_SCOPE",
@@ -22,6 +23,7 @@ __all__ = [
     "QuotaRefill",
     "RateLimit",
     "RateLimitState",
+    "TakeRequest",
     "budget_of",
     "key_status",
     "next_deadline",
@@ -172,6 +174,20 @@ class RateLimitState:
     limit: int
     remaining: int
     reset_at: float
+
+
+class TakeRequest(NamedTuple):
+    """One take from a key's counters (`Store.take`): `cost` from its quota, one request of its rate limit."""
+
+    budget_id: str
+    """Names the counters: the key's budget (`budget_of`), shared by a rotated key and its successor."""
+    cost: int
+    rate_limit: RateLimit | None
+    quota: bool
+    """The key has a quota counter to take `cost` from."""
+    refill: QuotaRefill | None
+    now: float
+    """The caller's clock; counts use it only where the store has no shared one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,16 @@ from dataclasses import replace
 import structlog
 
 from keysvc.core.errors import StoreUnavailableError
-from keysvc.core.model import Code, CounterResult, Decision, KeyRecord, Policy, RateLimitState, budget_of
+from keysvc.core.model import (
+    Code,
+    CounterResult,
+    Decision,
+    KeyRecord,
+    Policy,
+    RateLimitState,
+    TakeRequest,
+    budget_of,
+)
 from keysvc.service.ports import Clock
 from keysvc.store.base import Store
 
@@ -79,7 +88,7 @@ class Counting:
         try:
             async with asyncio.timeout_at(deadline):
                 result = await self._store.take(
-                    budget_of(record), cost, rate_limit, record.has_quota, refill, now
+                    TakeRequest(budget_of(record), cost, rate_limit, record.has_quota, refill, now)
                 )
         except (StoreUnavailableError, TimeoutError):
             self.store_errors += 1

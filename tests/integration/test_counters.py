@@ -17,7 +17,7 @@ import redis
 
 from keysvc.app.telemetry import AUDITOR
 from keysvc.core.cache import KeyCache
-from keysvc.core.model import Code, Policy, QuotaRefill, RateLimit
+from keysvc.core.model import Code, Policy, QuotaRefill, RateLimit, TakeRequest
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
@@ -64,10 +64,10 @@ async def test_take_refuses_when_the_quota_counter_is_missing(
     admin = AdminService(store, auditor=AUDITOR)
     view, _ = await admin.create_key("t", owner_id="o", quota=5)
     key_id = view.record.key_id
-    assert (await store.take(key_id, 1, None, True, None, time.time())).allowed
+    assert (await store.take(TakeRequest(key_id, 1, None, True, None, time.time()))).allowed
     lose_quota_counter(key_id)
     for refill in (None, QuotaRefill(100, 60)):
-        result = await store.take(key_id, 1, None, True, refill, time.time())
+        result = await store.take(TakeRequest(key_id, 1, None, True, refill, time.time()))
         assert not result.allowed
         assert not result.rate_limited
         assert result.quota_remaining is None, "a missing counter is reported as missing"

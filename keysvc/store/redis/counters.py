@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from keysvc.core.errors import InvalidArgumentError
 from keysvc.core.limits import counter_result
-from keysvc.core.model import CounterResult, QuotaRefill, RateLimit
+from keysvc.core.model import CounterResult, TakeRequest
 from keysvc.store.redis import scripts as lua
 from keysvc.store.redis.io import Caller
 
@@ -50,16 +50,9 @@ class RedisCounters:
         """Return the name of one of a key's counters."""
         return ":".join((self._prefix + "{" + key_id + "}", *parts))
 
-    async def take(
-        self,
-        budget_id: str,
-        cost: int,
-        rate_limit: RateLimit | None,
-        quota: bool,
-        refill: QuotaRefill | None,
-        now: float,
-    ) -> CounterResult:
+    async def take(self, request: TakeRequest) -> CounterResult:
         """Run one take as one EVALSHA (see `Store.take`)."""
+        budget_id, cost, rate_limit, quota, refill, now = request
         if rate_limit is None and not quota:
             return CounterResult(allowed=True)
         limit, window_s = -1, 0

@@ -72,8 +72,7 @@ from keysvc.core.model import (
     CounterResult,
     Event,
     KeyRecord,
-    QuotaRefill,
-    RateLimit,
+    TakeRequest,
     budget_of,
     next_deadline,
 )
@@ -286,17 +285,9 @@ class RedisStore(RedisPolicies):
 
     # -- counters (per-key slots: see counters) ------------------------------
 
-    async def take(
-        self,
-        key_id: str,
-        cost: int,
-        rate_limit: RateLimit | None,
-        quota: bool,
-        refill: QuotaRefill | None,
-        now: float,
-    ) -> CounterResult:
+    async def take(self, request: TakeRequest) -> CounterResult:
         """Take from the rate limit and quota in one EVALSHA (rules in `keysvc.core.limits`)."""
-        return await self._counters.take(key_id, cost, rate_limit, quota, refill, now)
+        return await self._counters.take(request)
 
     async def set_quota(self, key_id: str, remaining: int | None) -> None:
         """Set (or with None, remove) a key's remaining quota; its refill cadence is kept."""

@@ -8,24 +8,16 @@ from collections.abc import Sequence
 from keysvc.core.limits import QuotaCounter, plan_take, window_start
 from keysvc.core.model import (
     CounterResult,
-    QuotaRefill,
-    RateLimit,
+    TakeRequest,
 )
 from keysvc.store.sqlite.ops import IN_CHUNK
 
 __all__ = ["last_used", "set_quota", "take", "touch"]
 
 
-def take(
-    conn: sqlite3.Connection,
-    key_id: str,
-    cost: int,
-    rate_limit: RateLimit | None,
-    quota: bool,
-    refill: QuotaRefill | None,
-    now: float,
-) -> CounterResult:
+def take(conn: sqlite3.Connection, request: TakeRequest) -> CounterResult:
     """Apply `plan_take` to the stored window count and quota counter."""
+    key_id, cost, rate_limit, quota, refill, now = request
     used = 0
     start = 0
     if rate_limit is not None:

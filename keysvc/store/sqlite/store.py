@@ -44,8 +44,7 @@ from keysvc.core.model import (
     CounterResult,
     Event,
     KeyRecord,
-    QuotaRefill,
-    RateLimit,
+    TakeRequest,
     budget_of,
 )
 from keysvc.store.base import KeyPage, RequestMark
@@ -172,22 +171,11 @@ class SqliteStore(SqlitePolicies):
 
     # -- counters ---------------------------------------------------------------
 
-    async def take(
-        self,
-        key_id: str,
-        cost: int,
-        rate_limit: RateLimit | None,
-        quota: bool,
-        refill: QuotaRefill | None,
-        now: float,
-    ) -> CounterResult:
+    async def take(self, request: TakeRequest) -> CounterResult:
         """Take from the rate limit and quota in one transaction (rules in `keysvc.core.limits`)."""
-        if rate_limit is None and not quota:
+        if request.rate_limit is None and not request.quota:
             return CounterResult(allowed=True)
-        return await self._write(
-            partial(counters.take, key_id=key_id, cost=cost, rate_limit=rate_limit, quota=quota,
-                    refill=refill, now=now)
-        )
+        return await self._write(partial(counters.take, request=request))
 
     async def set_quota(self, key_id: str, remaining: int | None) -> None:
         """Set (or with None, remove) a key's remaining quota; its refill cadence is kept."""
