@@ -52,3 +52,16 @@ def test_a_crossing_import_fails_the_lint(tree: Path, module: str, line: str, co
     assert result.returncode != 0, result.stdout
     broken = [ln for ln in result.stdout.splitlines() if ln.endswith("BROKEN")]
     assert any(contract in ln for ln in broken), result.stdout
+
+
+def test_the_readme_map_is_the_enforced_one() -> None:
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Architecture", 1)[1].split("```", 2)[1]
+    shown = [line.split("/", 1)[0] for line in section.splitlines() if line and not line.startswith(" ")]
+    assert ["keysvc." + name for name in shown] == layers
+    for package in shown:  # every layer it names exists
+        assert (ROOT / "keysvc" / package / "__init__.py").is_file()
