@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import cast
 
 from google.protobuf.duration_pb2 import Duration
@@ -146,8 +145,3 @@ def event_to_pb(event: Event) -> pb.Event:
         cursor=event.cursor, type=str(event.type), at=ts(event.at), actor=event.actor,
         key_id=event.key_id, policy_id=event.policy_id, policy_version=event.policy_version,
     )
-
-
-def scopes_list(values: Iterable[str]) -> list[str]:
-    """A repeated field as a list."""
-    return list(values)
