@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LIVENESS", "READINESS", "HealthState", "probe_store", "redact_url"]
 
-log = structlog.get_logger("keysvc.app.health")
+log = structlog.get_logger("keysvc.health")
 
 READINESS = "readiness"
 LIVENESS = "liveness"

@@ -60,12 +60,12 @@ def install(
     meter.create_observable_counter(
         "keysvc.validations", [decisions], unit="{call}", description="Validations by outcome code.")
     meter.create_observable_counter(
-        "keysvc.core.cache.lookups", [cache_events], unit="{lookup}", description="Key cache lookups.")
+        "keysvc.cache.lookups", [cache_events], unit="{lookup}", description="Key cache lookups.")
     meter.create_observable_counter(
-        "keysvc.core.cache.removals", [cache_removals], unit="{entry}",
+        "keysvc.cache.removals", [cache_removals], unit="{entry}",
         description="Cache entries removed: LRU evictions, event invalidations, full flushes.")
     meter.create_observable_gauge(
-        "keysvc.core.cache.size", [lambda _: [Observation(len(cache))]], unit="{key}",
+        "keysvc.cache.size", [lambda _: [Observation(len(cache))]], unit="{key}",
         description="Keys in the cache.")
     meter.create_observable_counter(
         "keysvc.store.errors", [lambda _: [Observation(validator.store_errors)]], unit="{error}",

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EVENTS_HEALTH", "App", "build", "grpc_stack", "make_store", "serve"]
 
-log = structlog.get_logger("keysvc.app.server")
+log = structlog.get_logger("keysvc.server")
 
 KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 EVENTS_HEALTH = "keysvc.events"

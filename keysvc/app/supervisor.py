@@ -31,7 +31,7 @@ import structlog
 
 __all__ = ["TaskState", "TaskSupervisor", "Watchdog"]
 
-log = structlog.get_logger("keysvc.app.supervisor")
+log = structlog.get_logger("keysvc.supervisor")
 
 _BACKOFF_S = 0.1  # the first restart's delay; doubled per failure in a row
 _MAX_BACKOFF_S = 30.0

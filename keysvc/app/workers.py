@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Supervisor", "child_environment", "run"]
 
-log = structlog.get_logger("keysvc.app.workers")
+log = structlog.get_logger("keysvc.workers")
 
 _KILL_MARGIN_S = 5.0  # beyond shutdown_grace_s, before SIGKILL
 _LISTENERS = ("listen", "admin_listen", "http_listen")  # every address the children bind
