@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from keysvc.api.grpc.status import status_for
 from keysvc.core.errors import PermissionDeniedError, StoreUnavailableError, UnauthenticatedError
 from keysvc.core.model import ADMIN_SCOPE, Code
 from keysvc.core.policy import ip_allowed
@@ -133,9 +134,7 @@ class AdminAuth:
             try:
                 await self._authority(key_id, client_ip)
             except (UnauthenticatedError, PermissionDeniedError) as exc:
-                code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, UnauthenticatedError) else (
-                    grpc.StatusCode.PERMISSION_DENIED)
-                await self._refuse(context, action, key_id, exc.rule or "denied", code, str(exc))
+                await self._refuse(context, action, key_id, exc.rule or "denied", *status_for(exc, action))
             except StoreUnavailableError:  # fail closed
                 await self._refuse(context, action, key_id, "unavailable", grpc.StatusCode.UNAVAILABLE,
                                    "key store unavailable; cannot authenticate")
