@@ -15,7 +15,6 @@ __all__ = [
     "FailedPreconditionError",
     "InvalidArgumentError",
     "KeysvcError",
-    "MalformedKeyError",
     "NotFoundError",
     "PermissionDeniedError",
     "StoreUnavailableError",
@@ -36,10 +35,6 @@ class KeysvcError(Exception):
     def __init__(self, message: str = "", *, rule: str = "") -> None:
         super().__init__(message)
         self.rule = rule
-
-
-class MalformedKeyError(KeysvcError):
-    """The presented key does not have keysvc's shape or its checksum is wrong."""
 
 
 class InvalidArgumentError(KeysvcError):

@@ -15,17 +15,13 @@ import secrets
 import zlib
 from dataclasses import dataclass, field
 
-from keysvc.core.errors import MalformedKeyError
-
 __all__ = [
     "DEFAULT_PREFIX",
     "KEY_PATTERN",
     "GeneratedKey",
-    "ParsedKey",
     "generate",
     "hash_key",
     "new_key_id",
-    "parse",
     "validate_prefix",
     "well_formed_hash",
 ]
@@ -91,14 +87,6 @@ class GeneratedKey:
     prefix: str
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    """A key whose shape and checksum are right (it may still be unknown)."""
-
-    prefix: str
-    key_hash: str
-
-
 def hash_key(secret: str) -> str:
     """Return the hex SHA-256 of a key, the only form keysvc stores."""
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
@@ -125,7 +113,8 @@ def well_formed_hash(secret: str) -> str | None:
     """The hash of a key whose shape and checksum are right; None for anything else.
 
     The hot path's one call: it raises nothing (an exception costs more than
-    the checks), and `parse` says what is wrong with a refused key.
+    the checks), and a refusal never says more than "malformed", so it cannot
+    help anyone guess a key a character at a time.
     """
     if len(secret) > _MAX_KEY_LEN or KEY_PATTERN.fullmatch(secret) is None:
         return None
@@ -133,27 +122,6 @@ def well_formed_hash(secret: str) -> str | None:
     if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
         return None
     return hashlib.sha256(raw).hexdigest()
-
-
-def _why_malformed(secret: str) -> str:
-    if len(secret) > _MAX_KEY_LEN:
-        return "key is too long"
-    if KEY_PATTERN.fullmatch(secret) is None:
-        return "key does not have the form <prefix>_<base62 body><checksum>"
-    return "key checksum does not match (typo or truncated key?)"
-
-
-def parse(secret: str) -> ParsedKey:
-    """Check a presented key's shape and checksum and hash it.
-
-    Raises:
-        MalformedKeyError: wrong length, characters, prefix or checksum. The
-            message never contains the key.
-    """
-    key_hash = well_formed_hash(secret)
-    if key_hash is None:
-        raise MalformedKeyError(_why_malformed(secret))
-    return ParsedKey(secret.partition("_")[0], key_hash)  # the body is base62: no "_" in it
 
 
 def new_key_id() -> str:
