@@ -34,7 +34,7 @@ from keysvc.app import startup as _startup
 from keysvc.app import telemetry
 from keysvc.app.health import HealthState, probe_store, redact_url
 from keysvc.app.settings import Settings, env_name, header_names, split_listen
-from keysvc.app.supervisor import TaskSupervisor, Watchdog
+from keysvc.app.supervisor import TaskSupervisor, Watchdog, cancel_all
 from keysvc.core.cache import KeyCache
 from keysvc.core.errors import ConfigError, StoreUnavailableError
 from keysvc.core.routes import Routes
@@ -317,26 +317,6 @@ async def _start_http(app: App) -> int:
                           f"{exc.strerror or type(exc).__name__}") from None
 
 
-async def _cancel(tasks: list[asyncio.Task[None]], bound_s: float = 3.0) -> None:
-    """Cancel background tasks and wait for them, within a bound.
-
-    On Python 3.11 `asyncio.wait_for` (used by redis-py on every call with a
-    socket timeout) can swallow a cancellation that lands as its inner call
-    completes, leaving a task running; so cancel again until each one is done,
-    and give up (logging it) after `bound_s` rather than hang the shutdown.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-        if pending and loop.time() >= deadline:
-            log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
-            return
-
-
 async def _stop_server(server: aio.Server | grpc.Server, grace_s: float) -> None:
     """Drain one server within `grace_s`; the loop keeps running meanwhile.
 
@@ -356,7 +336,7 @@ async def stop(app: App) -> None:
     grace = app.settings.shutdown_grace_s
     await asyncio.gather(*(_stop_server(server, grace) for server in app.servers),
                          *([app.http.stop()] if app.http is not None else []))
-    await _cancel(app.tasks)
+    await cancel_all(app.tasks)
     if app.watchdog is not None:
         app.watchdog.stop()
     batch = app.validator.drain_last_used()

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["TaskState", "TaskSupervisor", "Watchdog"]
+__all__ = ["TaskState", "TaskSupervisor", "Watchdog", "cancel_all"]
 
 log = structlog.get_logger("keysvc.supervisor")
 
@@ -178,3 +178,23 @@ class Watchdog:
                     log.info("event loop ticking again: liveness SERVING")
                 else:
                     log.error("event loop stalled: liveness NOT_SERVING", stall_s=self._stall_s)
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]], bound_s: float = 3.0) -> None:
+    """Cancel background tasks and wait for them, within a bound.
+
+    On Python 3.11 `asyncio.wait_for` (used by redis-py on every call with a
+    socket timeout) can swallow a cancellation that lands as its inner call
+    completes, leaving a task running; so cancel again until each one is done,
+    and give up (logging it) after `bound_s` rather than hang the shutdown.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending and loop.time() >= deadline:
+            log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
+            return
