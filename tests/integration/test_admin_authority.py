@@ -261,3 +261,20 @@ async def test_refusals_are_audited_with_their_rule(store: Store) -> None:
     assert (revoke["keysvc.outcome"], revoke["keysvc.rule"]) == ("FailedPreconditionError", "last_admin")
     update = audit["audit.policy.update"]
     assert (update["keysvc.outcome"], update["keysvc.rule"]) == ("PermissionDeniedError", "actor_max_key_ttl")
+
+
+async def test_changes_and_refusals_are_audited_through_the_port(store: Store) -> None:
+    from keysvc.core.errors import PermissionDeniedError
+    from keysvc.testing import RecordingAuditor
+
+    auditor = RecordingAuditor()
+    admin = AdminService(store, auditor=auditor)
+    await admin.create_policy(OPERATOR, OPS)
+    ops, _ = await admin.create_key(OPERATOR, owner_id="ops", policy_id="ops")
+    with pytest.raises(PermissionDeniedError):
+        await admin.create_key(ops.record.key_id, owner_id="x", scopes=["write"])
+    assert [(e.action, e.fields["outcome"]) for e in auditor.events] == [
+        ("policy.create", "ok"), ("key.create", "ok"), ("key.create", "PermissionDeniedError"),
+    ]
+    assert auditor.events[1].fields["target_key_id"] == ops.record.key_id
+    assert auditor.events[2].fields["actor"] == ops.record.key_id
