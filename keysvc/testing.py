@@ -8,15 +8,56 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from keysvc import telemetry
+from keysvc.app import telemetry
 from keysvc.store.base import Store
 
-__all__ = ["CapturedLogs", "FaultyStore", "capture_logs", "capture_spans"]
+__all__ = ["AuditEvent", "CapturedLogs", "FaultyStore", "RecordingAuditor", "capture_logs", "capture_spans"]
+
+
+@dataclass
+class AuditEvent:
+    """One audit event as a `RecordingAuditor` saw it: the action and every field, outcome included."""
+
+    action: str
+    fields: dict[str, str | int | bool] = field(default_factory=dict)
+
+    def set(self, name: str, value: str | int | bool) -> None:
+        """Record field `name` under its log name, as telemetry does ("target.key_id" -> "target_key_id")."""
+        self.fields[name.removeprefix("keysvc.").replace(".", "_")] = value
+
+
+class RecordingAuditor:
+    """A `keysvc.service.ports.Auditor` that keeps every event in `events`, with no tracing SDK.
+
+    Pass it as `AdminService(store, auditor=RecordingAuditor())` to assert what
+    was audited. Outcomes follow the real auditor: "ok", the value the block
+    set, or the class name of the exception that left the block.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    @contextmanager
+    def audit(
+        self, action: str, *, actor: str, target_key_id: str = "", target_policy_id: str = "",
+        **attrs: str | int | bool,
+    ) -> Iterator[AuditEvent]:
+        """Record one event around the block."""
+        event = AuditEvent(action, {"actor": actor, "target_key_id": target_key_id,
+                                    "target_policy_id": target_policy_id, **attrs})
+        self.events.append(event)
+        try:
+            yield event
+        except BaseException as exc:
+            event.fields["outcome"] = type(exc).__name__
+            raise
+        event.fields.setdefault("outcome", "ok")
 
 
 @contextmanager

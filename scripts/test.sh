@@ -26,9 +26,10 @@ echo "== installing Python dependencies from pyproject.toml"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 bash scripts/fix-otel-proto.sh .venv/bin/python
 
-echo "== lint: ruff, mypy, buf, hadolint, kubernetes-validate"
+echo "== lint: ruff, mypy, import layers, buf, hadolint, kubernetes-validate"
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 .venv/bin/buf lint
 .venv/bin/hadolint Dockerfile
 .venv/bin/kubernetes-validate --strict --kubernetes-version 1.31 deploy/k8s/*.yaml

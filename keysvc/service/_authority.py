@@ -27,18 +27,18 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from keysvc.errors import (
+from keysvc.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     KeysvcError,
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from keysvc.keys import KEY_PATTERN
-from keysvc.model import ADMIN_SCOPE, Code, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
-from keysvc.policy import effective_scopes, evaluate
+from keysvc.core.keys import KEY_PATTERN
+from keysvc.core.model import ADMIN_SCOPE, Code, Event, EventType, KeyRecord, KeyStatus, Policy, key_status
+from keysvc.core.policy import effective_scopes, evaluate
+from keysvc.service.ports import AuditRecord
 from keysvc.store.base import Store
-from keysvc.telemetry import AuditRecord
 
 __all__ = [
     "Authority",

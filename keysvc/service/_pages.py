@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 
-from keysvc.errors import InvalidArgumentError
+from keysvc.core.errors import InvalidArgumentError
 from keysvc.store.base import Store
 
 __all__ = ["PAGE_TOKEN_TTL_S", "PageTokens"]

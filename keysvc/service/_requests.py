@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from keysvc import keys
-from keysvc.errors import ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError
-from keysvc.model import Event, EventType, KeyRecord
-from keysvc.service import _checks as check
+from keysvc.core import keys
+from keysvc.core.errors import ConflictError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from keysvc.core.model import Event, EventType, KeyRecord
+from keysvc.service import checks as check
 from keysvc.store.base import RequestMark, Store
 
 __all__ = ["REQUEST_WINDOW_S", "Recorded", "Replays", "Request", "recorded", "request"]

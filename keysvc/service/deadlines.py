@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import structlog
 
-from keysvc.errors import ConflictError, NotFoundError, StoreUnavailableError
-from keysvc.model import Event, EventType, KeyRecord, next_deadline
+from keysvc.core.errors import ConflictError, NotFoundError, StoreUnavailableError
+from keysvc.core.model import Event, EventType, KeyRecord, next_deadline
 from keysvc.store.base import Store
 
 __all__ = ["DeadlineAnnouncer"]

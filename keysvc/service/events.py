@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 import structlog
 
-from keysvc.cache import KeyCache
-from keysvc.errors import CursorExpiredError, StoreUnavailableError
-from keysvc.model import Event, EventType
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import CursorExpiredError, StoreUnavailableError
+from keysvc.core.model import Event, EventType
 from keysvc.store.base import Store
 
-__all__ = ["ACTIONS", "BEHIND_AFTER_S", "Action", "EventFollower", "FollowerHealth", "FollowerState", "watch"]
+__all__ = [
+    "ACTIONS", "BEHIND_AFTER_S", "Action", "EventFollower", "EventLog", "FollowerHealth", "FollowerState",
+    "watch",
+]
 
 log = structlog.get_logger("keysvc.events")
 
@@ -301,3 +304,26 @@ async def watch(
         for event in await store.read_events(cursor, _BATCH, block_s):
             cursor = event.cursor
             yield event
+
+
+class EventLog:
+    """The lifecycle event log as a client sees it (WatchEvents): where it ends, what follows.
+
+    Args:
+        store: the backend holding the log.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def last_cursor(self) -> str:
+        """The cursor of the newest event ("" for an empty log).
+
+        Raises:
+            StoreUnavailableError: the store did not answer.
+        """
+        return await self._store.last_cursor()
+
+    def follow(self, since: str, *, from_beginning: bool = False) -> AsyncIterator[Event]:
+        """Yield events after `since` until the caller stops (see `watch`)."""
+        return watch(self._store, since, from_beginning=from_beginning)

@@ -22,16 +22,16 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 import structlog
 
-from keysvc.cache import CachedKey, KeyCache
-from keysvc.errors import StoreUnavailableError
-from keysvc.keys import well_formed_hash
-from keysvc.model import Code, CounterResult, Decision, KeyRecord, Policy, RateLimitState, budget_of
-from keysvc.policy import Grant, evaluate, make_grant
+from keysvc.core.cache import CachedKey, KeyCache
+from keysvc.core.errors import StoreUnavailableError
+from keysvc.core.keys import well_formed_hash
+from keysvc.core.model import Code, Decision, Policy, RateLimitState
+from keysvc.core.policy import Grant, evaluate, make_grant
+from keysvc.service._counting import Counting
 from keysvc.service._slots import StoreSlots
 from keysvc.store.base import Store
 
@@ -39,8 +39,6 @@ __all__ = ["ValidationRequest", "Validator"]
 
 log = structlog.get_logger("keysvc.validator")
 
-_MISSING_QUOTA_WARNED_MAX = 1024
-_SKEW_NOTICED_S = 1.0
 
 _MALFORMED = Decision(Code.MALFORMED, message="key is malformed")
 _NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
@@ -59,21 +57,6 @@ def _grant(entry: CachedKey, policy: Policy | None) -> Grant:
     return grant
 
 
-def _on_local_clock(result: CounterResult, now: float) -> CounterResult:
-    """Move the window's end from the store's clock onto this process's.
-
-    The store counts on its own clock, so skewed sidecars share one window;
-    each then tells its clients (and its over-limit memo) how long is left
-    by its own clock. An offset under `_SKEW_NOTICED_S` cannot be told from
-    the call's own latency: the store's (whole-second) window end is kept.
-    """
-    state = result.rate_limit
-    if state is None or result.counted_at is None or abs(now - result.counted_at) < _SKEW_NOTICED_S:
-        return result
-    moved = RateLimitState(state.limit, state.remaining, state.reset_at - result.counted_at + now)
-    return replace(result, rate_limit=moved, counted_at=now)
-
-
 class ValidationRequest(NamedTuple):
     """One Validate call, transport-independent (a tuple: cheap to make per call)."""
 
@@ -83,10 +66,10 @@ class ValidationRequest(NamedTuple):
     cost: int = 1
 
 
-class Validator:
+class Validator(Counting):
     """Answers validation requests from the cache, falling back to the store.
 
-    A decision's record is the key as the cache keeps it (`keysvc.cache.cached_record`):
+    A decision's record is the key as the cache keeps it (`keysvc.core.cache.cached_record`):
     ids, scopes, metadata, state and deadlines, not its name, hint or times.
 
     Args:
@@ -174,26 +157,6 @@ class Validator:
             return self._over_limit_decision(decision, record.key_id, now)
         self._note_use(record.key_id, now)
         return decision
-
-    def _note_use(self, key_id: str, now: float) -> None:
-        with self._last_used_lock:
-            used = self._last_used
-            if len(used) < self._last_used_max or key_id in used:
-                used[key_id] = now
-            else:
-                self.last_used_dropped += 1
-
-    def _over_limit_decision(self, decision: Decision, key_id: str, now: float) -> Decision | None:
-        blocked = self._over_limit.get(key_id)
-        if blocked is None:
-            return None
-        if blocked[0] <= now:
-            self._over_limit.pop(key_id, None)  # the drain may have dropped it meanwhile
-            return None
-        return Decision(
-            Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
-            "rate limit exceeded", rate_limit=blocked[1],
-        )
 
     async def validate(self, request: ValidationRequest) -> Decision:
         """Answer one request; never raises for a bad key or an unavailable store."""
@@ -384,73 +347,3 @@ class Validator:
             if policy is None:
                 return None
         return entry, policy
-
-    async def _take(
-        self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float,
-        deadline: float,
-    ) -> Decision:
-        rate_limit = policy.rate_limit if policy is not None else None
-        refill = policy.quota_refill if policy is not None else None
-        try:
-            async with asyncio.timeout_at(deadline):
-                result = await self._store.take(
-                    budget_of(record), cost, rate_limit, record.has_quota, refill, now
-                )
-        except (StoreUnavailableError, TimeoutError):
-            self.store_errors += 1
-            # Counters live only in the store: without it, limits cannot be kept.
-            if self._fail_open:
-                return decision
-            return Decision(Code.UNAVAILABLE, record, policy, decision.scopes, "key store unavailable")
-        result = _on_local_clock(result, now)
-        if result.quota_missing:
-            self._warn_missing_quota(record)
-        if result.allowed:
-            return Decision(
-                Code.VALID, record, policy, decision.scopes,
-                rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
-            )
-        if result.rate_limited:
-            if result.rate_limit is not None:
-                self._over_limit[record.key_id] = (result.rate_limit.reset_at, result.rate_limit)
-            return Decision(
-                Code.RATE_LIMITED, record, policy, decision.scopes, "rate limit exceeded",
-                rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
-            )
-        return Decision(
-            Code.QUOTA_EXHAUSTED, record, policy, decision.scopes, "quota exhausted",
-            rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
-        )
-
-    def _warn_missing_quota(self, record: KeyRecord) -> None:
-        """Log a lost quota counter once per key (until many keys have been logged)."""
-        # Evicted, lost in a failover, or a half-done write: the take refused it.
-        warned = self._missing_quota_warned
-        if record.key_id in warned:
-            return
-        if len(warned) >= _MISSING_QUOTA_WARNED_MAX:
-            warned.clear()
-        warned.add(record.key_id)
-        log.warning("quota.counter_missing", key_id=record.key_id, budget_id=budget_of(record),
-                    outcome="refused as QUOTA_EXHAUSTED until an admin sets the quota")
-
-    def forget_limits(self, key_id: str) -> None:
-        """Drop the local over-limit memo of a key (its policy or key changed)."""
-        self._over_limit.pop(key_id, None)
-
-    def forget_all_limits(self) -> None:
-        """Drop every local over-limit memo."""
-        self._over_limit.clear()
-
-    def drain_last_used(self) -> dict[str, float]:
-        """Take the last-use times gathered since the previous drain."""
-        with self._last_used_lock:
-            drained, self._last_used = self._last_used, {}
-        # Over-limit memos of windows that have ended are dead weight: drop them here,
-        # off the hot path, so that map stays bounded too.
-        now = self._clock()
-        # A copy to iterate: hot-path threads may remove memos meanwhile.
-        for key_id, (reset_at, _) in self._over_limit.copy().items():
-            if reset_at <= now:
-                self._over_limit.pop(key_id, None)
-        return drained

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from keysvc.model import CounterResult, Event, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.core.model import CounterResult, Event, KeyRecord, Policy, TakeRequest
 
 __all__ = ["KeyPage", "PolicyPage", "RequestMark", "Store"]
 
@@ -166,18 +166,10 @@ class Store(Protocol):
 
     # -- counters (hot path for keys with a rate limit or quota) ------------
 
-    async def take(
-        self,
-        key_id: str,
-        cost: int,
-        rate_limit: RateLimit | None,
-        quota: bool,
-        refill: QuotaRefill | None,
-        now: float,
-    ) -> CounterResult:
+    async def take(self, request: TakeRequest) -> CounterResult:
         """Atomically take one request from the rate limit and `cost` from the quota.
 
-        `key_id` names the counters: the key's budget (`model.budget_of`),
+        `request.budget_id` names the counters: the key's budget (`model.budget_of`),
         which a rotated key shares with its predecessor. Fixed windows aligned
         to multiples of `window_s` since the epoch, on the store's clock where
         it has one shared by every sidecar (Redis's TIME), else on `now`

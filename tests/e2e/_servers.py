@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def keysvc_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "keysvc.cli", *args]
+    return [sys.executable, "-m", "keysvc", *args]
 
 
 @dataclass

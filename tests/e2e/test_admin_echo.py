@@ -16,8 +16,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from keysvc import keys
-from keysvc.api.auth import PUBLIC_METHODS
+from keysvc.api.grpc.auth import PUBLIC_METHODS
+from keysvc.core import keys
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._servers import ServerProcess, bootstrap
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keysvc import keys
+from keysvc.core import keys
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc
 from tests.e2e._servers import ServerProcess, bootstrap

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from keysvc._bench_scenarios import NAMES
-from keysvc.bench import format_report
+from keysvc.bench.command import format_report
+from keysvc.bench.scenarios import NAMES
 from tests.e2e._servers import keysvc_cmd
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +65,7 @@ traffic: 342.33KB (350544) total, 13.49KB (13810) headers (space savings 96.2%),
 
 
 def test_h2load_summary_and_log_are_read(tmp_path: Path) -> None:
-    from keysvc._bench_load import LoadPlan, _parse
+    from keysvc.bench.load import LoadPlan, _parse
 
     log = tmp_path / "h2load.log"
     log.write_text("".join(f"1795617732959918\t200\t{1000 * (i + 1)}\n" for i in range(1000)))

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from google.protobuf import duration_pb2
 
-from keysvc.keys import generate
+from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_port
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch

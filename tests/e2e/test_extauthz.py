@@ -8,9 +8,11 @@ the downstream peer as `source.address.socket_address`.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from google.protobuf import duration_pb2, field_mask_pb2, json_format, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keysvc.keys import generate
+from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.conftest import _start_redis
 from tests.e2e._servers import STACKS, ServerProcess, bootstrap, free_port, keysvc_cmd, launch
@@ -77,6 +79,7 @@ class World:
     admin_md: list[tuple[str, str]]
     stub: ea_grpc.AuthorizationStub
     secrets: list[str]
+    metrics_port: int
 
     def key(self, **fields: object) -> tuple[str, str]:
         created = self.server.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
@@ -95,6 +98,15 @@ class World:
         for secret in self.secrets:  # never the key, in any header, body or metadata
             assert secret.encode() not in blob and secret[3:].encode() not in blob
         return response
+
+
+def negative_hits(port: int) -> float:
+    """The server's count of negative-cache hits, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r'^keysvc_cache_lookups_total\{[^}]*result="negative_hit"[^}]*\} ([0-9.e+]+)$', text, re.M)
+    assert found, "no negative_hit sample"
+    return float(found.group(1))
 
 
 def denied(response: ea.CheckResponse, status: int, rpc_code: int, error: str) -> dict[str, str]:
@@ -118,10 +130,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     routes.write_text(ROUTES)
     store = f"sqlite:///{tmp}/keysvc.db"
     _, admin_secret = bootstrap(store)
-    server = launch(store, tmp, "--authz-routes", str(routes), stack=request.param)
+    metrics_port = free_port()
+    server = launch(store, tmp, "--authz-routes", str(routes), "--metrics-listen", f"127.0.0.1:{metrics_port}",
+                    stack=request.param)
     try:
         world = World(server, [("authorization", f"Bearer {admin_secret}")],
-                      ea_grpc.AuthorizationStub(server.channel()), [admin_secret])
+                      ea_grpc.AuthorizationStub(server.channel()), [admin_secret], metrics_port)
         world.policy(policy_id="partners", scopes=["orders:read", "orders:write"])
         world.policy(policy_id="office", scopes=["orders:read"], allowed_cidrs=["10.1.0.0/16"])
         world.policy(policy_id="metered", scopes=["orders:read"],
@@ -179,8 +193,11 @@ def test_malformed_key_is_401(world: World) -> None:
 def test_unknown_key_is_401(world: World) -> None:
     unknown = generate().secret
     world.secrets.append(unknown)
-    for _ in range(2):  # the second answer comes from the negative cache
-        denied(world.check("GET", "/orders", {"x-api-key": unknown}), 401, UNAUTHENTICATED, "not_found")
+    denied(world.check("GET", "/orders", {"x-api-key": unknown}), 401, UNAUTHENTICATED, "not_found")
+    before = negative_hits(world.metrics_port)
+    denied(world.check("GET", "/orders", {"x-api-key": unknown}), 401, UNAUTHENTICATED, "not_found")
+    # The second answer came from the negative cache, not another store read.
+    assert negative_hits(world.metrics_port) == before + 1
 
 
 def test_revoked_key_is_401(world: World) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from keysvc.keys import generate
+from keysvc.core.keys import generate
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
@@ -166,7 +166,7 @@ def test_the_grpc_port_prints_nothing_but_json_for_garbage(listener: Listener) -
 _C_CORE_LOGS = """
 import sys
 if sys.argv[1] == "keysvc":
-    import keysvc.cli  # what every keysvc process imports first
+    import keysvc.app.cli.main  # what every keysvc process imports first
 import grpc
 from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 channel = grpc.insecure_channel("127.0.0.1:9")

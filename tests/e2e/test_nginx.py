@@ -8,6 +8,7 @@ are stopped, with what status, headers and body.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import duration_pb2
 
-from keysvc.keys import generate
+from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_http
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
@@ -126,9 +127,9 @@ class World:
         return reply
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("nginx")
+@contextlib.contextmanager
+def make_world(tmp: Path) -> Iterator[World]:
+    """A keysvc (SQLite, forward-auth on) with nginx in front of an upstream, in `tmp`."""
     routes = tmp / "routes.toml"
     routes.write_text(ROUTES)
     store = f"sqlite:///{tmp}/keysvc.db"
@@ -157,6 +158,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             nginx.proc.wait(timeout=10)
         keysvc.stop()
         upstream.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with make_world(tmp_path_factory.mktemp("nginx")) as built:
+        yield built
 
 
 def test_valid_key_reaches_upstream_with_identity_and_without_the_key(world: World) -> None:
@@ -292,15 +299,20 @@ def test_paths_keysvc_cannot_judge_are_400(world: World) -> None:
 
 
 def test_keys_stay_out_of_nginx_logs(world: World) -> None:
+    _, secret = world.key(policy_id="partners")
+    assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
+    world.stopped("GET", "/orders", {"X-Api-Key": secret[:-1]}, 401, "malformed")
     logs = world.nginx.logs()
     assert "key_id=key_" in logs, "the access log should name keys by id"
     for secret in world.secrets:
         assert secret not in logs and secret[3:] not in logs
 
 
-def test_keysvc_down_fails_closed_with_503(world: World) -> None:
-    # Last in this module: it stops the module's keysvc.
-    _, secret = world.key(policy_id="partners")
-    world.keysvc.stop()
-    world.stopped("GET", "/orders", {"X-Api-Key": secret}, 503, "unavailable")
-    world.stopped("GET", "/orders", {}, 503, "unavailable")
+def test_keysvc_down_fails_closed_with_503(tmp_path: Path) -> None:
+    # Its own keysvc and nginx: stopping the module's would break whatever runs after it.
+    with make_world(tmp_path) as world:
+        _, secret = world.key(policy_id="partners")
+        assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
+        world.keysvc.stop()
+        world.stopped("GET", "/orders", {"X-Api-Key": secret}, 503, "unavailable")
+        world.stopped("GET", "/orders", {}, 503, "unavailable")

@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keysvc.api.keyservice import CURSOR_METADATA
-from keysvc.keys import generate
+from keysvc.api.grpc.keyservice import CURSOR_METADATA
+from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc as pb_grpc
 from tests.e2e._servers import ServerProcess, bootstrap

@@ -20,7 +20,7 @@ import grpc
 import pytest
 import redis
 
-from keysvc.store import _redis_scripts as lua
+from keysvc.store.redis import scripts as lua
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._servers import ServerProcess, bootstrap, free_port
 

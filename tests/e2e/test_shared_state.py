@@ -11,7 +11,7 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 
-from keysvc import keys
+from keysvc.core import keys
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._servers import ServerProcess, bootstrap
 from tests.e2e.test_extauthz import check_request

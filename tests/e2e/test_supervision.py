@@ -19,9 +19,9 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keysvc import server as keysvc_server
-from keysvc.settings import Settings
-from keysvc.store.redis import RedisStore
+from keysvc.app import server as keysvc_server
+from keysvc.app.settings import Settings
+from keysvc.store.redis.store import RedisStore
 from keysvc.testing import FaultyStore, capture_logs
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc

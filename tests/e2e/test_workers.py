@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keysvc._bench_procs import listening
+from keysvc.bench.procs import listening
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc
 from tests.e2e._servers import ServerProcess, keysvc_cmd, launch
@@ -158,8 +158,8 @@ def test_zero_workers_is_refused(tmp_path: Path) -> None:
 
 def test_children_load_exactly_the_parents_settings() -> None:
     # Pure, but it guards the one thing the parent hands its children.
-    from keysvc.settings import load
-    from keysvc.workers import child_environment
+    from keysvc.app.settings import load
+    from keysvc.app.workers import child_environment
 
     parent = load(env={}, overrides={"workers": 3, "cache_ttl_s": 0.1 + 0.2, "fail_open": True,
                                      "listen": "127.0.0.1:7000", "store": "redis://127.0.0.1:1/0"})

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from tests._topology import REDIS_KINDS, store_url
 
 

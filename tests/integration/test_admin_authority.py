@@ -9,14 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.errors import (
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.errors import (
     ConflictError,
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from keysvc.model import ADMIN_SCOPE, KeyStatus, Policy
+from keysvc.core.model import ADMIN_SCOPE, KeyStatus, Policy
 from keysvc.service.admin import AdminService, KeyView
 from keysvc.store.base import Store
 from keysvc.testing import capture_spans
@@ -32,7 +33,7 @@ CAPPED = Policy("capped", 0, 0.0, 0.0, scopes=("read",), max_key_ttl_s=60)
 
 async def world(store: Store) -> tuple[AdminService, KeyView, KeyView]:
     """An unbounded, durable admin key (`root`) and a bounded one (`ops`: scopes admin+read, 1 h)."""
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     for policy in (OPS, WIDE, CAPPED):
         await admin.create_policy(OPERATOR, policy)
     root, _ = await admin.create_key(OPERATOR, owner_id="root", scopes=[ADMIN_SCOPE])
@@ -271,7 +272,7 @@ async def test_the_last_admin_key_cannot_be_taken_away(store: Store) -> None:
 
 
 async def test_a_policy_change_cannot_take_admin_from_the_last_admin_keys(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy(OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=(ADMIN_SCOPE, "read")))
     only, _ = await admin.create_key(OPERATOR, owner_id="root", policy_id="admins")
     actor = only.record.key_id
@@ -286,7 +287,7 @@ async def test_a_policy_change_cannot_take_admin_from_the_last_admin_keys(store:
 
 
 async def test_a_rollback_cannot_take_admin_from_the_last_admin_keys(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy(OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=("read",)))
     escalated, impact = await admin.update_policy(
         OPERATOR, Policy("admins", 0, 0.0, 0.0, scopes=("read", ADMIN_SCOPE)), expected_version=1,
@@ -299,7 +300,7 @@ async def test_a_rollback_cannot_take_admin_from_the_last_admin_keys(store: Stor
 
 
 async def test_two_concurrent_revocations_of_the_two_last_admins_do_not_both_succeed(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     for _ in range(5):
         a, _ = await admin.create_key(OPERATOR, owner_id="a", scopes=[ADMIN_SCOPE])
         b, _ = await admin.create_key(OPERATOR, owner_id="b", scopes=[ADMIN_SCOPE])
@@ -336,3 +337,20 @@ async def test_refusals_are_audited_with_their_rule(store: Store) -> None:
     assert (revoke["keysvc.outcome"], revoke["keysvc.rule"]) == ("FailedPreconditionError", "last_admin")
     update = audit["audit.policy.update"]
     assert (update["keysvc.outcome"], update["keysvc.rule"]) == ("PermissionDeniedError", "actor_max_key_ttl")
+
+
+async def test_changes_and_refusals_are_audited_through_the_port(store: Store) -> None:
+    from keysvc.core.errors import PermissionDeniedError
+    from keysvc.testing import RecordingAuditor
+
+    auditor = RecordingAuditor()
+    admin = AdminService(store, auditor=auditor)
+    await admin.create_policy(OPERATOR, OPS)
+    ops, _ = await admin.create_key(OPERATOR, owner_id="ops", policy_id="ops")
+    with pytest.raises(PermissionDeniedError):
+        await admin.create_key(ops.record.key_id, owner_id="x", scopes=["write"])
+    assert [(e.action, e.fields["outcome"]) for e in auditor.events] == [
+        ("policy.create", "ok"), ("key.create", "ok"), ("key.create", "PermissionDeniedError"),
+    ]
+    assert auditor.events[1].fields["target_key_id"] == ops.record.key_id
+    assert auditor.events[2].fields["actor"] == ops.record.key_id

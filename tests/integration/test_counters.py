@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from keysvc.cache import KeyCache
-from keysvc.model import Code, Policy, QuotaRefill, RateLimit
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.cache import KeyCache
+from keysvc.core.model import Code, Policy, QuotaRefill, RateLimit, TakeRequest
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from keysvc.testing import capture_logs
 from tests._topology import client_of, current_store_url
 
@@ -61,13 +62,13 @@ def lose_quota_counter(
 async def test_take_refuses_when_the_quota_counter_is_missing(
     store: Store, lose_quota_counter: Callable[[str], None]
 ) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     view, _ = await admin.create_key("t", owner_id="o", quota=5)
     key_id = view.record.key_id
-    assert (await store.take(key_id, 1, None, True, None, time.time())).allowed
+    assert (await store.take(TakeRequest(key_id, 1, None, True, None, time.time()))).allowed
     lose_quota_counter(key_id)
     for refill in (None, QuotaRefill(100, 60)):
-        result = await store.take(key_id, 1, None, True, refill, time.time())
+        result = await store.take(TakeRequest(key_id, 1, None, True, refill, time.time()))
         assert not result.allowed
         assert not result.rate_limited
         assert result.quota_remaining is None, "a missing counter is reported as missing"
@@ -76,7 +77,7 @@ async def test_take_refuses_when_the_quota_counter_is_missing(
 async def test_validator_refuses_a_key_whose_quota_counter_is_lost(
     store: Store, lose_quota_counter: Callable[[str], None]
 ) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     view, secret = await admin.create_key("t", owner_id="o", quota=3)
     key_id = view.record.key_id
     validator = Validator(store, make_cache())
@@ -104,7 +105,7 @@ async def spend_through_both(validator: Validator, old: str, new: str, n: int) -
 
 
 async def test_rotation_shares_one_quota(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     view, old_secret = await admin.create_key("t", owner_id="o", quota=10)
     validator = Validator(store, make_cache())
     assert (await validator.validate(ValidationRequest(old_secret))).code is Code.VALID
@@ -127,7 +128,7 @@ async def test_rotation_shares_one_quota(store: Store) -> None:
 
 
 async def test_rotation_shares_one_rate_window(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy("t", Policy("lim", 0, 0.0, 0.0, rate_limit=RateLimit(6, 3600)))
     view, old_secret = await admin.create_key("t", owner_id="o", policy_id="lim")
     validator = Validator(store, make_cache())
@@ -145,7 +146,7 @@ async def test_skewed_sidecars_agree_on_rate_windows(redis_url: str) -> None:
     """Two validators whose clocks are a whole window apart still share one window."""
     store = RedisStore(redis_url, timeout_s=2.0)
     try:
-        admin = AdminService(store)
+        admin = AdminService(store, auditor=AUDITOR)
         await admin.create_policy("t", Policy("lim", 0, 0.0, 0.0, rate_limit=RateLimit(4, 3600)))
         _, secret = await admin.create_key("t", owner_id="o", policy_id="lim")
         skews = {"ahead": 3600.0, "behind": -3600.0}
@@ -173,7 +174,7 @@ async def test_skewed_sidecars_agree_on_quota_refills(redis_url: str) -> None:
     """A sidecar whose clock runs a day ahead does not refill a quota early."""
     store = RedisStore(redis_url, timeout_s=2.0)
     try:
-        admin = AdminService(store)
+        admin = AdminService(store, auditor=AUDITOR)
         refill = QuotaRefill(3, 3600)
         await admin.create_policy("t", Policy("q", 0, 0.0, 0.0, quota_refill=refill))
         _, secret = await admin.create_key("t", owner_id="o", policy_id="q", quota=3)
@@ -191,7 +192,7 @@ async def test_sqlite_update_with_quota_is_one_transaction(tmp_path: Path) -> No
     path = tmp_path / "k.db"
     store = SqliteStore(str(path))
     try:
-        admin = AdminService(store)
+        admin = AdminService(store, auditor=AUDITOR)
         view, secret = await admin.create_key("t", owner_id="o")
         key_id = view.record.key_id
         # A fault in the counter's write, made by the database itself.
@@ -242,7 +243,7 @@ async def test_a_full_noeviction_redis_refuses_takes_and_forgets_nothing(redis_u
     saved = client.config_get("maxmemory")["maxmemory"], client.config_get(
         "maxmemory-policy")["maxmemory-policy"]
     try:
-        admin = AdminService(store)
+        admin = AdminService(store, auditor=AUDITOR)
         await admin.create_policy("t", Policy("lim", 0, 0.0, 0.0, rate_limit=RateLimit(5, 3600)))
         view, secret = await admin.create_key("t", owner_id="o", policy_id="lim", quota=5)
         validator = Validator(store, make_cache())

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.model import EventType
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.model import EventType
 from keysvc.service.admin import AdminService
 from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from tests._topology import REDIS_KINDS, store_url
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 async def test_each_deadline_is_announced_once(stores: tuple[Store, Store]) -> None:
     clock = [T0]
     first, second = stores
-    admin = AdminService(first, clock=lambda: clock[0])
+    admin = AdminService(first, auditor=AUDITOR, clock=lambda: clock[0])
     expiring, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 10)
     revoking, _ = await admin.create_key("a", owner_id="o")
     await admin.revoke_key("a", revoking.record.key_id, grace_s=20)
@@ -70,7 +71,7 @@ async def test_each_deadline_is_announced_once(stores: tuple[Store, Store]) -> N
 async def test_a_new_expiry_is_announced_again(stores: tuple[Store, Store]) -> None:
     clock = [T0]
     store, _ = stores
-    admin = AdminService(store, clock=lambda: clock[0])
+    admin = AdminService(store, auditor=AUDITOR, clock=lambda: clock[0])
     view, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 5)
     announcer = DeadlineAnnouncer(store, clock=lambda: clock[0])
     clock[0] = T0 + 6
@@ -86,7 +87,7 @@ async def test_an_immediate_revocation_is_announced_once_not_again_by_schedule(
 ) -> None:
     clock = [T0]
     store, _ = stores
-    admin = AdminService(store, clock=lambda: clock[0])
+    admin = AdminService(store, auditor=AUDITOR, clock=lambda: clock[0])
     view, _ = await admin.create_key("a", owner_id="o", expires_at=T0 + 50)
     start = await store.last_cursor()
     await admin.revoke_key("a", view.record.key_id)

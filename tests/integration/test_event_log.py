@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from keysvc.cache import KeyCache
-from keysvc.errors import CursorExpiredError
-from keysvc.model import Code, Event, EventType, Policy, RateLimit, RateLimitState
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import CursorExpiredError
+from keysvc.core.model import Code, Event, EventType, Policy, RateLimit, RateLimitState
 from keysvc.service.admin import AdminService
 from keysvc.service.events import ACTIONS, BEHIND_AFTER_S, EventFollower, FollowerState
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from keysvc.testing import capture_logs
 from tests._topology import REDIS_KINDS, client_of, store_url
 
@@ -182,7 +183,7 @@ async def test_a_deleted_log_expires_a_cursor_taken_before(log: Log) -> None:
 async def _cached_world(log: Log) -> tuple[Store, AdminService, Validator, EventFollower, str, str]:
     """Two keys created and cached through a validator whose cache follows the log."""
     store = log.make()
-    admin = AdminService(log.make())  # another process's admin: nothing applied locally
+    admin = AdminService(log.make(), auditor=AUDITOR)  # another process's admin: nothing applied locally
     _, kept = await admin.create_key("t", owner_id="o")
     created, revoked = await admin.create_key("t", owner_id="o")
     cache = make_cache()
@@ -236,7 +237,7 @@ async def test_a_follower_started_on_a_deleted_log_still_detects_a_later_loss(lo
 
 async def test_scheduled_deadline_events_leave_policies_and_limits_alone(log: Log) -> None:
     store = log.make()
-    admin = AdminService(log.make())
+    admin = AdminService(log.make(), auditor=AUDITOR)
     await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read",), rate_limit=RateLimit(5, 60)))
     created, _ = await admin.create_key("t", owner_id="o", policy_id="p")
     cache = make_cache()
@@ -286,7 +287,7 @@ def test_every_event_type_of_this_version_has_an_action() -> None:
 async def test_an_idle_read_confirms_the_follower_is_caught_up(log: Log) -> None:
     """A read that finds nothing new confirms; between confirmations the cache ages out."""
     store = log.make()
-    admin = AdminService(log.make())
+    admin = AdminService(log.make(), auditor=AUDITOR)
     _, secret = await admin.create_key("t", owner_id="o")
     clock = [100.0]
     cache = make_cache(stale_window_s=0.0)
@@ -321,7 +322,7 @@ async def test_a_replaced_sqlite_file_flushes_the_follower(tmp_path: Path) -> No
     path = tmp_path / "keysvc.db"
     store = SqliteStore(str(path), poll_interval_s=0.01)
     admin_store = SqliteStore(str(path), poll_interval_s=0.01)
-    created, secret = await AdminService(admin_store).create_key("t", owner_id="o")
+    created, secret = await AdminService(admin_store, auditor=AUDITOR).create_key("t", owner_id="o")
     await admin_store.close()
     cache = make_cache()
     validator = Validator(store, cache)
@@ -333,7 +334,7 @@ async def test_a_replaced_sqlite_file_flushes_the_follower(tmp_path: Path) -> No
     with sqlite3.connect(path) as source, sqlite3.connect(copy) as target:
         source.backup(target)
     copy_store = SqliteStore(str(copy))
-    await AdminService(copy_store).revoke_key("t", created.record.key_id)
+    await AdminService(copy_store, auditor=AUDITOR).revoke_key("t", created.record.key_id)
     await copy_store.close()
     swap_in(copy, path)
     task = asyncio.create_task(follower.run())

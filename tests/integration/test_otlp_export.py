@@ -9,7 +9,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from keysvc import keys, telemetry
+from keysvc.app import telemetry
+from keysvc.core import keys
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
-from keysvc.errors import InvalidArgumentError
-from keysvc.model import KeyStatus, Policy
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.errors import InvalidArgumentError
+from keysvc.core.model import KeyStatus, Policy
 from keysvc.service._pages import PAGE_TOKEN_TTL_S
 from keysvc.service.admin import AdminService
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from tests._topology import REDIS_KINDS, store_url
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 async def seeded(store: Store, clock: Clock) -> AdminService:
-    admin = AdminService(store, clock=clock)
+    admin = AdminService(store, auditor=AUDITOR, clock=clock)
     for i in range(5):
         await admin.create_key(ACTOR, owner_id="owner-a", name=f"a{i}")
         await admin.create_key(ACTOR, owner_id="owner-b", name=f"b{i}")
@@ -161,7 +162,7 @@ async def test_every_sidecar_on_a_store_shares_one_token_key(stores: Callable[[]
     clock = Clock()
     await seeded(stores(), clock)
     # Fresh services, racing to make the key on first use: they must agree on one.
-    sidecars = [AdminService(stores(), clock=clock) for _ in range(4)]
+    sidecars = [AdminService(stores(), auditor=AUDITOR, clock=clock) for _ in range(4)]
     pages = await asyncio.gather(*(s.list_keys(owner_id="owner-a", page_size=2) for s in sidecars))
     for i, (_, token) in enumerate(pages):
         other = sidecars[(i + 1) % len(sidecars)]

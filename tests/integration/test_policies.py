@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.cache import KeyCache
-from keysvc.errors import ConflictError, FailedPreconditionError
-from keysvc.model import Code, Policy, RateLimit
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import ConflictError, FailedPreconditionError
+from keysvc.core.model import Code, Policy, RateLimit
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
@@ -38,7 +39,7 @@ async def outcomes(store: Store, secrets: list[str]) -> list[tuple[Code, ...]]:
 
 
 async def setup(store: Store) -> tuple[AdminService, list[str]]:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_policy("admin-1", BASE)
     secrets = []
     for scopes in ([], ["read"], ["write"]):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc.errors import ConfigError, StoreUnavailableError
-from keysvc.model import Event, EventType, KeyRecord
-from keysvc.server import make_store
-from keysvc.settings import Settings
-from keysvc.store._redis_topology import CLUSTER, SENTINEL, Topology, parse
-from keysvc.store.redis import RedisStore
+from keysvc.app.server import make_store
+from keysvc.app.settings import Settings
+from keysvc.core.errors import ConfigError, StoreUnavailableError
+from keysvc.core.model import Event, EventType, KeyRecord
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.redis.topology import CLUSTER, SENTINEL, Topology, parse
 from tests._topology import Cluster, SentinelSet
 
 T0 = 1_800_000_000.0

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from keysvc import keys
-from keysvc.cache import KeyCache
-from keysvc.errors import ConflictError, FailedPreconditionError, InvalidArgumentError
-from keysvc.model import Code, EventType, KeyStatus, Policy
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core import keys
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import ConflictError, FailedPreconditionError, InvalidArgumentError
+from keysvc.core.model import Code, EventType, KeyStatus, Policy
 from keysvc.service._requests import REQUEST_WINDOW_S
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
+from keysvc.store.redis.store import RedisStore
 from tests._topology import client_of, current_store_url
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ async def stored_text(store: Store, request: pytest.FixtureRequest, tmp_path: Pa
 async def test_a_retried_create_makes_no_second_key_and_reissues_the_secret(
     store: Store, request: pytest.FixtureRequest, tmp_path: Path,
 ) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     first, lost_secret = await admin.create_key(ADMIN, owner_id="o", name="n", request_id=RID)
     assert not first.secret_reissued
     again, secret = await admin.create_key(ADMIN, owner_id="o", name="n", request_id=RID)
@@ -99,7 +100,7 @@ async def test_a_retried_create_makes_no_second_key_and_reissues_the_secret(
 
 
 async def test_same_id_different_request_is_refused(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     await admin.create_key(ADMIN, owner_id="o", name="n", request_id=RID)
     with pytest.raises(FailedPreconditionError) as info:
         await admin.create_key(ADMIN, owner_id="o", name="other", request_id=RID)
@@ -111,7 +112,7 @@ async def test_same_id_different_request_is_refused(store: Store) -> None:
 
 
 async def test_request_ids_are_scoped_to_the_actor_and_validated(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     mine, _ = await admin.create_key(ADMIN, owner_id="o", request_id=RID)
     theirs, _ = await admin.create_key(OTHER_ADMIN, owner_id="o", request_id=RID)
     assert mine.record.key_id != theirs.record.key_id and not theirs.secret_reissued
@@ -124,7 +125,7 @@ async def test_request_ids_are_scoped_to_the_actor_and_validated(store: Store) -
 
 async def test_a_request_id_is_forgotten_after_its_window(store: Store) -> None:
     clock = Clock(time.time())  # Redis expires marks by its own clock
-    admin = AdminService(store, clock=clock)
+    admin = AdminService(store, auditor=AUDITOR, clock=clock)
     first, _ = await admin.create_key(ADMIN, owner_id="o", request_id=RID)
     clock.now += REQUEST_WINDOW_S - 60
     assert (await admin.create_key(ADMIN, owner_id="o", request_id=RID))[0].secret_reissued
@@ -134,7 +135,7 @@ async def test_a_request_id_is_forgotten_after_its_window(store: Store) -> None:
 
 
 async def test_a_retried_rotation_makes_no_second_rotation(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     key, old_secret = await admin.create_key(ADMIN, owner_id="o")
     new, lost_secret, previous = await admin.rotate_key(ADMIN, key.record.key_id, 3600, RID)
     # Today's failure: a retry without the mark is refused ("being revoked") and
@@ -153,7 +154,7 @@ async def test_a_retried_rotation_makes_no_second_rotation(store: Store) -> None
 
 
 async def test_no_reissue_once_the_key_changed(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     first, secret = await admin.create_key(ADMIN, owner_id="o", request_id=RID)
     await admin.update_key(ADMIN, first.record.key_id, {"name": "used"})
     with pytest.raises(FailedPreconditionError):
@@ -162,7 +163,7 @@ async def test_no_reissue_once_the_key_changed(store: Store) -> None:
 
 
 async def test_retried_revoke_and_update_return_the_first_outcome(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     key, _ = await admin.create_key(ADMIN, owner_id="o")
     key_id = key.record.key_id
     updated = await admin.update_key(ADMIN, key_id, {"name": "x"}, request_id="upd-1")
@@ -176,7 +177,7 @@ async def test_retried_revoke_and_update_return_the_first_outcome(store: Store) 
 
 
 async def test_retried_policy_writes_make_no_second_version(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     created = await admin.create_policy(ADMIN, Policy("p", 0, 0.0, 0.0, scopes=("a",)), "pc-1")
     assert (await admin.create_policy(ADMIN, Policy("p", 0, 0.0, 0.0, scopes=("a",)), "pc-1")) == created
     proposed = Policy("p", 0, 0.0, 0.0, scopes=("a", "b"))
@@ -195,7 +196,7 @@ async def test_retried_policy_writes_make_no_second_version(store: Store) -> Non
 
 
 async def test_concurrent_attempts_of_one_request_make_one_key(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     results = await asyncio.gather(
         *(admin.create_key(ADMIN, owner_id="o", request_id=RID) for _ in range(5)),
         return_exceptions=True,
@@ -206,7 +207,7 @@ async def test_concurrent_attempts_of_one_request_make_one_key(store: Store) -> 
 
 
 async def test_concurrent_attempts_of_one_rotation_make_one_rotation(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     key, _ = await admin.create_key(ADMIN, owner_id="o")
     results = await asyncio.gather(
         *(admin.rotate_key(ADMIN, key.record.key_id, 60, RID) for _ in range(5)),
@@ -226,7 +227,7 @@ async def test_replays_are_audited_and_their_secrets_never_logged(store: Store) 
 
     from keysvc.testing import capture_logs, capture_spans
 
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     with capture_spans() as spans, capture_logs() as logs:
         key, lost = await admin.create_key(ADMIN, owner_id="o", request_id=RID)
         _, reissued = await admin.create_key(ADMIN, owner_id="o", request_id=RID)

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from keysvc.cache import KeyCache
-from keysvc.errors import NotFoundError
-from keysvc.model import Code, Policy
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import NotFoundError
+from keysvc.core.model import Code, Policy
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
@@ -26,7 +27,7 @@ def span_text(span: object) -> str:
 
 
 async def test_no_secret_in_spans_or_logs(store: Store) -> None:
-    admin = AdminService(store)
+    admin = AdminService(store, auditor=AUDITOR)
     validator = Validator(store, KeyCache(max_keys=10, ttl_s=30, negative_max=10, negative_ttl_s=1,
                                           stale_window_s=5))
     with capture_spans() as spans, capture_logs() as logs:

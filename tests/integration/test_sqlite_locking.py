@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.errors import StoreUnavailableError
-from keysvc.model import Event, EventType, KeyRecord
-from keysvc.server import make_store
-from keysvc.settings import Settings
-from keysvc.store.sqlite import SqliteStore
+from keysvc.app.server import make_store
+from keysvc.app.settings import Settings
+from keysvc.core.errors import StoreUnavailableError
+from keysvc.core.model import Event, EventType, KeyRecord
+from keysvc.store.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 

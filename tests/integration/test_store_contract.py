@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from keysvc.errors import (
+from keysvc.core.errors import (
     AlreadyExistsError,
     ConflictError,
     CursorExpiredError,
@@ -23,10 +23,10 @@ from keysvc.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.core.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit, TakeRequest
 from keysvc.store.base import RequestMark, Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 from tests._topology import REDIS_KINDS, flush, store_url
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,8 @@ class Backend:
     def make(self, **kw: Any) -> Store:
         store: Store
         if self.kind == "sqlite":
-            store = SqliteStore(str(self.path), poll_interval_s=0.01, **kw)
+            kw.setdefault("poll_interval_s", 0.01)
+            store = SqliteStore(str(self.path), **kw)
         else:
             # The caller's clock: the rules are tested at fixed instants
             # (test_counters.py covers Redis's own clock).
@@ -321,7 +322,7 @@ async def test_every_change_appends_one_event(store: Store) -> None:
     assert len(set(order)) == 6
     assert await store.last_cursor() == cursor
     # Counters, quotas, touches and meta are not lifecycle changes.
-    await store.take("k1", 1, RateLimit(5, 10), False, None, T0)
+    await store.take(TakeRequest("k1", 1, RateLimit(5, 10), False, None, T0))
     await store.set_quota("k1", 3)
     await store.touch({"k1": T0})
     await store.set_meta("m", "v")
@@ -340,7 +341,10 @@ async def test_read_events_after_a_cursor(store: Store) -> None:
             await store.read_events(bad, 10, 0)
 
 
-async def test_blocking_read_wakes_on_append(store: Store) -> None:
+async def test_blocking_read_wakes_on_append(backend: Backend) -> None:
+    # SQLite polls for other processes' events; a poll far beyond the wait below
+    # leaves only the in-process wake-up to deliver this one.
+    store = backend.make(**({"poll_interval_s": 3600.0} if backend.kind == "sqlite" else {}))
     start = await store.append_event(ev(key_id="k0"))
     started = time.monotonic()
     assert await store.read_events(start, 10, 0.2) == []
@@ -384,31 +388,31 @@ async def test_cursor_expires_after_reset(backend: Backend) -> None:
 
 
 async def test_take_without_limits_is_allowed(store: Store) -> None:
-    result = await store.take("k1", 1, None, False, None, T0)
+    result = await store.take(TakeRequest("k1", 1, None, False, None, T0))
     assert result.allowed
     assert (result.rate_limit, result.quota_remaining) == (None, None)
 
 
 async def test_rate_limit_fixed_window(store: Store) -> None:
     limit = RateLimit(requests=3, window_s=10)
-    results = [await store.take("k1", 1, limit, False, None, T0 + 1 + i) for i in range(4)]
+    results = [await store.take(TakeRequest("k1", 1, limit, False, None, T0 + 1 + i)) for i in range(4)]
     assert [r.allowed for r in results] == [True, True, True, False]
     assert [r.rate_limit.remaining for r in results if r.rate_limit] == [2, 1, 0, 0]
     assert results[3].rate_limited
     assert {r.rate_limit.reset_at for r in results if r.rate_limit} == {T0 + 10}
     assert {r.rate_limit.limit for r in results if r.rate_limit} == {3}
-    nxt = await store.take("k1", 1, limit, False, None, T0 + 10)
+    nxt = await store.take(TakeRequest("k1", 1, limit, False, None, T0 + 10))
     assert nxt.allowed
     assert nxt.rate_limit is not None
     assert (nxt.rate_limit.remaining, nxt.rate_limit.reset_at) == (2, T0 + 20)
-    other = await store.take("k2", 1, limit, False, None, T0 + 1)
+    other = await store.take(TakeRequest("k2", 1, limit, False, None, T0 + 1))
     assert other.allowed
 
 
 async def test_quota_is_exact_under_concurrency(store: Store) -> None:
     await store.create_key(rec("k1", has_quota=True), 150, ev())
     results = await asyncio.gather(
-        *(store.take("k1", 1, None, True, None, T0 + 1) for _ in range(200))
+        *(store.take(TakeRequest("k1", 1, None, True, None, T0 + 1)) for _ in range(200))
     )
     assert sum(r.allowed for r in results) == 150
     assert all(not r.rate_limited for r in results)
@@ -419,20 +423,20 @@ async def test_quota_is_exact_under_concurrency(store: Store) -> None:
 async def test_nothing_is_taken_when_one_refuses(store: Store) -> None:
     limit = RateLimit(requests=5, window_s=60)
     await store.set_quota("k1", 2)
-    refused = await store.take("k1", 3, limit, True, None, T0)
+    refused = await store.take(TakeRequest("k1", 3, limit, True, None, T0))
     assert not refused.allowed
     assert not refused.rate_limited
     assert refused.quota_remaining == 2
     assert refused.rate_limit is not None
     assert refused.rate_limit.remaining == 5
-    ok = await store.take("k1", 2, limit, True, None, T0)
+    ok = await store.take(TakeRequest("k1", 2, limit, True, None, T0))
     assert ok.allowed
     assert ok.rate_limit is not None
     assert (ok.quota_remaining, ok.rate_limit.remaining) == (0, 4)
     await store.set_quota("k2", 10)
     tight = RateLimit(requests=1, window_s=60)
-    assert (await store.take("k2", 1, tight, True, None, T0)).allowed
-    second = await store.take("k2", 1, tight, True, None, T0)
+    assert (await store.take(TakeRequest("k2", 1, tight, True, None, T0))).allowed
+    second = await store.take(TakeRequest("k2", 1, tight, True, None, T0))
     assert (second.allowed, second.rate_limited, second.quota_remaining) == (False, True, 9)
     assert await store.get_quota("k2") == 9
 
@@ -440,30 +444,30 @@ async def test_nothing_is_taken_when_one_refuses(store: Store) -> None:
 async def test_quota_refill(store: Store) -> None:
     refill = QuotaRefill(amount=5, interval_s=60)
     await store.create_key(rec("k1", has_quota=True), 2, ev())
-    assert (await store.take("k1", 2, None, True, refill, T0 + 1)).quota_remaining == 0
-    refused = await store.take("k1", 1, None, True, refill, T0 + 59)
+    assert (await store.take(TakeRequest("k1", 2, None, True, refill, T0 + 1))).quota_remaining == 0
+    refused = await store.take(TakeRequest("k1", 1, None, True, refill, T0 + 59))
     assert (refused.allowed, refused.quota_remaining) == (False, 0)
-    refilled = await store.take("k1", 1, None, True, refill, T0 + 61)
+    refilled = await store.take(TakeRequest("k1", 1, None, True, refill, T0 + 61))
     assert (refilled.allowed, refilled.quota_remaining) == (True, 4)
     # The cadence is kept: the next reset is due at T0 + 120, not T0 + 121.
-    await store.take("k1", 4, None, True, refill, T0 + 62)
-    assert not (await store.take("k1", 1, None, True, refill, T0 + 119)).allowed
-    assert (await store.take("k1", 1, None, True, refill, T0 + 120)).quota_remaining == 4
+    await store.take(TakeRequest("k1", 4, None, True, refill, T0 + 62))
+    assert not (await store.take(TakeRequest("k1", 1, None, True, refill, T0 + 119))).allowed
+    assert (await store.take(TakeRequest("k1", 1, None, True, refill, T0 + 120))).quota_remaining == 4
     # A counter that is missing is not made full by a refill: it refuses.
-    missing = await store.take("k2", 1, None, True, refill, T0)
+    missing = await store.take(TakeRequest("k2", 1, None, True, refill, T0))
     assert (missing.allowed, missing.quota_missing, missing.quota_remaining) == (False, True, None)
 
 
 async def test_removed_quota_counter_refuses_a_take_that_asks_for_it(store: Store) -> None:
     await store.set_quota("k1", 0)
-    assert not (await store.take("k1", 1, None, True, None, T0)).allowed
+    assert not (await store.take(TakeRequest("k1", 1, None, True, None, T0))).allowed
     await store.set_quota("k1", None)
     assert await store.get_quota("k1") is None
     # A key without a quota takes without one...
-    result = await store.take("k1", 1, None, False, None, T0)
+    result = await store.take(TakeRequest("k1", 1, None, False, None, T0))
     assert (result.allowed, result.quota_remaining) == (True, None)
     # ...while a quota asked for and not found refuses (a lost counter is not "unlimited").
-    lost = await store.take("k1", 1, None, True, None, T0)
+    lost = await store.take(TakeRequest("k1", 1, None, True, None, T0))
     assert (lost.allowed, lost.rate_limited, lost.quota_missing) == (False, False, True)
     with pytest.raises(InvalidArgumentError):
         await store.set_quota("k1", -1)
@@ -492,7 +496,7 @@ async def test_redis_unreachable_raises_store_unavailable(free_tcp_port: int) ->
         with pytest.raises(StoreUnavailableError):
             await store.create_key(rec("k1"), 5, ev())
         with pytest.raises(StoreUnavailableError):
-            await store.take("k1", 1, RateLimit(1, 1), True, None, T0)
+            await store.take(TakeRequest("k1", 1, RateLimit(1, 1), True, None, T0))
         with pytest.raises(StoreUnavailableError):
             await store.read_events("", 10, 0.5)
     finally:
@@ -510,7 +514,7 @@ async def test_redis_lifecycle_keys_share_one_slot(redis_url: str) -> None:
         await store.put_policy_version(pol("p1", 2), ev())
         await store.set_meta("m", "v")
         await store.append_event(ev())
-        await store.take("k1", 1, RateLimit(5, 60), True, None, T0)
+        await store.take(TakeRequest("k1", 1, RateLimit(5, 60), True, None, T0))
         await store.touch({"k1": T0})
         client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         names = [name async for name in client.scan_iter(count=1000)]

@@ -16,15 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from keysvc import keys
-from keysvc.api._authz import Authorizer, AuthzConfig, AuthzResult
-from keysvc.api.extauthz import _MAX_RESPONSES, AuthorizationServicer
-from keysvc.cache import KeyCache
-from keysvc.model import Code
-from keysvc.routes import Routes
+from keysvc.api.authz import Authorizer, AuthzConfig, AuthzResult
+from keysvc.api.envoy.extauthz import _MAX_RESPONSES, AuthorizationServicer
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core import keys
+from keysvc.core.cache import KeyCache
+from keysvc.core.model import Code
+from keysvc.core.routes import Routes
 from keysvc.service.admin import AdminService
 from keysvc.service.validator import ValidationRequest, Validator
-from keysvc.store.redis import RedisStore
+from keysvc.store.redis.store import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ async def test_hits_write_behind_negative_entries_and_memo_eviction_under_thread
     store = RedisStore(redis_url, timeout_s=2.0)
     try:
         await store.ping()
-        admin = AdminService(store)
+        admin = AdminService(store, auditor=AUDITOR)
         secrets = [(await admin.create_key("t", owner_id=f"o{i}"))[1] for i in range(16)]
         # A negative TTL of zero-ish: threads keep finding expired entries and dropping them.
         cache = KeyCache(max_keys=1000, ttl_s=3600.0, negative_max=8, negative_ttl_s=1e-4,

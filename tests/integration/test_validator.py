@@ -9,15 +9,16 @@ from typing import Any
 
 import pytest
 
-from keysvc import keys
-from keysvc.cache import KeyCache
-from keysvc.model import Code, Policy, RateLimit
+from keysvc.app.telemetry import AUDITOR
+from keysvc.core import keys
+from keysvc.core.cache import KeyCache
+from keysvc.core.model import Code, Policy, RateLimit
 from keysvc.service.admin import AdminService
 from keysvc.service.events import EventFollower
 from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.store.base import Store
-from keysvc.store.redis import RedisStore
-from keysvc.store.sqlite import SqliteStore
+from keysvc.store.redis.store import RedisStore
+from keysvc.store.sqlite.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,7 @@ async def test_malformed_keys_never_reach_the_store(store: CountingStore) -> Non
 
 
 async def test_hit_skips_the_store_and_miss_reads_once(store: CountingStore) -> None:
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     _, secret = await admin.create_key("t", owner_id="o", scopes=["read"])
     validator = Validator(store, make_cache())  # type: ignore[arg-type]
     store.calls.clear()
@@ -81,7 +82,7 @@ async def test_hit_skips_the_store_and_miss_reads_once(store: CountingStore) -> 
 
 
 async def test_cache_disabled_reads_once_per_call(store: CountingStore) -> None:
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     _, secret = await admin.create_key("t", owner_id="o")
     validator = Validator(store, make_cache(ttl_s=0.0))  # type: ignore[arg-type]
     store.calls.clear()
@@ -108,7 +109,7 @@ async def test_negative_cache_is_bounded(store: CountingStore) -> None:
 
 async def _policy_key_world(store: CountingStore) -> tuple[AdminService, str, Validator, EventFollower]:
     """Policy "p" (read, write), a key under it, and a validator whose cache follows the events."""
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read", "write")))
     _, secret = await admin.create_key("t", owner_id="o", policy_id="p")
     cache = make_cache()
@@ -152,7 +153,7 @@ async def test_a_cached_key_answers_with_one_valid_decision_until_its_policy_cha
 async def test_store_down_serves_cached_keys_within_the_stale_window(tmp_path: Path) -> None:
     store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.05, retries=0)
     sqlite = SqliteStore(str(tmp_path / "s.db"))
-    admin = AdminService(sqlite)
+    admin = AdminService(sqlite, auditor=AUDITOR)
     _, cached_secret = await admin.create_key("t", owner_id="o")
     record = await sqlite.get_key_by_hash(keys.hash_key(cached_secret))
     assert record is not None
@@ -175,7 +176,7 @@ async def test_store_down_serves_cached_keys_within_the_stale_window(tmp_path: P
 
 
 async def test_over_limit_keys_are_refused_locally_until_the_window_resets(store: CountingStore) -> None:
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     await admin.create_policy("t", Policy("lim", 0, 0.0, 0.0, rate_limit=RateLimit(3, 3600)))
     _, secret = await admin.create_key("t", owner_id="o", policy_id="lim")
     validator = Validator(store, make_cache())  # type: ignore[arg-type]
@@ -194,7 +195,7 @@ async def test_redis_miss_is_exactly_one_round_trip(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
     store = RedisStore(redis_url, timeout_s=1.0)
-    _, secret = await AdminService(store).create_key("t", owner_id="o")
+    _, secret = await AdminService(store, auditor=AUDITOR).create_key("t", owner_id="o")
     validator = Validator(store, make_cache(ttl_s=0.0))
     await validator.validate(ValidationRequest(secret))  # connect first
     probe = aioredis.Redis.from_url(redis_url)
@@ -209,7 +210,7 @@ async def test_redis_miss_is_exactly_one_round_trip(redis_url: str) -> None:
 
 
 async def test_last_used_is_write_behind_and_bounded(store: CountingStore) -> None:
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     secrets = [(await admin.create_key("t", owner_id="o"))[1] for _ in range(5)]
     validator = Validator(store, make_cache(), last_used_max=3)  # type: ignore[arg-type]
     store.calls.clear()
@@ -224,7 +225,7 @@ async def test_last_used_is_write_behind_and_bounded(store: CountingStore) -> No
 
 
 async def test_a_batch_reads_all_its_misses_in_one_store_call(store: CountingStore) -> None:
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     await admin.create_policy("t", Policy("p", 0, 0.0, 0.0, scopes=("read",)))
     _, with_policy = await admin.create_key("t", owner_id="o", policy_id="p")
     _, plain = await admin.create_key("t", owner_id="o", scopes=("write",))
@@ -247,7 +248,7 @@ async def test_redis_batch_is_one_round_trip(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
     store = RedisStore(redis_url, timeout_s=1.0)
-    secrets = [(await AdminService(store).create_key("t", owner_id="o"))[1] for _ in range(10)]
+    secrets = [(await AdminService(store, auditor=AUDITOR).create_key("t", owner_id="o"))[1] for _ in range(10)]
     batch = [ValidationRequest(s) for s in secrets + [keys.generate().secret for _ in range(90)]]
     validator = Validator(store, make_cache())
     await store.ping()  # connect first
@@ -312,7 +313,7 @@ async def test_a_burst_beyond_the_in_flight_bound_waits_for_a_slot_on_a_healthy_
     """Against a store that answers, a burst of twice the bound is served, not refused."""
     import asyncio
 
-    admin = AdminService(store)  # type: ignore[arg-type]
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
     secrets = [(await admin.create_key("t", owner_id="o"))[1] for _ in range(8)]
     validator = Validator(store, make_cache(), max_store_inflight=4, store_budget_s=30.0)  # type: ignore[arg-type]
     decisions = await asyncio.gather(*(validator.validate(ValidationRequest(s)) for s in secrets))

@@ -1,4 +1,4 @@
-"""keysvc.api._authz: credentials, client address, and Decision -> AuthzResult, without a server."""
+"""keysvc.api.authz: credentials, client address, and Decision -> AuthzResult, without a server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.api._authz import (
+from keysvc.api.authz import (
     AMBIGUOUS_CREDENTIALS,
     KEY_ID_HEADER,
     MISSING_CREDENTIALS,
@@ -18,9 +18,9 @@ from keysvc.api._authz import (
     find_credential,
     result_for,
 )
-from keysvc.api.extauthz import check_response
-from keysvc.model import Code, Decision, KeyRecord, Policy, QuotaRefill, RateLimitState
-from keysvc.routes import RouteRule, Routes
+from keysvc.api.envoy.extauthz import check_response
+from keysvc.core.model import Code, Decision, KeyRecord, Policy, QuotaRefill, RateLimitState
+from keysvc.core.routes import RouteRule, Routes
 from keysvc.service.validator import ValidationRequest
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""keysvc.cache: LRU of key records, negative cache, policies, epochs, what is kept per key."""
+"""keysvc.core.cache: LRU of key records, negative cache, policies, epochs, what is kept per key."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from keysvc.cache import CachedKey, KeyCache, cached_record
-from keysvc.model import KeyRecord, Policy
+from keysvc.core.cache import CachedKey, KeyCache, cached_record
+from keysvc.core.model import KeyRecord, Policy
 
 pytestmark = pytest.mark.unit
 

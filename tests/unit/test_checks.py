@@ -1,4 +1,4 @@
-"""keysvc.service._checks: bounds on admin request fields."""
+"""keysvc.service.checks: bounds on admin request fields."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from keysvc.errors import InvalidArgumentError
-from keysvc.keys import generate, new_key_id
-from keysvc.service import _checks as check
+from keysvc.core.errors import InvalidArgumentError
+from keysvc.core.keys import generate, new_key_id
 from keysvc.service import _requests as requests
+from keysvc.service import checks as check
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""keysvc.cli.parse_duration: the CLI's duration arguments."""
+"""keysvc.app.cli.main.parse_duration: the CLI's duration arguments."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from keysvc.cli import parse_duration
+from keysvc.app.cli.main import parse_duration
 
 pytestmark = pytest.mark.unit
 

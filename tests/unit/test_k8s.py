@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from keysvc.health import LIVENESS, READINESS
+from keysvc.app.health import LIVENESS, READINESS
 
 pytestmark = pytest.mark.unit
 

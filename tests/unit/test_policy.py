@@ -1,4 +1,4 @@
-"""keysvc.policy: evaluate() and diff()."""
+"""keysvc.core.policy: evaluate() and diff()."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from keysvc.model import ADMIN_SCOPE, Code, KeyRecord, Policy, QuotaRefill, RateLimit
-from keysvc.policy import PolicyDiff, diff, effective_scopes, evaluate
+from keysvc.core.model import ADMIN_SCOPE, Code, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.core.policy import PolicyDiff, diff, effective_scopes, evaluate
 
 pytestmark = pytest.mark.unit
 

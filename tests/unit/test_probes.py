@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keysvc.health import LIVENESS, READINESS
+from keysvc.app.health import LIVENESS, READINESS
 
 pytestmark = pytest.mark.unit
 

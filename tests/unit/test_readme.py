@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.settings import markdown_table
+from keysvc.app.settings import markdown_table
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,7 @@ def test_configuration_table_matches_settings() -> None:
     start, end = "<!-- settings:start -->\n", "\n<!-- settings:end -->"
     assert start in text and end in text
     table = text.split(start, 1)[1].split(end, 1)[0]
-    assert table == markdown_table(), "regenerate with: python -c 'from keysvc.settings import markdown_table as t; print(t())'"
+    assert table == markdown_table(), "regenerate with: python -c 'from keysvc.app.settings import markdown_table as t; print(t())'"
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from keysvc.errors import StoreUnavailableError
-from keysvc.store._redis_io import Caller
+from keysvc.core.errors import StoreUnavailableError
+from keysvc.store.redis.io import Caller
 
 pytestmark = pytest.mark.unit
 

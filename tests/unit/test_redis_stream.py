@@ -1,4 +1,4 @@
-"""keysvc.store._redis_stream.check_cursor: every XINFO STREAM shape a lost log can take."""
+"""keysvc.store.redis.stream.check_cursor: every XINFO STREAM shape a lost log can take."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from keysvc.errors import CursorExpiredError
-from keysvc.store._redis_stream import ORIGIN, check_cursor, end_of
+from keysvc.core.errors import CursorExpiredError
+from keysvc.store.redis.stream import ORIGIN, check_cursor, end_of
 
 pytestmark = pytest.mark.unit
 

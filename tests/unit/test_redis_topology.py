@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from keysvc.store._redis_io import make_client
+from keysvc.store.redis.io import make_client
 
 pytestmark = pytest.mark.unit
 

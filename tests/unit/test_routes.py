@@ -1,4 +1,4 @@
-"""keysvc.routes: matching, normalization, and refusing bad route files."""
+"""keysvc.core.routes: matching, normalization, and refusing bad route files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keysvc.errors import ConfigError
-from keysvc.routes import RouteRule, Routes, load_routes, normalize_path, parse_routes, path_problem
+from keysvc.app.startup import load_routes
+from keysvc.core.errors import ConfigError
+from keysvc.core.routes import RouteRule, Routes, normalize_path, parse_routes, path_problem
 
 pytestmark = pytest.mark.unit
 

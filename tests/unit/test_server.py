@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc.server import grpc_stack
+from keysvc.app.server import grpc_stack
 
 pytestmark = pytest.mark.unit
 

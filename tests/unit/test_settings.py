@@ -1,4 +1,4 @@
-"""keysvc.settings: defaults, KEYSVC_* parsing, overrides, validation."""
+"""keysvc.app.settings: defaults, KEYSVC_* parsing, overrides, validation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keysvc import settings
-from keysvc.errors import ConfigError
-from keysvc.settings import Settings, env_name, load
+from keysvc.app import settings
+from keysvc.app.settings import Settings, env_name, load
+from keysvc.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

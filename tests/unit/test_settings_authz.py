@@ -1,11 +1,11 @@
-"""keysvc.settings: the forward-auth and ext_authz settings and their parsers."""
+"""keysvc.app.settings: the forward-auth and ext_authz settings and their parsers."""
 
 from __future__ import annotations
 
 import pytest
 
-from keysvc.errors import ConfigError
-from keysvc.settings import Settings, header_names, load, split_listen
+from keysvc.app.settings import Settings, header_names, load, split_listen
+from keysvc.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

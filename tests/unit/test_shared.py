@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc._shared import SharedValues
+from keysvc.core.shared import SharedValues
 
 pytestmark = pytest.mark.unit
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from keysvc.errors import InvalidArgumentError
-from keysvc.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
-from keysvc.store import _codec
+from keysvc.core.errors import InvalidArgumentError
+from keysvc.core.model import Event, EventType, KeyRecord, Policy, QuotaRefill, RateLimit
+from keysvc.store import codec as _codec
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from keysvc.supervisor import TaskSupervisor
+from keysvc.app.supervisor import TaskSupervisor
 from keysvc.testing import capture_logs
 
 pytestmark = pytest.mark.unit

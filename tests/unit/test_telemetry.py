@@ -16,9 +16,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from keysvc import keys, telemetry
-from keysvc.errors import ConfigError
-from keysvc.telemetry import (
+from keysvc.app import telemetry
+from keysvc.app.telemetry import (
     REDACTED,
     audit_span,
     audit_tracer,
@@ -27,6 +26,8 @@ from keysvc.telemetry import (
     redact_value,
     request_tracer,
 )
+from keysvc.core import keys
+from keysvc.core.errors import ConfigError
 from keysvc.testing import capture_logs, capture_spans
 
 pytestmark = pytest.mark.unit

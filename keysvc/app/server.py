@@ -1,0 +1,403 @@
+"""Wires keysvc together: the only module that builds concrete classes.
+
+Listeners, health, reflection, the supervised background tasks (event
+follower, last-used writer, deadline announcer, store probe), and graceful
+shutdown (SIGTERM: readiness NOT_SERVING, drain, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import os
+import signal
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import grpc
+import structlog
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from keysvc.api.authz import Authorizer, AuthzConfig
+from keysvc.api.envoy.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
+from keysvc.api.grpc.auth import AdminAuth
+from keysvc.api.grpc.bridge import Bridge, threaded_servicer
+from keysvc.api.grpc.keyservice import KeyServiceServicer
+from keysvc.app import startup as _startup
+from keysvc.app import telemetry
+from keysvc.app.health import HealthState, probe_store, redact_url
+from keysvc.app.settings import Settings, env_name, header_names, split_listen
+from keysvc.app.supervisor import TaskSupervisor, Watchdog, cancel_all
+from keysvc.core.cache import KeyCache
+from keysvc.core.errors import ConfigError, StoreUnavailableError
+from keysvc.core.routes import Routes
+from keysvc.service.admin import AdminService
+from keysvc.service.deadlines import DeadlineAnnouncer
+from keysvc.service.events import EventFollower, EventLog, FollowerState
+from keysvc.service.validator import Validator
+from keysvc.store.base import Store
+from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+if TYPE_CHECKING:
+    from keysvc.api.http.forward_auth import HttpListener
+
+__all__ = ["EVENTS_HEALTH", "App", "build", "grpc_stack", "make_store", "serve"]
+
+log = structlog.get_logger("keysvc.server")
+
+KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+EVENTS_HEALTH = "keysvc.events"
+"""gRPC health name of the event follower: NOT_SERVING while its task is down or it is behind."""
+_LAST_USED_FLUSH_S = 1.0
+
+
+def make_store(settings: Settings) -> Store:
+    """Build the store the settings name (the one place a backend is chosen).
+
+    Raises:
+        ConfigError: the store URL cannot be parsed.
+    """
+    timeout_s = settings.store_timeout_ms / 1000
+    if settings.store.startswith("sqlite://"):
+        from keysvc.store.sqlite.store import SqliteStore
+
+        return SqliteStore(
+            _startup.sqlite_path(settings), event_retention=settings.event_retention,
+            poll_interval_s=settings.event_poll_ms / 1000, busy_timeout_s=timeout_s,
+        )
+    from keysvc.store.redis.store import RedisStore
+
+    try:
+        database = urlsplit(settings.store).path.strip("/") if settings.store.startswith("redis") else ""
+        if database and not (database.isascii() and database.isdigit()):
+            # redis-py quietly uses database 0 for a path it cannot read as an int.
+            raise ValueError("the database must be a number >= 0, as in redis://host:port/0")
+        return RedisStore(
+            settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
+            retries=settings.store_retries, event_retention=settings.event_retention,
+        )
+    except ValueError as exc:  # redis-py cannot parse the URL: it will never work
+        raise ConfigError(f"{env_name('store')}: {redact_url(str(exc), settings.store)}") from None
+
+
+def grpc_stack(choice: str, cpus: int | None = None) -> str:
+    """The gRPC stack to serve on: `choice`, with "auto" decided by the CPUs this process may use.
+
+    Measured (README, Performance): confined to one CPU, the synchronous
+    grpc.server carries a call for less CPU than grpc.aio; free to run on
+    several, its threads hand the GIL from core to core and grpc.aio wins.
+
+    Args:
+        choice: the `grpc_stack` setting: auto, sync or aio.
+        cpus: CPUs in this process's affinity mask (default: read it).
+    """
+    if choice != "auto":
+        return choice
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return "sync" if cpus == 1 else "aio"
+
+
+@dataclass
+class App:
+    """A built, not yet started, keysvc process."""
+
+    settings: Settings
+    store: Store
+    cache: KeyCache
+    validator: Validator
+    admin: AdminService
+    follower: EventFollower
+    health: Any
+    authorizer: Authorizer
+    stack: str  # the gRPC stack, "sync" or "aio" ("auto" decided)
+    supervisor: TaskSupervisor
+    status: HealthState  # readiness, liveness and per-component health, published to `health`
+    reuse_port: bool = False  # one of a `--workers` set: share the reserved ports
+    servers: list[aio.Server | grpc.Server] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    http: HttpListener | None = None  # forward-auth, when `http_listen` is set
+    watchdog: Watchdog | None = None  # liveness on the sync stack (grpc.aio answers health on the loop)
+
+    @property
+    def serving(self) -> bool:
+        """What readiness says now (the HTTP /healthz reads it)."""
+        return self.status.ready
+
+
+def _authz_config(settings: Settings) -> AuthzConfig:
+    """Routes (read once, here) and credential settings for ext_authz and forward-auth."""
+    routes = Routes()
+    if settings.authz_routes:
+        try:
+            routes = _startup.load_routes(settings.authz_routes)
+        except ConfigError as exc:
+            raise ConfigError(f"{env_name('authz_routes')}: {exc}") from None
+    return AuthzConfig(routes, header_names(settings.authz_key_headers), settings.authz_trusted_proxy_depth)
+
+
+def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = False) -> App:
+    """Assemble the objects of one process (no network I/O yet; reads the routes file).
+
+    Args:
+        settings: the resolved settings.
+        store: the store to use (default: the one the settings name).
+        reuse_port: this process is one of a `--workers` set sharing reserved ports.
+
+    Raises:
+        ConfigError: the routes file is missing or invalid.
+    """
+    store = store or make_store(settings)
+    cache = KeyCache(
+        max_keys=settings.cache_size, ttl_s=settings.cache_ttl_s,
+        negative_max=settings.negative_cache_size, negative_ttl_s=settings.negative_ttl_s,
+        stale_window_s=settings.stale_window_s,
+    )
+    validator = Validator(
+        store, cache, fail_open=settings.fail_open, last_used_max=settings.cache_size,
+        max_store_inflight=settings.max_store_inflight,
+        store_budget_s=settings.store_timeout_ms / 1000 * (1 + settings.store_retries),
+    )
+    follower = EventFollower(
+        store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
+    )
+    admin = AdminService(
+        store, auditor=telemetry.AUDITOR, default_prefix=settings.key_prefix, on_change=follower.apply_local
+    )
+    # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
+    stack = grpc_stack(settings.grpc_stack)
+    checks = health.HealthServicer() if stack == "sync" else health_aio.HealthServicer()
+    supervisor = TaskSupervisor()
+    status = HealthState(checks, (KEYSERVICE, AUTHORIZATION_SERVICE), supervisor,
+                         {"events": lambda: follower.state is FollowerState.FOLLOWING})
+    supervisor.on_change = status.publish  # a task up or down changes readiness
+    return App(settings, store, cache, validator, admin, follower, checks,
+               Authorizer(validator, _authz_config(settings)), stack, supervisor, status,
+               reuse_port=reuse_port)
+
+
+def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
+    """One gRPC server on the configured stack, serving every service keysvc has."""
+    s = app.settings
+    # SO_REUSEPORT only within a worker set: a lone process shares its port with nobody.
+    options = [("grpc.max_receive_message_length", s.max_request_bytes),
+               ("grpc.so_reuseport", int(app.reuse_port))]
+    auth = AdminAuth(app.validator, app.admin.authority, telemetry.AUDITOR, admin_enabled=admin_enabled)
+    keyservice = auth.protect(
+        KeyServiceServicer(app.validator, app.admin, EventLog(app.store))
+    )
+    authorization: Any = AuthorizationServicer(app.authorizer)
+    server: aio.Server | grpc.Server
+    if app.stack == "sync":
+        # No interceptors on either stack: they would run on every Validate.
+        server = grpc.server(futures.ThreadPoolExecutor(s.grpc_threads, thread_name_prefix="grpc"),
+                             options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        # WatchEvents streams hold a thread each: they may take at most a quarter of the pool;
+        # streams and calls waiting on the loop (misses, admin RPCs) together at most three
+        # quarters: the last quarter always answers hits.
+        bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4),
+                        max_held=s.grpc_threads - max(1, s.grpc_threads // 4))
+        blocking = {"Validate": functools.partial(keyservice.validate_blocking, bridge=bridge)}
+        keyservice = threaded_servicer(keyservice, keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"],
+                                       bridge, blocking)
+        authorization = threaded_servicer(
+            authorization, external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"], bridge,
+            {"Check": functools.partial(authorization.check_blocking, bridge=bridge)},
+        )
+    else:
+        server = aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(keyservice, server)  # type: ignore[no-untyped-call]
+    # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    names = (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
+    reflection.enable_server_reflection(names, server)
+    # grpcio-reflection ships only v1alpha; v1 is the same messages under a new name (grpcurl asks it first).
+    v1 = (reflection_aio if isinstance(server, aio.Server) else reflection).ReflectionServicer(names)
+    info = grpc.stream_stream_rpc_method_handler(v1.ServerReflectionInfo,
+                                                 reflection_pb2.ServerReflectionRequest.FromString,
+                                                 reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(names[-1], {"ServerReflectionInfo": info}),))
+    return server
+
+
+def _bind(app: App, server: aio.Server | grpc.Server, name: str) -> int:
+    """Bind the address of setting `name`; a failure is a ConfigError naming it and why."""
+    address = getattr(app.settings, name)
+    if not app.reuse_port:  # a worker set's parent checked (and holds) its ports
+        _startup.check_free(name, address)
+    try:
+        port = server.add_insecure_port(address)  # 1 for a unix socket, 0 when it failed (aio)
+    except RuntimeError:  # the sync stack's way of saying it failed
+        port = 0
+    if port == 0:
+        raise ConfigError(f"{env_name(name)}: cannot listen on {address}")
+    return port
+
+
+async def _write_last_used(app: App) -> None:
+    """Write-behind of last-use times, off the hot path, one batch a second."""
+    while True:
+        await asyncio.sleep(_LAST_USED_FLUSH_S)
+        batch = app.validator.drain_last_used()
+        if batch:
+            try:
+                await app.store.touch(batch)
+            except StoreUnavailableError:
+                log.warning("could not record last use", keys=len(batch))
+
+
+def _store_kind(settings: Settings) -> str:
+    return settings.store.split(":", 1)[0]
+
+
+async def start(app: App) -> None:
+    """Bind every listener (each failure a ConfigError naming its setting), then start background work.
+
+    Raises:
+        ConfigError: a listen address cannot be bound.
+    """
+    s = app.settings
+    await app.status.start()
+    main = _server(app, admin_enabled=not s.admin_listen)
+    app.ports.append(_bind(app, main, "listen"))
+    app.servers.append(main)
+    if s.admin_listen:
+        admin = _server(app, admin_enabled=True)
+        app.ports.append(_bind(app, admin, "admin_listen"))
+        app.servers.append(admin)
+    if s.metrics_listen:
+        from keysvc.app import metrics
+
+        provider = metrics.serve_prometheus(s.metrics_listen)
+        metrics.install(provider, app.validator, app.cache, app.follower)
+        metrics.install_tasks(provider, app.supervisor, app.follower)
+    http_port = await _start_http(app) if s.http_listen else None
+    try:
+        await app.follower.start()
+    except StoreUnavailableError:
+        pass  # its task connects once the store answers
+    except Exception:  # an unexpected error: its supervised task retries, with backoff
+        log.exception("event follower could not start; retrying")
+    for server in app.servers:
+        started = server.start()
+        if started is not None:  # grpc.aio's start is a coroutine; grpc.server's returns None
+            await started
+    sup = app.supervisor
+    announcer = DeadlineAnnouncer(app.store)
+    app.tasks += [
+        sup.ticker(),
+        sup.spawn("store_probe", lambda: probe_store(app.store, app.status, s.store,
+                                                    on_recovered=app.follower.wake)),
+        sup.spawn("events", app.follower.run),  # a restart resumes from the follower's cursor
+        sup.spawn("last_used", lambda: _write_last_used(app)),
+        sup.spawn("deadlines", announcer.run),
+    ]
+    if app.stack == "sync":  # grpc.aio answers health on the loop: a stuck loop answers nothing
+        app.watchdog = Watchdog(sup, s.liveness_stall_s, app.status.set_live)
+        app.watchdog.start()
+    log.info("keysvc serving", listen=s.listen, admin_listen=s.admin_listen or s.listen, stack=app.stack,
+             ports=app.ports, store=_store_kind(s), http_listen=s.http_listen, http_port=http_port)
+
+
+async def _start_http(app: App) -> int:
+    """Start the forward-auth HTTP listener; return its port (0 on a unix socket)."""
+    from keysvc.api.http.forward_auth import ForwardAuth, HttpListener, make_app  # aiohttp only when used
+
+    handlers = ForwardAuth(app.authorizer, lambda: app.serving,
+                           require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
+    app.http = HttpListener(make_app(handlers), split_listen(app.settings.http_listen),
+                            shutdown_grace_s=app.settings.shutdown_grace_s,
+                            key_headers=app.authorizer.key_headers, reuse_port=app.reuse_port)
+    try:
+        return await app.http.start()
+    except OSError as exc:
+        raise ConfigError(f"{env_name('http_listen')}: cannot listen on {app.settings.http_listen}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+
+
+async def _stop_server(server: aio.Server | grpc.Server, grace_s: float) -> None:
+    """Drain one server within `grace_s`; the loop keeps running meanwhile.
+
+    The sync stack's in-flight calls may be waiting for coroutines on this loop
+    (misses, admin RPCs), so its drain is waited for on a thread, never here.
+    """
+    if isinstance(server, aio.Server):
+        await server.stop(grace_s)
+    else:
+        await asyncio.to_thread(server.stop(grace_s).wait)
+
+
+async def stop(app: App) -> None:
+    """Flip readiness, drain in-flight calls within the grace period, release the store."""
+    app.status.stopping = True
+    await app.status.publish()
+    grace = app.settings.shutdown_grace_s
+    await asyncio.gather(*(_stop_server(server, grace) for server in app.servers),
+                         *([app.http.stop()] if app.http is not None else []))
+    await cancel_all(app.tasks)
+    if app.watchdog is not None:
+        app.watchdog.stop()
+    batch = app.validator.drain_last_used()
+    with contextlib.suppress(StoreUnavailableError):
+        if batch:
+            await app.store.touch(batch)
+    await app.store.close()
+    log.info("keysvc stopped")
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    Raises:
+        ConfigError: a listener cannot be bound, or the store can never work.
+    """
+    app = build(settings, reuse_port=reuse_port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await _startup.check_store(app.store, settings)
+    except ConfigError:
+        await app.store.close()
+        raise
+    try:
+        await start(app)
+    except ConfigError:
+        await _abandon(app)
+        raise
+    # Everything made so far (modules, servicers, clients) lives as long as the process:
+    # freezing it keeps the collector's full passes from walking it again and again
+    # (measured: ~2.5% of a hit's CPU spent in generation-2 passes before, none after).
+    gc.collect()
+    gc.freeze()
+    await stopping.wait()
+    log.info("shutting down", grace_s=settings.shutdown_grace_s)
+    await stop(app)
+
+
+
+
+async def _abandon(app: App) -> None:
+    """Release what a failed start had bound, quietly: the caller reports the one error."""
+    for server in app.servers:
+        if isinstance(server, aio.Server):
+            await server.stop(None)
+        else:
+            server.stop(None)
+    if app.http is not None:
+        await app.http.stop()
+    await app.store.close()

@@ -1,0 +1,100 @@
+"""The bench's report: the table, what each scenario means, the issue's targets, and JSON."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["finite", "format_report", "targets"]
+
+
+def _ratio(rows: dict[str, dict[str, Any]], a: str, b: str, figure: str) -> float | None:
+    if a not in rows or b not in rows or rows[a]["status"] != "ok" or rows[b]["status"] != "ok":
+        return None
+    return float(rows[a][figure]) / float(rows[b][figure])
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the figure this run measured and whether it is met."""
+    rows = {row["name"]: row for row in report["scenarios"]}
+    checks: list[tuple[str, float | None, float, bool]] = [  # (what, measured, bound, higher is better)
+        ("hit QPS / floor QPS >= 0.85", _ratio(rows, "hit", "floor", "qps"), 0.85, True),
+        ("malformed QPS / floor QPS >= 0.9", _ratio(rows, "malformed", "floor", "qps"), 0.9, True),
+        ("hit QPS / miss QPS >= 1.5", _ratio(rows, "hit", "miss", "qps"), 1.5, True),
+        ("hit CPU/call / floor CPU/call <= 1.15",
+         _ratio(rows, "hit", "floor", "cpu_us_per_call"), 1.15, False),
+        ("extauthz QPS / hit QPS >= 0.8", _ratio(rows, "extauthz", "hit", "qps"), 0.8, True),
+        ("hit-workers2 CPU/call / hit CPU/call <= 1.1",
+         _ratio(rows, "hit-workers2", "hit", "cpu_us_per_call"), 1.1, False),
+    ]
+    if report.get("propagation", {}).get("measured"):
+        checks.append(("propagation p99 < 50 ms", report["propagation"]["p99_ms"], 50.0, False))
+    for stage in report.get("memory", {}).get("stages", []):
+        checks.append((f"RSS per cached key at {stage['keys']:,} keys <= 1024 bytes",
+                       stage["bytes_per_key"], 1024.0, False))
+    return [
+        {"target": what, "measured": measured,
+         "met": None if measured is None else (measured >= bound if higher else measured <= bound)}
+        for what, measured, bound, higher in checks
+    ]
+
+
+def _num(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    """A figure for the table; "-" when not measured (NaN, or null once read back from JSON)."""
+    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}{suffix}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Return the report as text: the table, what each scenario means, and notes."""
+    meta = report["meta"]
+    header = ("scenario", "QPS", "x floor", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/call",
+              "CPU x floor", "redis trips/call", "h2load CPU")
+    lines = [f"# {meta['command']}", f"# {meta['pinning']}", f"# load: {meta['load']}",
+             f"# {meta['cpus']} CPUs, {meta['machine']}, Linux {meta['kernel']}, Python {meta['python']}, "
+             f"grpcio {meta['grpcio']}, {meta['h2load']}", ""]
+    table = [header]
+    for row in report["scenarios"]:
+        if row["status"] != "ok":
+            table.append((row["name"], row["status"], *("" for _ in header[2:])))
+            continue
+        table.append((
+            row["name"], _num(row["qps"]), _num(row["qps_vs_floor"], 2, "x"), _num(row["p50_ms"], 2),
+            _num(row["p99_ms"], 2), _num(row["p999_ms"], 2), _num(row["cpu_us_per_call"]),
+            _num(row["cpu_vs_floor"], 2, "x"), _num(row["store_round_trips_per_call"], 2),
+            _num(row["client_cpu"] and row["client_cpu"] * 100, 0, "%")
+            + (" SATURATED" if row["client_saturated"] else ""),
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for cells in table:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(padded))
+    lines.append("")
+    for row in report["scenarios"]:
+        lines.append(f"{row['name']}: {row['meaning']}")
+        lines += [f"    note: {n}" for n in row["notes"]] + [f"    ERROR: {e}" for e in row["errors"]]
+    if "memory" in report:
+        from keysvc.bench.memory import format_memory
+
+        lines += ["", *format_memory(report["memory"])]
+    if "propagation" in report:
+        from keysvc.bench.propagation import format_propagation
+
+        lines += ["", *format_propagation(report["propagation"])]
+    lines += ["", "targets (from the issue; ratios from this run):"]
+    for target in report.get("targets", []):
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        lines.append(f"    {target['target']:<52} {_num(target['measured'], 2):>8}  {verdict}")
+    lines.append(f"\n(bench took {meta['elapsed_s']} s)")
+    return "\n".join(lines)
+
+
+def finite(value: Any) -> Any:
+    """The report with NaN (not measured) as null, which JSON can hold."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
