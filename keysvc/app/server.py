@@ -77,7 +77,9 @@ def make_store(settings: Settings) -> Store:
     from keysvc.store.redis.store import RedisStore
 
     try:
-        database = urlsplit(settings.store).path.strip("/") if settings.store.startswith("redis") else ""
+        # redis+cluster:// and redis+sentinel:// paths are parsed (and checked) by store.redis.topology.
+        url = urlsplit(settings.store)
+        database = url.path.strip("/") if url.scheme in ("redis", "rediss") else ""
         if database and not (database.isascii() and database.isdigit()):
             # redis-py quietly uses database 0 for a path it cannot read as an int.
             raise ValueError("the database must be a number >= 0, as in redis://host:port/0")
