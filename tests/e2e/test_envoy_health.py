@@ -1,0 +1,90 @@
+"""Envoy's active health check on keysvc (deploy/envoy/envoy.yaml as shipped): an unready keysvc is seen within seconds.
+
+keysvc reports `readiness` NOT_SERVING while its store does not answer. A
+real redis-server is paused (SIGSTOP) under a real keysvc, with no traffic
+through Envoy, which is when Envoy's `no_traffic_interval` applies (60 s by
+Envoy's default). Envoy's /clusters must show the host failing its health
+check within seconds, and requests for keys keysvc cannot answer fail closed.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keysvc.keys import generate
+from keysvc.v1 import keysvc_pb2 as pb
+from tests.conftest import _start_redis
+from tests.e2e._envoy import host_health, start_envoy, stop_envoy, wait_for
+from tests.e2e._proxies import Upstream, send
+from tests.e2e._servers import bootstrap, free_port, launch
+from tests.e2e.test_envoy import DEPLOY, envoy_binary, render
+
+pytestmark = pytest.mark.e2e
+
+SHIPPED = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
+
+
+def test_shipped_health_check_asks_readiness_often() -> None:
+    (keysvc,) = [c for c in SHIPPED["static_resources"]["clusters"] if c["name"] == "keysvc"]
+    (check,) = keysvc["health_checks"]
+    assert check["grpc_health_check"]["service_name"] == "readiness"
+    seconds = {name: float(str(check[name]).removesuffix("s"))
+               for name in ("timeout", "interval", "no_traffic_interval", "unhealthy_interval")}
+    assert max(seconds.values()) <= 2, seconds  # Envoy's no_traffic_interval default is 60 s
+    assert check["unhealthy_threshold"] <= 3 and check["healthy_threshold"] == 1
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path) -> Iterator[tuple[object, str]]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    proc, url = _start_redis("redis-server", workdir)
+    try:
+        yield proc, url
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_an_unready_keysvc_is_unhealthy_within_seconds_and_requests_fail_closed(
+    tmp_path: Path, redis_proc: tuple[object, str],
+) -> None:
+    proc, url = redis_proc
+    _, admin_secret = bootstrap(url)
+    keysvc = launch(url, tmp_path)
+    upstream = Upstream()
+    port, admin = free_port(), free_port()
+    config = render(yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text()),
+                    port, admin, int(keysvc.addr.rpartition(":")[2]), upstream.port)
+    (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config))
+    envoy = start_envoy(envoy_binary(), tmp_path / "envoy.yaml", tmp_path / "envoy.log", port)
+    try:
+        wait_for(lambda: host_health(admin, "keysvc") == ["healthy"], "keysvc healthy in Envoy", 30)
+        created = keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme"),
+                                          metadata=[("authorization", f"Bearer {admin_secret}")], timeout=5)
+        proc.send_signal(signal.SIGSTOP)  # type: ignore[attr-defined]
+        # keysvc probes its store every 2 s; Envoy asks `readiness` every second: seconds, not a
+        # minute. The deadline is generous for a loaded machine (the bound is the config's comment).
+        wait_for(lambda: host_health(admin, "keysvc") != ["healthy"], "keysvc marked unhealthy", 20)
+        assert "failed_active_hc" in host_health(admin, "keysvc")[0]
+        before = len(upstream.seen)
+        assert send(port, "GET", "/orders", [("x-api-key", generate().secret)]).status == 503
+        assert len(upstream.seen) == before
+        proc.send_signal(signal.SIGCONT)  # type: ignore[attr-defined]
+        wait_for(lambda: host_health(admin, "keysvc") == ["healthy"], "keysvc healthy again", 30)
+        reply = send(port, "GET", "/orders", [("x-api-key", created.secret)])
+        assert reply.status == 200, reply.body
+        assert created.secret.encode() not in reply.body
+    finally:
+        stop_envoy(envoy)
+        keysvc.stop()
+        upstream.close()
+    assert created.secret not in (tmp_path / "envoy.log").read_text(errors="replace") + keysvc.logs()
+    assert admin_secret not in keysvc.logs()
+
