@@ -19,7 +19,8 @@ from keysvc.errors import ConfigError
 from keysvc.keys import validate_prefix
 
 __all__ = [
-    "PROXY_TARGET_HEADERS", "Settings", "env_name", "header_names", "load", "markdown_table", "split_listen",
+    "PATH_PREFIX_PROXIES", "PROXY_TARGET_HEADERS", "Settings", "env_name", "header_names", "load",
+    "markdown_table", "split_listen",
 ]
 
 
@@ -84,8 +85,8 @@ class Settings:
         0, "Proxies in front that append X-Forwarded-For; 0 uses the peer address."
     )
     authz_proxy: str = _f(
-        "", "The proxy calling /authz: nginx (target from X-Original-URI/-Method) or traefik, "
-        "caddy (X-Forwarded-Uri/-Method); required with route rules."
+        "", "The proxy calling /authz: nginx (target from X-Original-URI/-Method), traefik, "
+        "caddy (X-Forwarded-Uri/-Method) or envoy (/authz/<path>, its own method); required with route rules."
     )
     metrics_listen: str = _f("", "Prometheus scrape address (/metrics), host:port; empty: off.")
     liveness_stall_s: float = _f(
@@ -191,6 +192,9 @@ PROXY_TARGET_HEADERS: Mapping[str, tuple[str, str]] = {
     "traefik": ("x-forwarded-uri", "x-forwarded-method"),
     "caddy": ("x-forwarded-uri", "x-forwarded-method"),
 }
+# The proxies that send the held request's target as the path under a prefix, with its own method
+# (Envoy's ext_authz `http_service` with `path_prefix`, Istio's envoyExtAuthzHttp): no header is read.
+PATH_PREFIX_PROXIES: Mapping[str, str] = {"envoy": "/authz"}
 _HEADER_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -207,8 +211,8 @@ def _check_authz(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
         raise bad("authz_key_headers", "want a comma-separated list of header names")
     if not 0 <= s.authz_trusted_proxy_depth <= 32:
         raise bad("authz_trusted_proxy_depth", "must be between 0 and 32")
-    if s.authz_proxy not in ("", *PROXY_TARGET_HEADERS):
-        raise bad("authz_proxy", f"want one of {', '.join(PROXY_TARGET_HEADERS)}")
+    if s.authz_proxy not in ("", *PROXY_TARGET_HEADERS, *PATH_PREFIX_PROXIES):
+        raise bad("authz_proxy", f"want one of {', '.join((*PROXY_TARGET_HEADERS, *PATH_PREFIX_PROXIES))}")
     if s.http_listen and s.authz_routes and not s.authz_proxy:
         # Each proxy writes the target into its own header and passes a client's copy of the
         # others through: reading the wrong one lets a client pick the route it is judged by.

@@ -26,19 +26,6 @@ from tests.e2e.test_envoy import DEPLOY, envoy_binary, render
 
 pytestmark = pytest.mark.e2e
 
-SHIPPED = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
-
-
-def test_shipped_health_check_asks_readiness_often() -> None:
-    (keysvc,) = [c for c in SHIPPED["static_resources"]["clusters"] if c["name"] == "keysvc"]
-    (check,) = keysvc["health_checks"]
-    assert check["grpc_health_check"]["service_name"] == "readiness"
-    seconds = {name: float(str(check[name]).removesuffix("s"))
-               for name in ("timeout", "interval", "no_traffic_interval", "unhealthy_interval")}
-    assert max(seconds.values()) <= 2, seconds  # Envoy's no_traffic_interval default is 60 s
-    assert check["unhealthy_threshold"] <= 3 and check["healthy_threshold"] == 1
-
-
 @pytest.fixture
 def redis_proc(tmp_path: Path) -> Iterator[tuple[object, str]]:
     workdir = tmp_path / "redis"
