@@ -259,10 +259,12 @@ def test_a_stopped_keysvc_is_unhealthy_within_seconds_and_requests_fail_closed(w
     _, secret = world.key(policy_id="partners")
     assert host_health(world.admin, "keysvc") == ["healthy"]
     world.keysvc.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
         # The shipped health check: 1 s interval, unhealthy after 2 misses of 1 s each. The
         # deadline here is generous for a loaded machine; the figure is in the config's comment.
         wait_for(lambda: host_health(world.admin, "keysvc") != ["healthy"], "keysvc marked unhealthy", 15)
+        print(f"a stopped keysvc unhealthy in Envoy after {time.monotonic() - stopped:.1f} s")
         # Panic routing still sends the Check; it times out (0.5 s) and the request is refused.
         assert world.stopped("GET", "/orders", [("x-api-key", secret)], 503)
     finally:

@@ -10,6 +10,7 @@ check within seconds, and requests for keys keysvc cannot answer fail closed.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,9 +57,11 @@ def test_an_unready_keysvc_is_unhealthy_within_seconds_and_requests_fail_closed(
         created = keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme"),
                                           metadata=[("authorization", f"Bearer {admin_secret}")], timeout=5)
         proc.send_signal(signal.SIGSTOP)  # type: ignore[attr-defined]
+        paused = time.monotonic()
         # keysvc probes its store every 2 s; Envoy asks `readiness` every second: seconds, not a
         # minute. The deadline is generous for a loaded machine (the bound is the config's comment).
         wait_for(lambda: host_health(admin, "keysvc") != ["healthy"], "keysvc marked unhealthy", 20)
+        print(f"keysvc unhealthy in Envoy {time.monotonic() - paused:.1f} s after its store paused")
         assert "failed_active_hc" in host_health(admin, "keysvc")[0]
         before = len(upstream.seen)
         assert send(port, "GET", "/orders", [("x-api-key", generate().secret)]).status == 503
