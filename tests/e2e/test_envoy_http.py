@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2
 
 from keysvc.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._envoy import host_health, start_envoy, stop_envoy, wait_for
+from tests.e2e._envoy import host_health, start_envoy, stats, stop_envoy, wait_for
 from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 from tests.e2e.test_envoy import DEPLOY, FORGED, IDENTITY, ROUTES, envoy_binary, render
@@ -207,6 +207,24 @@ def test_escaped_separators_are_refused_by_envoy_or_keysvc(world: World) -> None
         check_smuggled_public(world.port, world.upstream, path)
 
 
+def test_envoys_stats_count_every_check_keysvc_answered(world: World) -> None:
+    def counts() -> dict[str, int]:
+        found = stats(world.admin, r"^http\.ingress_http\.ext_authz\.")
+        return {outcome: found.get(f"http.ingress_http.ext_authz.{outcome}", 0)
+                for outcome in ("ok", "denied", "error", "failure_mode_allowed")}
+
+    _, reader = world.key(policy_id="partners", scopes=["orders:read"])
+    before = counts()
+    for _ in range(3):
+        world.passed("GET", "/orders", [("x-api-key", reader)])
+    world.stopped("GET", "/orders", [], 401)
+    world.stopped("POST", "/orders", [("x-api-key", reader)], 403)
+    world.passed("GET", "/healthz", [])  # ext_authz is off there: not counted
+    expected = {"ok": before["ok"] + 3, "denied": before["denied"] + 2, "error": before["error"],
+                "failure_mode_allowed": before["failure_mode_allowed"]}
+    wait_for(lambda: counts() == expected, f"ext_authz counters {expected}")
+
+
 def test_keysvc_down_is_503(world: World) -> None:  # last: it stops keysvc
     _, secret = world.key(policy_id="partners")
     world.passed("GET", "/orders", [("x-api-key", secret)])
@@ -219,3 +237,5 @@ def test_keysvc_down_is_503(world: World) -> None:  # last: it stops keysvc
     world.keysvc.stop()  # gone: the connection is refused
     wait_for(lambda: world.send("GET", "/orders", [("x-api-key", secret)]).status != 200, "keysvc gone")
     assert world.stopped("GET", "/orders", [("x-api-key", secret)], 503)
+    errors = stats(world.admin, r"^http\.ingress_http\.ext_authz\.error$")["http.ingress_http.ext_authz.error"]
+    assert errors >= 2, errors  # refused Checks are errors, never failure_mode_allowed
