@@ -17,7 +17,7 @@ from typing import Any
 
 from keysvc.core.errors import ConfigError
 from keysvc.core.keys import validate_prefix
-from keysvc.core.routes import PROXY_TARGET_HEADERS
+from keysvc.core.routes import PATH_PREFIX_PROXIES, PROXY_TARGET_HEADERS
 
 __all__ = [
     "Settings", "env_name", "header_names", "load", "markdown_table", "split_listen",
@@ -85,8 +85,8 @@ class Settings:
         0, "Proxies in front that append X-Forwarded-For; 0 uses the peer address."
     )
     authz_proxy: str = _f(
-        "", "The proxy calling /authz: nginx (target from X-Original-URI/-Method) or traefik, "
-        "caddy (X-Forwarded-Uri/-Method); required with route rules."
+        "", "The proxy calling /authz: nginx (target from X-Original-URI/-Method), traefik, "
+        "caddy (X-Forwarded-Uri/-Method) or envoy (/authz/<path>, its own method); required with route rules."
     )
     metrics_listen: str = _f("", "Prometheus scrape address (/metrics), host:port; empty: off.")
     liveness_stall_s: float = _f(
@@ -202,8 +202,8 @@ def _check_authz(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
         raise bad("authz_key_headers", "want a comma-separated list of header names")
     if not 0 <= s.authz_trusted_proxy_depth <= 32:
         raise bad("authz_trusted_proxy_depth", "must be between 0 and 32")
-    if s.authz_proxy not in ("", *PROXY_TARGET_HEADERS):
-        raise bad("authz_proxy", f"want one of {', '.join(PROXY_TARGET_HEADERS)}")
+    if s.authz_proxy not in ("", *PROXY_TARGET_HEADERS, *PATH_PREFIX_PROXIES):
+        raise bad("authz_proxy", f"want one of {', '.join((*PROXY_TARGET_HEADERS, *PATH_PREFIX_PROXIES))}")
     if s.http_listen and s.authz_routes and not s.authz_proxy:
         # Each proxy writes the target into its own header and passes a client's copy of the
         # others through: reading the wrong one lets a client pick the route it is judged by.

@@ -41,8 +41,8 @@ from urllib.parse import unquote
 from keysvc.core.errors import ConfigError
 
 __all__ = [
-    "MAX_TARGET", "PROXY_TARGET_HEADERS", "RouteRule", "Routes", "normalize_path", "parse_route_file",
-    "parse_routes", "path_problem",
+    "MAX_TARGET", "PATH_PREFIX_PROXIES", "PROXY_TARGET_HEADERS", "RouteRule", "Routes", "normalize_path",
+    "parse_route_file", "parse_routes", "path_problem",
 ]
 
 # The scopes CreateKey accepts (keysvc.service.checks): a route cannot ask for
@@ -171,6 +171,9 @@ PROXY_TARGET_HEADERS: Mapping[str, tuple[str, str]] = {
     "traefik": ("x-forwarded-uri", "x-forwarded-method"),
     "caddy": ("x-forwarded-uri", "x-forwarded-method"),
 }
+# The proxies that send the held request's target as the path under a prefix, with its own method
+# (Envoy's ext_authz `http_service` with `path_prefix`, Istio's envoyExtAuthzHttp): no header is read.
+PATH_PREFIX_PROXIES: Mapping[str, str] = {"envoy": "/authz"}
 
 
 def parse_route_file(text: str, suffix: str, source: str) -> Routes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from google.protobuf import duration_pb2
 
 from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
+from tests.e2e._envoy import host_health, stats, wait_for
 from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_port
 from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
 
@@ -79,6 +81,7 @@ def render(config: dict[str, Any], listen: int, admin: int, keysvc: int, app: in
 @dataclass
 class World:
     port: int
+    admin: int
     envoy: subprocess.Popen[bytes]
     log: Path
     upstream: Upstream
@@ -149,7 +152,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                       rate_limit=pb.RateLimit(requests=1, window=duration_pb2.Duration(seconds=3600))),
         ):
             keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=md, timeout=5)
-        yield World(port, envoy, log, upstream, keysvc, md, [admin_secret])
+        yield World(port, admin, envoy, log, upstream, keysvc, md, [admin_secret])
     finally:
         envoy.terminate()
         envoy.wait(timeout=30)
@@ -218,6 +221,58 @@ def test_encoded_separators_never_reach_the_app_unchecked(world: World) -> None:
         check_smuggled_public(world.port, world.upstream, path)
 
 
+def test_revocation_is_effective_on_the_very_next_request(world: World) -> None:
+    key_id, secret = world.key(policy_id="partners", scopes=["orders:read"])
+    world.passed("GET", "/orders", [("x-api-key", secret)])  # now in keysvc's cache; Envoy caches nothing
+    world.keysvc.stub().RevokeKey(pb.RevokeKeyRequest(key_id=key_id), metadata=world.admin_md, timeout=5)
+    assert world.stopped("GET", "/orders", [("x-api-key", secret)], 401).json()["error"] == "revoked"
+
+
+def test_access_log_names_the_key_never_the_secret(world: World) -> None:
+    key_id, secret = world.key(policy_id="partners", scopes=["orders:read"])
+    world.passed("GET", "/orders/access-log", [("x-api-key", secret)])
+    line = f'"GET /orders/access-log" 200 - key_id={key_id} owner_id=acme policy_id=partners'
+    wait_for(lambda: line in world.log.read_text(errors="replace"), f"{line!r} in Envoy's access log")
+    assert secret not in world.log.read_text(errors="replace")
+
+
+def test_envoys_stats_count_every_check_keysvc_answered(world: World) -> None:
+    def counts() -> dict[str, int]:
+        found = stats(world.admin, r"^http\.ingress_http\.ext_authz\.")
+        return {outcome: found.get(f"http.ingress_http.ext_authz.{outcome}", 0)
+                for outcome in ("ok", "denied", "error", "failure_mode_allowed")}
+
+    _, reader = world.key(policy_id="partners", scopes=["orders:read"])
+    before = counts()
+    for _ in range(3):
+        world.passed("GET", "/orders", [("x-api-key", reader)])
+    world.stopped("GET", "/orders", [], 401)
+    world.stopped("POST", "/orders", [("x-api-key", reader)], 403)
+    world.passed("GET", "/healthz", [])  # ext_authz is off there: not counted
+    # Stats are flushed to the admin page asynchronously: poll until the 5 checks show.
+    expected = {"ok": before["ok"] + 3, "denied": before["denied"] + 2, "error": before["error"],
+                "failure_mode_allowed": before["failure_mode_allowed"]}
+    wait_for(lambda: counts() == expected, f"ext_authz counters {expected}")
+
+
+def test_a_stopped_keysvc_is_unhealthy_within_seconds_and_requests_fail_closed(world: World) -> None:
+    _, secret = world.key(policy_id="partners")
+    assert host_health(world.admin, "keysvc") == ["healthy"]
+    world.keysvc.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        # The shipped health check: 1 s interval, unhealthy after 2 misses of 1 s each. The
+        # deadline here is generous for a loaded machine; the figure is in the config's comment.
+        wait_for(lambda: host_health(world.admin, "keysvc") != ["healthy"], "keysvc marked unhealthy", 15)
+        print(f"a stopped keysvc unhealthy in Envoy after {time.monotonic() - stopped:.1f} s")
+        # Panic routing still sends the Check; it times out (0.5 s) and the request is refused.
+        assert world.stopped("GET", "/orders", [("x-api-key", secret)], 503)
+    finally:
+        world.keysvc.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: host_health(world.admin, "keysvc") == ["healthy"], "keysvc healthy again", 15)
+    world.passed("GET", "/orders", [("x-api-key", secret)])
+
+
 def test_keysvc_down_is_503(world: World) -> None:  # last: it stops keysvc
     _, secret = world.key(policy_id="partners")
     world.keysvc.stop()
@@ -229,3 +284,6 @@ def test_keysvc_down_is_503(world: World) -> None:  # last: it stops keysvc
         time.sleep(0.05)
     assert reply.status == 503
     assert world.stopped("GET", "/orders", [("x-api-key", secret)], 503)
+    wait_for(lambda: host_health(world.admin, "keysvc") != ["healthy"], "a dead keysvc marked unhealthy", 15)
+    errors = stats(world.admin, r"^http\.ingress_http\.ext_authz\.error$")["http.ingress_http.ext_authz.error"]
+    assert errors >= 2, errors  # every refused Check counted as an error, never failure_mode_allowed

@@ -61,7 +61,19 @@ def test_keysvc_cluster_speaks_http2_and_checks_health(bootstrap: bootstrap_pb2.
     assert keysvc.typed_extension_protocol_options[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
     assert options.explicit_http_config.HasField("http2_protocol_options")
-    assert keysvc.health_checks[0].grpc_health_check.service_name == "envoy.service.auth.v3.Authorization"
+    assert keysvc.health_checks[0].grpc_health_check.service_name == "readiness"
+
+
+@pytest.mark.parametrize("config", ["envoy.yaml", "envoy-http.yaml"])
+def test_health_check_notices_an_unready_keysvc_within_seconds(config: str) -> None:
+    shipped = json_format.ParseDict(yaml.safe_load((ENVOY.parent / config).read_text()), bootstrap_pb2.Bootstrap())
+    (keysvc,) = [c for c in shipped.static_resources.clusters if c.name == "keysvc"]
+    (check,) = keysvc.health_checks
+    # Envoy's no_traffic_interval default is 60 s: an idle Envoy would not notice for a minute.
+    for name in ("timeout", "interval", "no_traffic_interval", "unhealthy_interval"):
+        assert check.HasField(name) and getattr(check, name).ToMilliseconds() <= 2000, name
+    assert check.unhealthy_threshold.value <= 3 and check.healthy_threshold.value == 1
+    assert check.grpc_health_check.service_name == "readiness" or check.http_health_check.path == "/healthz"
 
 
 def test_public_route_skips_ext_authz(bootstrap: bootstrap_pb2.Bootstrap) -> None:

@@ -5,7 +5,12 @@ and method from the one header pair the configured proxy writes
 (`KEYSVC_AUTHZ_PROXY`: nginx `X-Original-URI` / `X-Original-Method`, Traefik
 and Caddy `X-Forwarded-Uri` / `X-Forwarded-Method`; each proxy passes a
 client's copy of the other pair through, so the other is never read), the
-key from the credential headers. A target header sent twice is refused (400).
+key from the credential headers. With `KEYSVC_AUTHZ_PROXY=envoy` (Envoy's
+ext_authz `http_service`, Istio's `envoyExtAuthzHttp`) the request is
+`/authz/<target>` with the held request's own method, and no target header
+is read; an allowed answer also names the credential headers in
+`x-envoy-auth-headers-to-remove`, so Envoy drops them before the app.
+A target header sent twice is refused (400).
 200 carries `x-keysvc-key-id` / `x-keysvc-owner-id` for the proxy to copy
 upstream; a denial is 400/401/403/429/503 with the headers and JSON body of
 `keysvc.api.authz`, plus `x-keysvc-error` (nginx drops the
@@ -37,7 +42,7 @@ from multidict import CIMultiDict
 from keysvc.api.authz import ERROR_HEADER, Authorizer, AuthzResult, denial, result_for
 from keysvc.api.grpc.status import status_for
 from keysvc.core.model import Code, Decision
-from keysvc.core.routes import PROXY_TARGET_HEADERS
+from keysvc.core.routes import PATH_PREFIX_PROXIES, PROXY_TARGET_HEADERS
 
 __all__ = ["ForwardAuth", "HttpListener", "make_app"]
 
@@ -51,6 +56,7 @@ _TOO_LARGE = denial("header_too_large", "a request header, or all of them togeth
 _BAD_REQUEST = denial("bad_request", "the request could not be read", 400)
 _NOT_FOUND = denial("not_found", "keysvc serves /authz and /healthz only", 404)
 _INTERNAL = denial("internal", "internal error", 500)
+_ENVOY_REMOVE = "x-envoy-auth-headers-to-remove"  # Envoy's ext_authz HTTP: drop these upstream
 _UNREADABLE_KEY = result_for(Decision(Code.MALFORMED), (), 0.0)  # the 401 of a malformed key
 
 
@@ -67,6 +73,17 @@ def _unreadable(exc: BaseException | None, status: int, key_headers: tuple[str, 
         if quoted is not None and quoted.group(1).lower() in key_headers:
             return _UNREADABLE_KEY
     return _BAD_REQUEST
+
+
+def _target_under(raw_path: str, prefix: str) -> str:
+    """The target after `prefix` in a raw (still encoded) request path, "" when there is none.
+
+    "/authz/orders/7?x=1" gives "/orders/7?x=1"; "/authz", "/authz?x=1" and
+    "/authz%2Forders" give "" (the prefix must end in a literal "/").
+    """
+    if not raw_path.startswith(prefix + "/"):
+        return ""
+    return raw_path[len(prefix):]
 
 
 def _response(result: AuthzResult) -> web.Response:
@@ -134,9 +151,9 @@ class ForwardAuth:
         require_target: refuse requests without an original URI (set when route
             rules exist: judging such a request by the default rule could let
             it through a stricter route).
-        proxy: the proxy calling (a key of `PROXY_TARGET_HEADERS`); "" reads no
-            target header (allowed only without route rules: every request is
-            then judged by the default rule).
+        proxy: the proxy calling (a key of `PROXY_TARGET_HEADERS` or of
+            `PATH_PREFIX_PROXIES`); "" reads no target header (allowed only
+            without route rules: every request is then judged by the default rule).
     """
 
     def __init__(
@@ -146,6 +163,7 @@ class ForwardAuth:
         self._serving = serving
         self._require_target = require_target
         self._target_headers = PROXY_TARGET_HEADERS.get(proxy, ())
+        self.path_prefix = PATH_PREFIX_PROXIES.get(proxy, "")  # "/authz": the target is the path after it
         # Headers whose repeats are joined for the Authorizer, which reads one value per name.
         self._joined = ("x-forwarded-for", *authorizer.key_headers)
 
@@ -154,7 +172,11 @@ class ForwardAuth:
         try:
             raw = request.headers
             target, method = "", request.method
-            if self._target_headers:
+            if self.path_prefix:
+                target = _target_under(request.raw_path, self.path_prefix)
+                if not target:
+                    return _response(_NO_TARGET)
+            elif self._target_headers:
                 uri_header, method_header = self._target_headers
                 targets, methods = raw.getall(uri_header, ()), raw.getall(method_header, ())
                 if len(targets) > 1 or len(methods) > 1:
@@ -175,7 +197,7 @@ class ForwardAuth:
             if merged is not None:
                 headers = merged
             result = await self._authorizer.check(headers, method, target, request.remote or "")
-            return _response(result)
+            response = _response(result)
         except Exception as exc:  # an unknown error is logged by status_for; the proxy fails closed
             code, _ = status_for(exc, "ForwardAuth")
             unavailable = code is grpc.StatusCode.UNAVAILABLE
@@ -184,6 +206,9 @@ class ForwardAuth:
                  "message": "authorization is temporarily unavailable" if unavailable else "internal error"},
                 status=503 if unavailable else 500, headers=dict((_SERVER,)),
             )
+        if self.path_prefix and result.allowed and result.remove_headers:
+            response.headers[_ENVOY_REMOVE] = ",".join(result.remove_headers)
+        return response
 
     async def not_found(self, request: web.Request) -> web.Response:
         """Any other path: a JSON 404."""
@@ -201,9 +226,14 @@ class ForwardAuth:
 
 
 def make_app(handlers: ForwardAuth) -> web.Application:
-    """The aiohttp application: `/authz` (any method), `GET /healthz` and `/livez`, a JSON 404 else."""
+    """The aiohttp application: `/authz` (any method), `GET /healthz` and `/livez`, a JSON 404 else.
+
+    In Envoy mode (`ForwardAuth.path_prefix` set) `/authz/<target>` is judged too.
+    """
     app = web.Application()
     app.router.add_route("*", "/authz", handlers.authz)
+    if handlers.path_prefix:
+        app.router.add_route("*", handlers.path_prefix + "/{target:.*}", handlers.authz)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/livez", handlers.livez)
     app.router.add_route("*", "/{any:.*}", handlers.not_found)
