@@ -69,10 +69,7 @@ class Counting:
 
     def _over_limit_decision(self, decision: Decision, key_id: str, now: float) -> Decision | None:
         blocked = self._over_limit.get(key_id)
-        if blocked is None:
-            return None
-        if blocked[0] <= now:
-            self._over_limit.pop(key_id, None)  # the drain may have dropped it meanwhile
+        if blocked is None or blocked[0] <= now:  # a dead memo is the loop's drain to drop
             return None
         return Decision(
             Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
@@ -143,8 +140,8 @@ class Counting:
         # Over-limit memos of windows that have ended are dead weight: drop them here,
         # off the hot path, so that map stays bounded too.
         now = self._clock()
-        # A copy to iterate: hot-path threads may remove memos meanwhile.
-        for key_id, (reset_at, _) in self._over_limit.copy().items():
+        # The memo's one writer is the loop (here, `_take`, `forget_*`); hits only read it.
+        for key_id, (reset_at, _) in list(self._over_limit.items()):
             if reset_at <= now:
                 self._over_limit.pop(key_id, None)
         return drained

@@ -377,3 +377,53 @@ def test_an_expired_negative_entry_removed_meanwhile_is_not_an_error() -> None:
 
     cache._negative = _Gone(cache._negative)
     assert not cache.is_unknown("u", 100.0 + NEG_TTL)
+
+
+class _Guarded(OrderedDict[str, Any]):
+    """A cache map that records every change made without the cache's lock held."""
+
+    def __init__(self, cache: KeyCache, items: OrderedDict[str, Any]) -> None:
+        super().__init__(items)
+        self.cache = cache
+        self.unlocked: list[str] = []
+
+    def _check(self, what: str) -> None:
+        if not self.cache._lock.locked():
+            self.unlocked.append(what)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check("set")
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._check("del")
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._check("pop")
+        return super().pop(key, *default)
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        self._check("popitem")
+        return super().popitem(last)
+
+    def move_to_end(self, key: str, last: bool = True) -> None:
+        self._check("move_to_end")
+        super().move_to_end(key, last)
+
+
+def test_every_change_to_the_cache_maps_holds_its_lock() -> None:
+    """Hits reorder the LRU and count: writers too, so they take the one lock (never a GIL detail)."""
+    cache = make_cache(max_keys=2, negative_max=2)
+    keys_map = cache._keys = _Guarded(cache, cache._keys)
+    negative = cache._negative = _Guarded(cache, cache._negative)
+    for n, key_hash in enumerate("abc"):
+        cache.put(record(key_hash), 100.0 + n, cache.epoch)  # the third evicts the first
+    assert cache.get("c", 103.0) is not None and cache.get("b", 103.0) is not None  # hits reorder
+    assert cache.get("a", 103.0) is None
+    for key_hash in "xyz":
+        cache.put_unknown(key_hash, 100.0, cache.epoch)
+    assert not cache.is_unknown("z", 100.0 + NEG_TTL)  # an expired entry is dropped
+    cache.evict_key("b")
+    assert keys_map.unlocked == [] and negative.unlocked == []
+    assert cache.stats.hits == 2 and cache.stats.evictions == 1
