@@ -17,8 +17,8 @@ invalidation on the loop's thread are ordered, never interleaved.
 
 Memory: a cached key is one dict entry and one `CachedKey` (the record as
 cached, its age, its grant), nothing else per key; the record keeps only what
-decides and identifies a call (`cached_record`). At a million cached keys
-every object and field here costs megabytes.
+decides and identifies a call (`CachedRecord`, slotted). At a million cached
+keys every object and field here costs megabytes.
 
 Threads: `get`, `is_unknown` and `get_policy` may run on the sync gRPC
 stack's threads while the event loop inserts and evicts. The rule: every
@@ -36,10 +36,10 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from keysvc.core.model import KeyRecord, Policy
+from keysvc.core.model import CachedRecord, KeyRecord, Policy
 from keysvc.core.shared import SharedValues
 
 if TYPE_CHECKING:
@@ -61,19 +61,16 @@ def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     return _METADATA.share(tuple(metadata.items()), metadata) if metadata else metadata
 
 
-def cached_record(record: KeyRecord) -> KeyRecord:
-    """The part of `record` the cache keeps: what decides and identifies a call.
+def cached_record(record: KeyRecord) -> CachedRecord:
+    """The part of `record` the cache keeps: what decides and identifies a call (`CachedRecord`).
 
-    Validation reads the ids, scopes, metadata, state and deadlines of a key;
-    its name, hint, timestamps, rotation links and announced deadline are for
-    admins, who read the store. They are left at their defaults here, which
-    saves a few hundred bytes per cached key; any other field (one added later
-    included) is kept. Metadata equal to another cached key's is shared with it
-    (records are frozen; nothing mutates their metadata).
+    Metadata equal to another cached key's is shared with it (records are
+    frozen; nothing mutates their metadata).
     """
-    return replace(
-        record, name="", hint="", created_at=0.0, updated_at=0.0, rotated_from="", rotated_to="",
-        announced_through=0.0, metadata=_shared_metadata(record.metadata),
+    return CachedRecord(
+        record.key_id, record.key_hash, record.owner_id, record.policy_id, record.scopes,
+        _shared_metadata(record.metadata), record.enabled, record.expires_at, record.revoke_at,
+        record.has_quota, record.budget_id, record.revision,
     )
 
 
@@ -88,7 +85,7 @@ class CachedKey:
 
     __slots__ = ("cached_at", "grant", "record")
 
-    def __init__(self, record: KeyRecord, cached_at: float) -> None:
+    def __init__(self, record: CachedRecord, cached_at: float) -> None:
         self.record = record
         self.cached_at = cached_at
         self.grant: Grant | None = None

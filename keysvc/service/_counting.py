@@ -13,7 +13,7 @@ from keysvc.core.model import (
     Code,
     CounterResult,
     Decision,
-    KeyRecord,
+    KeyFacts,
     Policy,
     RateLimitState,
     TakeRequest,
@@ -77,7 +77,7 @@ class Counting:
         )
 
     async def _take(
-        self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float,
+        self, decision: Decision, record: KeyFacts, policy: Policy | None, cost: int, now: float,
         deadline: float,
     ) -> Decision:
         rate_limit = policy.rate_limit if policy is not None else None
@@ -113,7 +113,7 @@ class Counting:
             rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
         )
 
-    def _warn_missing_quota(self, record: KeyRecord) -> None:
+    def _warn_missing_quota(self, record: KeyFacts) -> None:
         """Log a lost quota counter once per key (until many keys have been logged)."""
         # Evicted, lost in a failover, or a half-done write: the take refused it.
         warned = self._missing_quota_warned

@@ -78,7 +78,7 @@ class ValidationRequest(NamedTuple):
 class Validator(Counting):
     """Answers validation requests from the cache, falling back to the store.
 
-    A decision's record is the key as the cache keeps it (`keysvc.core.cache.cached_record`):
+    A decision's record is the key as the cache keeps it (`keysvc.core.model.CachedRecord`):
     ids, scopes, metadata, state and deadlines, not its name, hint or times.
 
     Args:
