@@ -161,14 +161,6 @@ class PolicyDiff:
         return bool(self.scopes_removed or self.limits_tightened or self.cidrs_narrowed
                     or self.escalates)
 
-    @property
-    def changed(self) -> bool:
-        """True when anything that affects decisions differs."""
-        return bool(
-            self.scopes_added or self.scopes_removed or self.cidrs_added or self.cidrs_removed
-            or self.limits_tightened or self.limits_loosened
-        )
-
 
 def _narrowed(before: tuple[str, ...], after: tuple[str, ...]) -> bool:
     """True when some address allowed by `before` is refused by `after`.
