@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import structlog
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from keysvc.app import telemetry
@@ -62,17 +61,14 @@ class RecordingAuditor:
 
 @contextmanager
 def capture_spans() -> Iterator[InMemorySpanExporter]:
-    """Record every span (request and audit) in memory for the block.
+    """Record every (audit) span in memory for the block.
 
-    Providers are built as `configure_tracing(exporter=...)` builds them, then
-    the previous ones are put back (not shut down), so captures can nest.
+    A provider is built as `configure_tracing(exporter=...)` builds one, then
+    the previous one is put back (not shut down), so captures can nest.
     """
     exporter = InMemorySpanExporter()
-    previous = telemetry._install(telemetry._build_providers("keysvc", exporter), shutdown=False)
-    try:
+    with telemetry.tracing_to(exporter):
         yield exporter
-    finally:
-        telemetry._install(previous)  # shuts down the capture's providers
 
 
 class CapturedLogs(io.StringIO):
@@ -94,18 +90,9 @@ def capture_logs() -> Iterator[CapturedLogs]:
     The previous logging configuration is restored afterwards. A logger cached
     before the block at a higher level keeps that level (structlog's caching).
     """
-    saved = structlog.get_config()
-    saved_processors = list(saved["processors"])
-    saved_stream = telemetry._SINK.stream
     captured = CapturedLogs()
-    telemetry.configure_logging("json", "debug", stream=captured)
-    try:
+    with telemetry.logging_to(captured):
         yield captured
-    finally:
-        telemetry._SINK.stream = saved_stream
-        # In place: loggers cached during the block hold this very list.
-        saved["processors"][:] = saved_processors
-        structlog.configure(**saved)
 
 
 class FaultyStore:

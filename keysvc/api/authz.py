@@ -42,6 +42,7 @@ __all__ = [
     "client_ip",
     "denial",
     "find_credential",
+    "refusal_status",
     "result_for",
 ]
 
@@ -50,6 +51,8 @@ OWNER_ID_HEADER = "x-keysvc-owner-id"
 ERROR_HEADER = "x-keysvc-error"  # the error code on forward-auth denials, for proxies that drop bodies
 _Headers = tuple[tuple[str, str], ...]
 
+# The HTTP status of each refusal: the one Decision-code table (gRPC statuses follow
+# from it, `keysvc.api.grpc.status.status_of_decision`).
 _STATUS = {
     Code.MALFORMED: 401, Code.NOT_FOUND: 401, Code.REVOKED: 401, Code.EXPIRED: 401, Code.DISABLED: 401,
     Code.INSUFFICIENT_SCOPE: 403, Code.IP_NOT_ALLOWED: 403,
@@ -194,6 +197,11 @@ def _bare_address(hop: str) -> str:
     return hop
 
 
+def refusal_status(code: Code) -> int:
+    """The HTTP status that answers a refused decision (503 for any code not listed)."""
+    return _STATUS.get(code, 503)
+
+
 def denial(error: str, message: str, status: int, headers: _Headers = ()) -> AuthzResult:
     """A denial with a JSON body `{"error": error, "message": message}`."""
     body = json.dumps({"error": error, "message": message}, separators=(",", ":"))
@@ -257,7 +265,7 @@ def result_for(decision: Decision, key_headers: tuple[str, ...], now: float) -> 
             remove_headers=key_headers,
             key_id=record.key_id, owner_id=record.owner_id, policy_id=record.policy_id,
         )
-    status = _STATUS.get(decision.code, 503)
+    status = refusal_status(decision.code)
     if status == 429:
         base = denial(decision.code.name.lower(), _MESSAGES[decision.code], 429,
                       _limit_headers(decision, now))

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import os
 import signal
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 if TYPE_CHECKING:
     from keysvc.api.http.forward_auth import HttpListener
 
-__all__ = ["EVENTS_HEALTH", "App", "build", "grpc_stack", "make_store", "serve"]
+__all__ = ["EVENTS_HEALTH", "App", "build", "make_store", "serve"]
 
 log = structlog.get_logger("keysvc.server")
 
@@ -89,24 +88,6 @@ def make_store(settings: Settings) -> Store:
         )
     except ValueError as exc:  # redis-py cannot parse the URL: it will never work
         raise ConfigError(f"{env_name('store')}: {redact_url(str(exc), settings.store)}") from None
-
-
-def grpc_stack(choice: str, cpus: int | None = None) -> str:
-    """The gRPC stack to serve on: `choice`, with "auto" decided by the CPUs this process may use.
-
-    Measured (README, Performance): confined to one CPU, the synchronous
-    grpc.server carries a call for less CPU than grpc.aio; free to run on
-    several, its threads hand the GIL from core to core and grpc.aio wins.
-
-    Args:
-        choice: the `grpc_stack` setting: auto, sync or aio.
-        cpus: CPUs in this process's affinity mask (default: read it).
-    """
-    if choice != "auto":
-        return choice
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0))
-    return "sync" if cpus == 1 else "aio"
 
 
 @dataclass
@@ -177,7 +158,7 @@ def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = 
         store, auditor=telemetry.AUDITOR, default_prefix=settings.key_prefix, on_change=follower.apply_local
     )
     # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
-    stack = grpc_stack(settings.grpc_stack)
+    stack = _startup.grpc_stack(settings.grpc_stack)
     checks = health.HealthServicer() if stack == "sync" else health_aio.HealthServicer()
     supervisor = TaskSupervisor()
     status = HealthState(checks, (KEYSERVICE, AUTHORIZATION_SERVICE), supervisor,

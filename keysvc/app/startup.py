@@ -34,7 +34,9 @@ from keysvc.core.routes import Routes, parse_route_file
 if TYPE_CHECKING:
     from keysvc.store.base import Store
 
-__all__ = ["check_apart", "check_free", "check_store", "load_routes", "reserve", "sqlite_path"]
+__all__ = [
+    "check_apart", "check_free", "check_store", "grpc_stack", "load_routes", "reserve", "sqlite_path",
+]
 
 
 def load_routes(path: str | Path) -> Routes:
@@ -224,3 +226,21 @@ async def check_store(store: Store, settings: Settings) -> None:
         raise ConfigError(f"{env_name('store')}: cannot open the SQLite store: {reason}") from None
     except ConfigError as exc:  # written by a newer keysvc
         raise ConfigError(f"{env_name('store')}: {exc}") from None
+
+
+def grpc_stack(choice: str, cpus: int | None = None) -> str:
+    """The gRPC stack to serve on: `choice`, with "auto" decided by the CPUs this process may use.
+
+    Measured (README, Performance): confined to one CPU, the synchronous
+    grpc.server carries a call for less CPU than grpc.aio; free to run on
+    several, its threads hand the GIL from core to core and grpc.aio wins.
+
+    Args:
+        choice: the `grpc_stack` setting: auto, sync or aio.
+        cpus: CPUs in this process's affinity mask (default: read it).
+    """
+    if choice != "auto":
+        return choice
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return "sync" if cpus == 1 else "aio"

@@ -22,7 +22,7 @@ from typing import Any, TextIO, cast
 import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
@@ -41,10 +41,11 @@ __all__ = [
     "audit_tracer",
     "configure_logging",
     "configure_tracing",
+    "logging_to",
     "redact",
     "redact_value",
-    "request_tracer",
     "shutdown_tracing",
+    "tracing_to",
 ]
 
 REDACTED = "[REDACTED]"
@@ -54,7 +55,6 @@ SENSITIVE_FIELDS = frozenset({"secret", "key", "authorization", "token", "passwo
 _MAX_DEPTH = 16  # deeper (or cyclic) structures are redacted as their repr()
 # Fields every log line has; an audit field of the same name would clobber them.
 _LOG_RESERVED = frozenset({"event", "level", "timestamp", "logger", "trace_id", "span_id"})
-_Pair = tuple[TracerProvider | None, TracerProvider | None]  # (request, audit)
 
 
 def _redact_str(text: str) -> str:
@@ -205,21 +205,19 @@ def configure_logging(log_format: str, log_level: str, stream: TextIO | None = N
     )
 
 
-class _Current:  # the providers installed last (a namespace, never instantiated)
-    request: TracerProvider | None = None
-    audit: TracerProvider | None = None
+class _Current:  # the provider installed last (a namespace, never instantiated)
+    provider: TracerProvider | None = None
 
 
 class _CurrentTracer(Tracer):
     """Starts spans on the provider installed last; a no-op before configure_tracing."""
 
-    def __init__(self, audit: bool, scope: str) -> None:
-        self._audit = audit
+    def __init__(self, scope: str) -> None:
         self._scope = scope  # (provider, tracer) is replaced whole: no torn reads across threads
         self._resolved: tuple[TracerProvider | None, Tracer] = (None, trace.NoOpTracer())
 
     def _current(self) -> Tracer:
-        provider = _Current.audit if self._audit else _Current.request
+        provider = _Current.provider
         seen, tracer = self._resolved
         if provider is not seen:
             tracer = provider.get_tracer(self._scope) if provider else trace.NoOpTracer()
@@ -233,13 +231,7 @@ class _CurrentTracer(Tracer):
         return self._current().start_as_current_span(*args, **kwargs)
 
 
-_REQUEST_TRACER = _CurrentTracer(audit=False, scope="keysvc")
-_AUDIT_TRACER = _CurrentTracer(audit=True, scope="keysvc.audit")
-
-
-def request_tracer() -> Tracer:
-    """Return the tracer for request spans, sampled per OTEL_TRACES_SAMPLER."""
-    return _REQUEST_TRACER
+_AUDIT_TRACER = _CurrentTracer(scope="keysvc.audit")
 
 
 def audit_tracer() -> Tracer:
@@ -247,11 +239,11 @@ def audit_tracer() -> Tracer:
     return _AUDIT_TRACER
 
 
-def _build_providers(service_name: str, exporter: SpanExporter | None) -> _Pair:
+def _build_provider(service_name: str, exporter: SpanExporter | None) -> TracerProvider:
     resource = Resource.create()  # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    processors: list[SpanProcessor] = []
+    provider = TracerProvider(sampler=ALWAYS_ON, resource=resource)
     env = os.environ
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint and env.get("OTEL_TRACES_EXPORTER", "").strip().lower() != "none":
@@ -261,45 +253,71 @@ def _build_providers(service_name: str, exporter: SpanExporter | None) -> _Pair:
             raise ConfigError(f"OTEL_EXPORTER_OTLP_*ENDPOINT is set but the OTLP exporter "
                               f"cannot be loaded: {exc}; pip install 'keysvc[otlp]', then run "
                               "scripts/fix-otel-proto.sh") from exc
-        processors.append(BatchSpanProcessor(OTLPSpanExporter()))  # reads OTEL_EXPORTER_OTLP_*
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # reads OTEL_EXPORTER_OTLP_*
     if exporter is not None:
-        processors.append(SimpleSpanProcessor(exporter))
-    request = TracerProvider(resource=resource)  # the SDK reads OTEL_TRACES_SAMPLER itself
-    audit = TracerProvider(sampler=ALWAYS_ON, resource=resource)
-    for processor in processors:
-        request.add_span_processor(processor)
-        audit.add_span_processor(processor)
-    return request, audit
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
 
 
-def _install(providers: _Pair, shutdown: bool = True) -> _Pair:
-    old = (_Current.request, _Current.audit)
-    _Current.request, _Current.audit = providers
-    for provider in old if shutdown else ():
-        if provider is not None:
-            provider.shutdown()  # the processors they share tolerate a second shutdown
+def _install(provider: TracerProvider | None, shutdown: bool = True) -> TracerProvider | None:
+    old, _Current.provider = _Current.provider, provider
+    if shutdown and old is not None:
+        old.shutdown()
     return old
 
 
 def configure_tracing(service_name: str = "keysvc", exporter: SpanExporter | None = None) -> None:
-    """Install tracer providers set up from the standard OTEL_* environment.
+    """Install a tracer provider for audit spans, set up from the standard OTEL_* environment.
 
-    Request spans follow the SDK's OTEL_TRACES_SAMPLER; audit spans are always
-    sampled. Both share OTLP/gRPC export (batched) when OTEL_EXPORTER_OTLP_(TRACES_)
-    ENDPOINT is set and OTEL_TRACES_EXPORTER is not "none", and `exporter` (tests).
+    Audit spans are always sampled (OTEL_TRACES_SAMPLER does not apply: keysvc
+    traces no requests, see the README's Telemetry notes). They are exported
+    over OTLP/gRPC (batched) when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
+    and OTEL_TRACES_EXPORTER is not "none", and to `exporter` (tests).
     `service_name` applies unless OTEL_* names one. A second call replaces the
-    providers, shutting the old ones and their exporters down. The global
-    OpenTelemetry provider is left alone: use `request_tracer()`, `audit_tracer()`.
+    provider, shutting the old one and its exporters down. The global
+    OpenTelemetry provider is left alone: use `audit_tracer()`.
 
     Raises:
         ConfigError: OTLP export is configured but its exporter cannot be loaded.
     """
-    _install(_build_providers(service_name, exporter))
+    _install(_build_provider(service_name, exporter))
+
+
+@contextmanager
+def tracing_to(exporter: SpanExporter, service_name: str = "keysvc") -> Iterator[None]:
+    """Send spans to `exporter` for the block (as `configure_tracing` does), then restore the old provider.
+
+    The previous provider is not shut down (so blocks can nest); the block's is.
+    """
+    previous = _install(_build_provider(service_name, exporter), shutdown=False)
+    try:
+        yield
+    finally:
+        _install(previous)
+
+
+@contextmanager
+def logging_to(stream: TextIO, log_format: str = "json", log_level: str = "debug") -> Iterator[None]:
+    """Write every log line to `stream` for the block (see `configure_logging`), then restore the old set-up.
+
+    A logger cached before the block at a higher level keeps that level (structlog's caching).
+    """
+    saved = structlog.get_config()
+    saved_processors = list(saved["processors"])
+    saved_stream = _SINK.stream
+    configure_logging(log_format, log_level, stream=stream)
+    try:
+        yield
+    finally:
+        _SINK.stream = saved_stream
+        # In place: loggers cached during the block hold this very list.
+        saved["processors"][:] = saved_processors
+        structlog.configure(**saved)
 
 
 def shutdown_tracing() -> None:
-    """Flush pending spans and shut the providers down; later spans are dropped."""
-    _install((None, None))
+    """Flush pending spans and shut the provider down; later spans are dropped."""
+    _install(None)
 
 
 class AuditRecord:
@@ -377,4 +395,4 @@ class SpanAuditor:
 
 
 AUDITOR = SpanAuditor()
-"""The one auditor; spans go to whatever providers `configure_tracing` installed."""
+"""The one auditor; spans go to whatever provider `configure_tracing` installed."""

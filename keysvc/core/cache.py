@@ -13,20 +13,21 @@ kept (unrelated admin traffic must not leave keys uncached). Each
 invalidation is remembered with its epoch, a bounded number of them: when one
 is forgotten, every fill older than it is dropped (safe, never stale).
 Inserts and invalidations take one lock, so a fill on a pool thread and an
-invalidation on the loop's thread are ordered, never interleaved; lookups
-take no lock.
+invalidation on the loop's thread are ordered, never interleaved.
 
 Memory: a cached key is one dict entry and one `CachedKey` (the record as
 cached, its age, its grant), nothing else per key; the record keeps only what
-decides and identifies a call (`cached_record`). At a million cached keys
-every object and field here costs megabytes.
+decides and identifies a call (`CachedRecord`, slotted). At a million cached
+keys every object and field here costs megabytes.
 
-Threads: reads (`get`, `is_unknown`, `get_policy`) may run on the sync gRPC
-stack's threads while the event loop inserts and evicts. Each step is one dict
-operation and none checks-then-acts on a shared map: an entry removed between
-the lookup and what follows it is answered as found, never a KeyError. Every
-writer (inserts, dropping an expired negative entry, invalidations, clear)
-holds the one lock above, for O(1) work; a hit only reads.
+Threads: `get`, `is_unknown` and `get_policy` may run on the sync gRPC
+stack's threads while the event loop inserts and evicts. The rule: every
+change to a map or a counter (inserts, invalidations, clear, dropping an
+expired negative entry, and a hit's LRU reordering and count) holds the one
+lock above, for O(1) work; lookups take no lock, and are single reads of an
+entry that is never changed in place (`CachedKey` fields are replaced whole),
+so none checks-then-acts on a shared map: an entry removed between the lookup
+and what follows it is answered as found, never a KeyError.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from keysvc.core.model import KeyRecord, Policy
+from keysvc.core.model import CachedRecord, KeyRecord, Policy
 from keysvc.core.shared import SharedValues
 
 if TYPE_CHECKING:
@@ -60,19 +61,16 @@ def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     return _METADATA.share(tuple(metadata.items()), metadata) if metadata else metadata
 
 
-def cached_record(record: KeyRecord) -> KeyRecord:
-    """The part of `record` the cache keeps: what decides and identifies a call.
+def cached_record(record: KeyRecord) -> CachedRecord:
+    """The part of `record` the cache keeps: what decides and identifies a call (`CachedRecord`).
 
-    Validation reads the ids, scopes, metadata, state and deadlines of a key;
-    its name, hint, timestamps, rotation links and announced deadline are for
-    admins, who read the store. They are left at their defaults here, which
-    saves a few hundred bytes per cached key; any other field (one added later
-    included) is kept. Metadata equal to another cached key's is shared with it
-    (records are frozen; nothing mutates their metadata).
+    Metadata equal to another cached key's is shared with it (records are
+    frozen; nothing mutates their metadata).
     """
-    return replace(
-        record, name="", hint="", created_at=0.0, updated_at=0.0, rotated_from="", rotated_to="",
-        announced_through=0.0, metadata=_shared_metadata(record.metadata),
+    return CachedRecord(
+        record.key_id, record.key_hash, record.owner_id, record.policy_id, record.scopes,
+        _shared_metadata(record.metadata), record.enabled, record.expires_at, record.revoke_at,
+        record.has_quota, record.budget_id, record.revision,
     )
 
 
@@ -87,7 +85,7 @@ class CachedKey:
 
     __slots__ = ("cached_at", "grant", "record")
 
-    def __init__(self, record: KeyRecord, cached_at: float) -> None:
+    def __init__(self, record: CachedRecord, cached_at: float) -> None:
         self.record = record
         self.cached_at = cached_at
         self.grant: Grant | None = None
@@ -155,8 +153,8 @@ class KeyCache:
         self.negative_ttl_s = negative_ttl_s
         self.stale_window_s = stale_window_s
         # OrderedDict, not a dict re-inserted on each hit: `move_to_end` is one
-        # atomic step, where pop-and-reinsert from a reader thread could put
-        # back an entry the event follower has just evicted.
+        # step under the lock, where pop-and-reinsert after a lock-free lookup
+        # could put back an entry the event follower has just evicted.
         self._keys: OrderedDict[str, CachedKey] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._policies: dict[str, tuple[Policy, float]] = {}
@@ -185,14 +183,16 @@ class KeyCache:
         if entry is not None and now - self.confirmed_at <= self._lag_limit_s:
             age = now - entry.cached_at
             if age < self.ttl_s or (stale_ok and age < self.ttl_s + self.stale_window_s):
-                # Not contextlib.suppress: that is a context manager per cache hit.
-                try:  # noqa: SIM105
-                    keys.move_to_end(key_hash)
-                except KeyError:  # evicted by another thread since the lookup: still answerable
-                    pass
-                self.stats.hits += 1
+                with self._lock:  # a hit reorders the LRU and counts: a writer
+                    self.stats.hits += 1
+                    # Not contextlib.suppress: that is a context manager per cache hit.
+                    try:  # noqa: SIM105
+                        keys.move_to_end(key_hash)
+                    except KeyError:  # evicted by another thread since the lookup: still answerable
+                        pass
                 return entry
-        self.stats.misses += 1
+        with self._lock:
+            self.stats.misses += 1
         return None
 
     def is_unknown(self, key_hash: str, now: float) -> bool:
@@ -201,7 +201,8 @@ class KeyCache:
         if until is None:
             return False
         if until > now:
-            self.stats.negative_hits += 1
+            with self._lock:
+                self.stats.negative_hits += 1
             return True
         with self._lock:
             if self._negative.get(key_hash) == until:  # not renewed since it was read

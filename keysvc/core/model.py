@@ -12,11 +12,13 @@ from typing import NamedTuple
 
 __all__ = [
     "ADMIN_SCOPE",
+    "CachedRecord",
     "Code",
     "CounterResult",
     "Decision",
     "Event",
     "EventType",
+    "KeyFacts",
     "KeyRecord",
     "KeyStatus",
     "Policy",
@@ -114,12 +116,39 @@ class KeyRecord:
     announced_through: float = 0.0
 
 
-def budget_of(record: KeyRecord) -> str:
+@dataclass(frozen=True, slots=True)
+class CachedRecord:
+    """What decides and identifies a call to a key: the part of a `KeyRecord` the cache keeps.
+
+    Validation reads the ids, scopes, metadata, state, deadlines and counters of a
+    key; its name, hint, timestamps, rotation links and announced deadline are for
+    admins, who read the store. At a million cached keys each field costs 8 MB.
+    """
+
+    key_id: str
+    key_hash: str
+    owner_id: str
+    policy_id: str
+    scopes: tuple[str, ...]
+    metadata: Mapping[str, str]
+    enabled: bool
+    expires_at: float | None
+    revoke_at: float | None
+    has_quota: bool
+    budget_id: str
+    revision: int
+
+
+KeyFacts = KeyRecord | CachedRecord
+"""A record a call can be decided from: the store's whole record or the cache's part of it."""
+
+
+def budget_of(record: KeyFacts) -> str:
     """Return the id the key's rate windows and quota are counted under."""
     return record.budget_id or record.key_id
 
 
-def key_status(record: KeyRecord, now: float) -> KeyStatus:
+def key_status(record: KeyFacts, now: float) -> KeyStatus:
     """Return the record's lifecycle state at `now`.
 
     Revoked beats expired beats disabled; a scheduled revocation (REVOKING)
@@ -212,7 +241,7 @@ class Decision:
     """The answer to one Validate call."""
 
     code: Code
-    record: KeyRecord | None = None
+    record: KeyFacts | None = None
     policy: Policy | None = None
     scopes: tuple[str, ...] = ()
     message: str = ""

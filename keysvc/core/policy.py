@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from keysvc.core.model import ADMIN_SCOPE, Code, Decision, KeyRecord, KeyStatus, Policy, RateLimit, key_status
+from keysvc.core.model import ADMIN_SCOPE, Code, Decision, KeyFacts, KeyStatus, Policy, RateLimit, key_status
 
 __all__ = [
     "Grant",
@@ -52,7 +52,7 @@ def ip_allowed(client_ip: str, cidrs: tuple[str, ...]) -> bool:
     return any(address in network for network in parse_cidrs(cidrs))
 
 
-def effective_scopes(record: KeyRecord, policy: Policy | None) -> tuple[str, ...]:
+def effective_scopes(record: KeyFacts, policy: Policy | None) -> tuple[str, ...]:
     """Policy scopes narrowed by the key's own scopes when it has any."""
     if policy is None:
         return record.scopes
@@ -87,7 +87,7 @@ class Grant:
     limited: bool
 
 
-def make_grant(record: KeyRecord, policy: Policy | None) -> Grant:
+def make_grant(record: KeyFacts, policy: Policy | None) -> Grant:
     """Precompute the evaluation data of a record under its policy."""
     scopes = effective_scopes(record, policy)
     limited = record.has_quota or (policy is not None and policy.rate_limit is not None)
@@ -100,7 +100,7 @@ def make_grant(record: KeyRecord, policy: Policy | None) -> Grant:
 
 
 def evaluate(
-    record: KeyRecord,
+    record: KeyFacts,
     policy: Policy | None,
     required_scopes: Sequence[str],
     client_ip: str,
@@ -160,14 +160,6 @@ class PolicyDiff:
         """
         return bool(self.scopes_removed or self.limits_tightened or self.cidrs_narrowed
                     or self.escalates)
-
-    @property
-    def changed(self) -> bool:
-        """True when anything that affects decisions differs."""
-        return bool(
-            self.scopes_added or self.scopes_removed or self.cidrs_added or self.cidrs_removed
-            or self.limits_tightened or self.limits_loosened
-        )
 
 
 def _narrowed(before: tuple[str, ...], after: tuple[str, ...]) -> bool:

@@ -7,6 +7,7 @@ distinct value is a good part of the per-key memory at 100k+ keys.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -19,8 +20,9 @@ class SharedValues(Generic[_V]):
     """Returns the first value seen for each key; starts over when full.
 
     Starting over costs sharing, never correctness. Safe to use from several
-    threads: each step is one GIL-atomic dict operation, and a race only
-    makes two equal values.
+    threads: a lookup takes no lock (one read of a value never changed in
+    place); adding and starting over hold one lock, so a race only makes two
+    equal values.
 
     Args:
         max_size: most distinct keys remembered.
@@ -29,13 +31,15 @@ class SharedValues(Generic[_V]):
     def __init__(self, max_size: int = 4096) -> None:
         self._values: dict[Hashable, _V] = {}
         self._max_size = max_size
+        self._lock = threading.Lock()
 
     def share(self, key: Hashable, value: _V) -> _V:
         """The value first seen under `key` (which must identify `value`), else `value`."""
         values = self._values
         shared = values.get(key)
         if shared is None:
-            if len(values) >= self._max_size:
-                values.clear()
-            shared = values[key] = value
+            with self._lock:
+                if len(values) >= self._max_size:
+                    values.clear()
+                shared = values.setdefault(key, value)
         return shared

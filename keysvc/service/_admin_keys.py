@@ -190,7 +190,7 @@ class KeyAdmin(AdminBase):
                 raise ConflictError(
                     f"key {key_id} is at revision {record.revision}, not {expected_revision}"
                 )
-            fields = _plain_fields(changes)
+            fields = check.plain_key_fields(changes)
             policy_id = check.policy_id(changes.get("policy_id", record.policy_id), required=False)
             fields["policy_id"] = policy_id
             grantor = await authority.load(self._store, actor, now)
@@ -386,17 +386,3 @@ class KeyAdmin(AdminBase):
         """Answer a retried RotateKey: the same new key, re-keyed; the old one as it is."""
         new, secret = await self._reissue(actor, first, span)
         return new, secret, await self.get_key(str(first.outcome["previous"]))
-
-
-def _plain_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The checked values of the update fields that need no store read."""
-    fields: dict[str, Any] = {}
-    if "name" in changes:
-        fields["name"] = check.text("name", changes["name"])
-    if "metadata" in changes:
-        fields["metadata"] = check.metadata(changes["metadata"])
-    if "scopes" in changes:
-        fields["scopes"] = check.scopes("scopes", changes["scopes"])
-    if "enabled" in changes:
-        fields["enabled"] = bool(changes["enabled"])
-    return fields

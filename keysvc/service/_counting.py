@@ -13,7 +13,7 @@ from keysvc.core.model import (
     Code,
     CounterResult,
     Decision,
-    KeyRecord,
+    KeyFacts,
     Policy,
     RateLimitState,
     TakeRequest,
@@ -69,10 +69,7 @@ class Counting:
 
     def _over_limit_decision(self, decision: Decision, key_id: str, now: float) -> Decision | None:
         blocked = self._over_limit.get(key_id)
-        if blocked is None:
-            return None
-        if blocked[0] <= now:
-            self._over_limit.pop(key_id, None)  # the drain may have dropped it meanwhile
+        if blocked is None or blocked[0] <= now:  # a dead memo is the loop's drain to drop
             return None
         return Decision(
             Code.RATE_LIMITED, decision.record, decision.policy, decision.scopes,
@@ -80,7 +77,7 @@ class Counting:
         )
 
     async def _take(
-        self, decision: Decision, record: KeyRecord, policy: Policy | None, cost: int, now: float,
+        self, decision: Decision, record: KeyFacts, policy: Policy | None, cost: int, now: float,
         deadline: float,
     ) -> Decision:
         rate_limit = policy.rate_limit if policy is not None else None
@@ -116,7 +113,7 @@ class Counting:
             rate_limit=result.rate_limit, quota_remaining=result.quota_remaining,
         )
 
-    def _warn_missing_quota(self, record: KeyRecord) -> None:
+    def _warn_missing_quota(self, record: KeyFacts) -> None:
         """Log a lost quota counter once per key (until many keys have been logged)."""
         # Evicted, lost in a failover, or a half-done write: the take refused it.
         warned = self._missing_quota_warned
@@ -143,8 +140,8 @@ class Counting:
         # Over-limit memos of windows that have ended are dead weight: drop them here,
         # off the hot path, so that map stays bounded too.
         now = self._clock()
-        # A copy to iterate: hot-path threads may remove memos meanwhile.
-        for key_id, (reset_at, _) in self._over_limit.copy().items():
+        # The memo's one writer is the loop (here, `_take`, `forget_*`); hits only read it.
+        for key_id, (reset_at, _) in list(self._over_limit.items()):
             if reset_at <= now:
                 self._over_limit.pop(key_id, None)
         return drained

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from keysvc.core.errors import InvalidArgumentError
 from keysvc.core.keys import holds_key
@@ -135,3 +136,17 @@ def duration(field: str, seconds: float, maximum: float = MAX_GRACE_S) -> float:
     if not 0 <= seconds <= maximum:  # also refuses nan
         raise InvalidArgumentError(f"{field}: must be between 0 and {int(maximum)} seconds")
     return seconds
+
+
+def plain_key_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked key update fields that need no store read: name, metadata, scopes, enabled."""
+    fields: dict[str, Any] = {}
+    if "name" in changes:
+        fields["name"] = text("name", changes["name"])
+    if "metadata" in changes:
+        fields["metadata"] = metadata(changes["metadata"])
+    if "scopes" in changes:
+        fields["scopes"] = scopes("scopes", changes["scopes"])
+    if "enabled" in changes:
+        fields["enabled"] = bool(changes["enabled"])
+    return fields

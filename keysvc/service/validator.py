@@ -2,10 +2,19 @@
 
 `check_cached` is a plain synchronous function: it answers from process
 memory or returns None, and never awaits, locks or touches the network, so
-the gRPC stack under it is a choice made by measurement. It may run on several
-threads at once (the sync stack) while the loop's thread runs everything else:
-its shared maps are only read or changed by single, GIL-atomic operations. `validate` adds the
+the gRPC stack under it is a choice made by measurement. `validate` adds the
 store round trips for misses and for keys with counters.
+
+Threads: `check_cached` and `shed` may run on several threads at once (the sync
+stack's pool) while the loop's thread runs everything else. The rule, for every
+map and counter they share: a change is made under a lock (the decision counts
+and `store_shed` under `_count_lock`, last uses under `_last_used_lock`, the
+cache under its own), or by the one thread that writes it (the over-limit memo
+and `store_errors`: the loop only; a hit on another thread reads the memo and
+leaves a dead entry for the loop's drain); lookups take no lock and are single
+reads of values never changed in place. A cached entry's grant is the one
+exception: whichever thread makes it first stores it, and any two are equal
+(`_grant`), so a lost store costs one more `make_grant`, never a wrong answer.
 
 Store work is bounded, so misses cannot hold up hits: at most `max_store_inflight`
 answers wait on the store at once and as many more wait for a slot (`StoreSlots`);
@@ -69,7 +78,7 @@ class ValidationRequest(NamedTuple):
 class Validator(Counting):
     """Answers validation requests from the cache, falling back to the store.
 
-    A decision's record is the key as the cache keeps it (`keysvc.core.cache.cached_record`):
+    A decision's record is the key as the cache keeps it (`keysvc.core.model.CachedRecord`):
     ids, scopes, metadata, state and deadlines, not its name, hint or times.
 
     Args:
@@ -119,7 +128,7 @@ class Validator(Counting):
         self.store_errors = 0
         # Answers given without asking the store because too many were waiting on it.
         self.store_shed = 0
-        self._shed_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the decision counts and store_shed
         self._slots = StoreSlots(max_store_inflight)
         self._store_budget_s = store_budget_s
         self.on_store_answer: Callable[[float], None] | None = None
@@ -130,7 +139,8 @@ class Validator(Counting):
         """Answer from memory, or return None when the store must be asked."""
         decision = self._check_cached(request)
         if decision is not None:
-            self.decisions[decision.code] += 1
+            with self._count_lock:
+                self.decisions[decision.code] += 1
         return decision
 
     def _check_cached(self, request: ValidationRequest) -> Decision | None:
@@ -175,7 +185,8 @@ class Validator(Counting):
             decision = await self._validate_from_store(request, deadline)
         finally:
             self._slots.release()
-        self.decisions[decision.code] += 1
+        with self._count_lock:
+            self.decisions[decision.code] += 1
         if self.on_store_answer is not None:
             self.on_store_answer(time.perf_counter() - started)
         return decision
@@ -210,20 +221,21 @@ class Validator(Counting):
             )
         finally:
             self._slots.release()
-        for i, decision in zip(misses, decided, strict=True):
-            self.decisions[decision.code] += 1
-            answers[i] = decision
+        with self._count_lock:
+            for i, decision in zip(misses, decided, strict=True):
+                self.decisions[decision.code] += 1
+                answers[i] = decision
         if self.on_store_answer is not None:
             self.on_store_answer(time.perf_counter() - started)
         return [a for a in answers if a is not None]
 
     def shed(self, request: ValidationRequest) -> Decision:
         """Answer a miss without asking the store (too many wait on it): stale, fail-open or UNAVAILABLE."""
-        with self._shed_lock:
-            self.store_shed += 1
         key_hash = well_formed_hash(request.key)
         decision = _MALFORMED if key_hash is None else self._unreachable(request, key_hash)
-        self.decisions[decision.code] += 1
+        with self._count_lock:
+            self.store_shed += 1
+            self.decisions[decision.code] += 1
         return decision
 
     def _unreachable(self, request: ValidationRequest, key_hash: str) -> Decision:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,6 +67,15 @@ def health(server: ServerProcess) -> int:
     return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
 
 
+def store_errors(port: int) -> float:
+    """The server's count of failed store reads on the validation path, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r"^keysvc_store_errors(?:_total)?(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    assert found, "no store errors sample"
+    return float(found.group(1))
+
+
 def wait_until(predicate: Callable[[], bool], bound_s: float, what: str) -> None:
     deadline = time.monotonic() + bound_s
     while not predicate():
@@ -77,16 +88,24 @@ def test_redis_outage_and_recovery(
 ) -> None:
     _, admin_secret = bootstrap(own_redis.url)
     md = [("authorization", f"Bearer {admin_secret}")]
+    metrics_port = free_port()
     server = start_server(own_redis.url, "--cache-ttl-s", "0.5", "--stale-window-s", "60",
-                          "--store-timeout-ms", "100", stack=stack)
+                          "--store-timeout-ms", "100", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+                          stack=stack)
     stub = server.stub()
     cached = stub.CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=5)
     uncached = stub.CreateKey(pb.CreateKeyRequest(owner_id="o"), metadata=md, timeout=5)
     assert stub.Validate(pb.ValidateRequest(key=cached.secret), timeout=5).code == pb.CODE_VALID
+    assert store_errors(metrics_port) == 0
 
     own_redis.stop()
-    time.sleep(0.6)  # past the cache TTL: the server must try the store, and fall back
-    assert stub.Validate(pb.ValidateRequest(key=cached.secret), timeout=5).code == pb.CODE_VALID
+
+    def answered_stale() -> bool:
+        """Every answer is VALID; true once one came after a failed store read (the TTL passed)."""
+        assert stub.Validate(pb.ValidateRequest(key=cached.secret), timeout=5).code == pb.CODE_VALID
+        return store_errors(metrics_port) > 0
+
+    wait_until(answered_stale, 30, "answered from the stale window after the TTL")
     reply = stub.Validate(pb.ValidateRequest(key=uncached.secret), timeout=5)
     assert (reply.valid, reply.code) == (False, pb.CODE_UNAVAILABLE)
     with pytest.raises(grpc.RpcError) as info:

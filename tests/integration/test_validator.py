@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +321,62 @@ async def test_a_burst_beyond_the_in_flight_bound_waits_for_a_slot_on_a_healthy_
     decisions = await asyncio.gather(*(validator.validate(ValidationRequest(s)) for s in secrets))
     assert [d.code for d in decisions] == [Code.VALID] * 8
     assert validator.store_shed == 0
+
+
+class _OneWriter(dict[str, Any]):
+    """The over-limit memo, recording which threads change it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writers.add(threading.current_thread().name)
+        super().__setitem__(key, value)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.writers.add(threading.current_thread().name)
+        return super().pop(key, *default)
+
+
+class _LockedCounts(list[int]):
+    """The decision counts, recording every change made without the validator's count lock."""
+
+    def __init__(self, validator: Validator) -> None:
+        super().__init__(validator.decisions)
+        self.validator = validator
+        self.unlocked = 0
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if not self.validator._count_lock.locked():
+            self.unlocked += 1
+        super().__setitem__(index, value)
+
+
+async def test_hits_on_pool_threads_change_shared_state_only_under_a_lock_or_as_its_one_writer(
+    store: CountingStore,
+) -> None:
+    """The sync stack answers hits on its threads: the over-limit memo has one writer (the loop),
+    and the decision counts are changed under one lock, never by a GIL detail."""
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
+    await admin.create_policy("t", Policy("lim", 0, 0.0, 0.0, rate_limit=RateLimit(1, 60)))
+    _, secret = await admin.create_key("t", owner_id="o", policy_id="lim")
+    now = [time.time()]
+    validator = Validator(store, make_cache(), clock=lambda: now[0])  # type: ignore[arg-type]
+    memo = validator._over_limit = _OneWriter()
+    counts = validator.decisions = _LockedCounts(validator)
+    codes = [(await validator.validate(ValidationRequest(secret))).code for _ in range(3)]
+    assert codes == [Code.VALID, Code.RATE_LIMITED, Code.RATE_LIMITED]
+    assert memo  # refused locally from here
+    now[0] += 120  # the window has reset: the memo is dead
+
+    def pool_thread_hits() -> list[Code | None]:
+        answers = [validator.check_cached(ValidationRequest(secret)) for _ in range(3)]
+        return [None if a is None else a.code for a in answers]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+        assert pool.submit(pool_thread_hits).result(timeout=60) == [None] * 3  # to the store again
+    assert all(not name.startswith("pool") for name in memo.writers), memo.writers
+    assert counts.unlocked == 0
+    validator.drain_last_used()  # the loop's drain drops the dead memo
+    assert not memo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import grpc
 import pytest
 
 from keysvc.api.authz import (
@@ -239,3 +240,24 @@ def test_check_response_for_allow_and_deny() -> None:
     assert denied.status.code == 16 and denied.denied_response.status.code == 401
     assert json.loads(denied.denied_response.body)["error"] == "missing_credentials"
     assert not denied.HasField("dynamic_metadata")
+
+
+# Every refusal, as each listener answers it: (HTTP status, gRPC status name).
+_REFUSED = {
+    Code.MALFORMED: (401, "UNAUTHENTICATED"), Code.NOT_FOUND: (401, "UNAUTHENTICATED"),
+    Code.DISABLED: (401, "UNAUTHENTICATED"), Code.EXPIRED: (401, "UNAUTHENTICATED"),
+    Code.REVOKED: (401, "UNAUTHENTICATED"), Code.INSUFFICIENT_SCOPE: (403, "PERMISSION_DENIED"),
+    Code.IP_NOT_ALLOWED: (403, "PERMISSION_DENIED"), Code.RATE_LIMITED: (429, "RESOURCE_EXHAUSTED"),
+    Code.QUOTA_EXHAUSTED: (429, "RESOURCE_EXHAUSTED"), Code.UNAVAILABLE: (503, "UNAVAILABLE"),
+}
+
+
+@pytest.mark.parametrize("code", [c for c in Code if c is not Code.VALID])
+def test_every_refusal_has_one_status_on_every_listener(code: Code) -> None:
+    from keysvc.api.grpc.status import status_of_decision
+
+    http, rpc = _REFUSED[code]
+    result = result_for(Decision(code), (), 0.0)
+    assert result.status == http  # forward-auth
+    assert check_response(result).status.code == getattr(grpc.StatusCode, rpc).value[0]  # ext_authz
+    assert status_of_decision(code) is getattr(grpc.StatusCode, rpc)  # admin auth

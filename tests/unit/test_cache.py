@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from typing import Any
 
 import pytest
 
 from keysvc.core.cache import CachedKey, KeyCache, cached_record
-from keysvc.core.model import KeyRecord, Policy
+from keysvc.core.model import CachedRecord, KeyRecord, Policy
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +33,7 @@ def record(key_hash: str, *, owner_id: str = "owner") -> KeyRecord:
                      created_at=0.0, updated_at=0.0)
 
 
-def cached(cache: KeyCache, key_hash: str, now: float, *, stale_ok: bool = False) -> KeyRecord | None:
+def cached(cache: KeyCache, key_hash: str, now: float, *, stale_ok: bool = False) -> CachedRecord | None:
     """The record `get` answers with, or None."""
     entry = cache.get(key_hash, now, stale_ok=stale_ok)
     return None if entry is None else entry.record
@@ -48,7 +49,7 @@ def policy(policy_id: str, version: int = 1) -> Policy:
 def test_get_returns_what_put_stored_and_counts_hits_and_misses() -> None:
     cache = make_cache()
     cache.put(record("h1"), 100.0, cache.epoch)
-    assert cached(cache, "h1", 100.0) == record("h1")
+    assert cached(cache, "h1", 100.0) == cached_record(record("h1"))
     assert cache.get("nope", 100.0) is None
     assert (cache.stats.hits, cache.stats.misses) == (1, 1)
 
@@ -109,7 +110,7 @@ def test_stale_entry_is_served_only_with_stale_ok_within_the_window() -> None:
     cache.put(record("h"), 100.0, cache.epoch)
     inside = 100.0 + TTL + STALE - 0.001
     assert cache.get("h", inside) is None
-    assert cached(cache, "h", inside, stale_ok=True) == record("h")
+    assert cached(cache, "h", inside, stale_ok=True) == cached_record(record("h"))
     assert cache.get("h", 100.0 + TTL + STALE, stale_ok=True) is None
 
 
@@ -299,15 +300,26 @@ def full_record(key_hash: str, **fields: object) -> KeyRecord:
     return KeyRecord(**values)  # type: ignore[arg-type]
 
 
+_DECIDES = ("key_id", "key_hash", "owner_id", "policy_id", "scopes", "metadata", "enabled",
+            "expires_at", "revoke_at", "has_quota", "budget_id", "revision")
+_ADMIN_ONLY = ("hint", "created_at", "updated_at", "name", "rotated_from", "rotated_to", "announced_through")
+
+
 def test_a_cached_record_keeps_what_decides_and_identifies_a_call() -> None:
-    full = full_record("h")
+    full = full_record("h", budget_id="key_old")
     kept = cached_record(full)
-    decides = ("key_id", "key_hash", "owner_id", "policy_id", "scopes", "metadata", "enabled",
-               "expires_at", "revoke_at", "has_quota", "revision")
-    assert {f: getattr(kept, f) for f in decides} == {f: getattr(full, f) for f in decides}
-    # Admin-only fields are not kept: admins read the store.
-    assert (kept.name, kept.hint, kept.rotated_from, kept.rotated_to) == ("", "", "", "")
-    assert (kept.created_at, kept.updated_at, kept.announced_through) == (0.0, 0.0, 0.0)
+    assert {f: getattr(kept, f) for f in _DECIDES} == {f: getattr(full, f) for f in _DECIDES}
+    # Its own slotted type, holding nothing else: admin-only fields are not kept (admins read the store).
+    assert type(kept) is not KeyRecord
+    assert tuple(f.name for f in dataclasses.fields(kept)) == _DECIDES
+    assert not hasattr(kept, "__dict__")
+    for name in _ADMIN_ONLY:
+        assert not hasattr(kept, name)
+
+
+def test_every_key_record_field_is_either_cached_or_admin_only() -> None:
+    """A field added to KeyRecord must be placed: kept by the cache (it decides a call) or not."""
+    assert sorted(f.name for f in dataclasses.fields(KeyRecord)) == sorted(_DECIDES + _ADMIN_ONLY)
 
 
 def test_cached_records_with_equal_metadata_share_it() -> None:
@@ -377,3 +389,53 @@ def test_an_expired_negative_entry_removed_meanwhile_is_not_an_error() -> None:
 
     cache._negative = _Gone(cache._negative)
     assert not cache.is_unknown("u", 100.0 + NEG_TTL)
+
+
+class _Guarded(OrderedDict[str, Any]):
+    """A cache map that records every change made without the cache's lock held."""
+
+    def __init__(self, cache: KeyCache, items: OrderedDict[str, Any]) -> None:
+        super().__init__(items)
+        self.cache = cache
+        self.unlocked: list[str] = []
+
+    def _check(self, what: str) -> None:
+        if not self.cache._lock.locked():
+            self.unlocked.append(what)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check("set")
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._check("del")
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._check("pop")
+        return super().pop(key, *default)
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        self._check("popitem")
+        return super().popitem(last)
+
+    def move_to_end(self, key: str, last: bool = True) -> None:
+        self._check("move_to_end")
+        super().move_to_end(key, last)
+
+
+def test_every_change_to_the_cache_maps_holds_its_lock() -> None:
+    """Hits reorder the LRU and count: writers too, so they take the one lock (never a GIL detail)."""
+    cache = make_cache(max_keys=2, negative_max=2)
+    keys_map = cache._keys = _Guarded(cache, cache._keys)
+    negative = cache._negative = _Guarded(cache, cache._negative)
+    for n, key_hash in enumerate("abc"):
+        cache.put(record(key_hash), 100.0 + n, cache.epoch)  # the third evicts the first
+    assert cache.get("c", 103.0) is not None and cache.get("b", 103.0) is not None  # hits reorder
+    assert cache.get("a", 103.0) is None
+    for key_hash in "xyz":
+        cache.put_unknown(key_hash, 100.0, cache.epoch)
+    assert not cache.is_unknown("z", 100.0 + NEG_TTL)  # an expired entry is dropped
+    cache.evict_key("b")
+    assert keys_map.unlocked == [] and negative.unlocked == []
+    assert cache.stats.hits == 2 and cache.stats.evictions == 1

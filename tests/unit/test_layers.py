@@ -65,3 +65,39 @@ def test_the_readme_map_is_the_enforced_one() -> None:
     assert ["keysvc." + name for name in shown] == layers
     for package in shown:  # every layer it names exists
         assert (ROOT / "keysvc" / package / "__init__.py").is_file()
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Underscore names `path` takes from keysvc modules: imported, or read off an imported module."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    modules: set[str] = set()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keysvc"):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{node.module}.{alias.name}")
+                modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname or a.name for a in node.names if a.name.startswith("keysvc"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in modules):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_public_test_helpers_use_only_public_api(tmp_path: Path) -> None:
+    assert _private_uses(ROOT / "keysvc" / "testing.py") == []
+    # The check itself sees a private use.
+    (probe := tmp_path / "probe.py").write_text("from keysvc.app import telemetry\ntelemetry._SINK.stream = None\n")
+    assert _private_uses(probe) == ["telemetry._SINK"]
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "keysvc").rglob("*.py")
+            if "v1" not in p.relative_to(ROOT / "keysvc").parts
+            and (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

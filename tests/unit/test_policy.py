@@ -169,7 +169,6 @@ def test_identical_and_cosmetic_changes_are_not_changes() -> None:
     for after in (before, replace(before, version=2, description="new words", change_note="why")):
         result = diff(before, after)
         assert result == PolicyDiff()
-        assert not result.changed
         assert not result.breaking
 
 
@@ -177,7 +176,7 @@ def test_scopes_added_are_not_breaking() -> None:
     result = diff(pol(scopes=("a",)), pol(scopes=("c", "a", "b")))
     assert result.scopes_added == ("b", "c")
     assert result.scopes_removed == ()
-    assert result.changed
+    assert result != PolicyDiff()
     assert not result.breaking
 
 
@@ -191,7 +190,7 @@ def test_granting_admin_is_an_escalation_and_breaking() -> None:
 def test_scopes_removed_are_breaking() -> None:
     result = diff(pol(scopes=("a", "b", "c")), pol(scopes=("b",)))
     assert result.scopes_removed == ("a", "c")
-    assert result.changed
+    assert result != PolicyDiff()
     assert result.breaking
 
 
@@ -220,7 +219,7 @@ def test_cidr_changes_compare_as_ranges(
     result = diff(pol(allowed_cidrs=before), pol(allowed_cidrs=after))
     assert result.cidrs_narrowed is narrowed
     assert result.breaking is narrowed
-    assert result.changed
+    assert result != PolicyDiff()
     assert result.cidrs_added == tuple(sorted(set(after) - set(before)))
     assert result.cidrs_removed == tuple(sorted(set(before) - set(after)))
 
@@ -244,7 +243,7 @@ def test_cidr_changes_compare_as_ranges(
 )
 def test_rate_limit_changes(before: RateLimit | None, after: RateLimit | None, tightened: bool) -> None:
     result = diff(pol(rate_limit=before), pol(rate_limit=after))
-    assert result.changed
+    assert result != PolicyDiff()
     assert result.breaking is tightened
     lines = result.limits_tightened if tightened else result.limits_loosened
     assert len(lines) == 1
@@ -288,7 +287,7 @@ def test_quota_refill_changes(
     before: QuotaRefill | None, after: QuotaRefill | None, tightened: bool
 ) -> None:
     result = diff(pol(quota_refill=before), pol(quota_refill=after))
-    assert result.changed
+    assert result != PolicyDiff()
     assert result.breaking is tightened
     lines = result.limits_tightened if tightened else result.limits_loosened
     assert len(lines) == 1
@@ -318,7 +317,7 @@ def test_quota_refill_with_a_smaller_amount_is_breaking() -> None:
 )
 def test_max_key_ttl_changes(before: int | None, after: int | None, tightened: bool) -> None:
     result = diff(pol(max_key_ttl_s=before), pol(max_key_ttl_s=after))
-    assert result.changed
+    assert result != PolicyDiff()
     assert result.breaking is tightened
     lines = result.limits_tightened if tightened else result.limits_loosened
     assert len(lines) == 1
@@ -344,19 +343,18 @@ def test_several_changes_are_all_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    ("result", "changed", "breaking"),
+    ("result", "breaking"),
     [
-        (PolicyDiff(), False, False),
-        (PolicyDiff(scopes_added=("a",)), True, False),
-        (PolicyDiff(scopes_added=("a", ADMIN_SCOPE)), True, True),
-        (PolicyDiff(scopes_removed=("a",)), True, True),
-        (PolicyDiff(cidrs_added=("10.0.0.0/8",)), True, False),
-        (PolicyDiff(cidrs_removed=("10.0.0.0/8",)), True, False),
-        (PolicyDiff(cidrs_removed=("10.0.0.0/8",), cidrs_narrowed=True), True, True),
-        (PolicyDiff(limits_tightened=("x",)), True, True),
-        (PolicyDiff(limits_loosened=("x",)), True, False),
+        (PolicyDiff(), False),
+        (PolicyDiff(scopes_added=("a",)), False),
+        (PolicyDiff(scopes_added=("a", ADMIN_SCOPE)), True),
+        (PolicyDiff(scopes_removed=("a",)), True),
+        (PolicyDiff(cidrs_added=("10.0.0.0/8",)), False),
+        (PolicyDiff(cidrs_removed=("10.0.0.0/8",)), False),
+        (PolicyDiff(cidrs_removed=("10.0.0.0/8",), cidrs_narrowed=True), True),
+        (PolicyDiff(limits_tightened=("x",)), True),
+        (PolicyDiff(limits_loosened=("x",)), False),
     ],
 )
-def test_changed_and_breaking(result: PolicyDiff, changed: bool, breaking: bool) -> None:
-    assert result.changed is changed
+def test_breaking(result: PolicyDiff, breaking: bool) -> None:
     assert result.breaking is breaking

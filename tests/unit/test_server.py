@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc.app.server import grpc_stack
+from keysvc.app.startup import grpc_stack
 
 pytestmark = pytest.mark.unit
 

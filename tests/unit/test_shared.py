@@ -28,3 +28,32 @@ def test_a_full_table_starts_over_and_stays_bounded() -> None:
     assert len(table._values) <= 2
     late = {"k": "4"}
     assert table.share(tuple(late.items()), late) is values[4]  # the last one is still there
+
+
+def test_every_change_to_the_table_holds_its_lock() -> None:
+    """Several threads share values: adding and starting over are writers, under one lock."""
+    table: SharedValues[str] = SharedValues(max_size=2)
+    unlocked: list[str] = []
+
+    class _Guarded(dict[object, str]):
+        def _check(self, what: str) -> None:
+            if not table._lock.locked():
+                unlocked.append(what)
+
+        def __setitem__(self, key: object, value: str) -> None:
+            self._check("set")
+            super().__setitem__(key, value)
+
+        def setdefault(self, key: object, value: str) -> str:  # type: ignore[override]
+            self._check("setdefault")
+            return super().setdefault(key, value)
+
+        def clear(self) -> None:
+            self._check("clear")
+            super().clear()
+
+    table._values = _Guarded()
+    for value in "abcde":
+        table.share(value, value)
+    assert table.share("e", "e") == "e"
+    assert unlocked == []

@@ -24,7 +24,6 @@ from keysvc.app.telemetry import (
     configure_logging,
     configure_tracing,
     redact_value,
-    request_tracer,
 )
 from keysvc.core import keys
 from keysvc.core.errors import ConfigError
@@ -359,16 +358,14 @@ def test_audit_spans_are_recorded_when_the_sampler_drops_everything(
     exporter = InMemorySpanExporter()
     configure_tracing(exporter=exporter)
 
-    with request_tracer().start_as_current_span("Validate") as request_span:
-        assert not request_span.is_recording()
-        with audit_span("key.revoke", actor="key_a", target_key_id="key_b"):
-            pass
+    with audit_span("key.revoke", actor="key_a", target_key_id="key_b"):
+        pass
 
     assert [span.name for span in exporter.get_finished_spans()] == ["audit.key.revoke"]
 
 
 def test_tracers_taken_before_configure_follow_every_reconfigure() -> None:
-    tracer, auditor = request_tracer(), audit_tracer()
+    tracer = audit_tracer()
     with tracer.start_as_current_span("before") as span:
         assert not span.is_recording()  # nothing configured yet: no-op
 
@@ -377,20 +374,20 @@ def test_tracers_taken_before_configure_follow_every_reconfigure() -> None:
     with tracer.start_as_current_span("one"):
         pass
     configure_tracing(exporter=second)
-    with tracer.start_as_current_span("two"), auditor.start_as_current_span("three"):
+    with tracer.start_as_current_span("two"):
         pass
 
     assert [s.name for s in first.get_finished_spans()] == ["one"]
-    assert [s.name for s in second.get_finished_spans()] == ["three", "two"]
+    assert [s.name for s in second.get_finished_spans()] == ["two"]
 
 
-def test_capture_spans_puts_the_previous_providers_back() -> None:
+def test_capture_spans_puts_the_previous_provider_back() -> None:
     outer = InMemorySpanExporter()
     configure_tracing(exporter=outer)
     with capture_spans() as inner:
-        with request_tracer().start_as_current_span("inside"):
+        with audit_tracer().start_as_current_span("inside"):
             pass
-    with request_tracer().start_as_current_span("outside"):
+    with audit_tracer().start_as_current_span("outside"):
         pass
 
     assert [s.name for s in inner.get_finished_spans()] == ["inside"]
@@ -400,11 +397,12 @@ def test_capture_spans_puts_the_previous_providers_back() -> None:
 def test_service_name_defaults_to_the_argument_and_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     exporter = InMemorySpanExporter()
     configure_tracing("keysvc-test", exporter=exporter)
-    with request_tracer().start_as_current_span("a"):
+    with audit_tracer().start_as_current_span("a"):
         pass
+    assert exporter.get_finished_spans()[0].resource.attributes["service.name"] == "keysvc-test"
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
     configure_tracing("keysvc-test", exporter=(exporter := InMemorySpanExporter()))
-    with request_tracer().start_as_current_span("b"):
+    with audit_tracer().start_as_current_span("b"):
         pass
     assert exporter.get_finished_spans()[0].resource.attributes["service.name"] == "from-env"
 
@@ -434,18 +432,14 @@ def test_otlp_exporter_only_when_an_endpoint_is_set(
                         types.SimpleNamespace(OTLPSpanExporter=_FakeOTLPExporter))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    request, audit = telemetry._build_providers("keysvc", None)
+    provider = telemetry._build_provider("keysvc", None)
     try:
-        for provider in (request, audit):
-            assert provider is not None
-            processors = provider._active_span_processor._span_processors
-            batched = [p for p in processors if isinstance(p, BatchSpanProcessor)]
-            assert bool(batched) is want_otlp
-            assert all(isinstance(p.span_exporter, _FakeOTLPExporter) for p in batched)
+        processors = provider._active_span_processor._span_processors
+        batched = [p for p in processors if isinstance(p, BatchSpanProcessor)]
+        assert bool(batched) is want_otlp
+        assert all(isinstance(p.span_exporter, _FakeOTLPExporter) for p in batched)
     finally:
-        for provider in (request, audit):
-            assert provider is not None
-            provider.shutdown()
+        provider.shutdown()
 
 
 def test_an_unloadable_otlp_exporter_is_a_clear_config_error(

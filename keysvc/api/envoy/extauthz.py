@@ -29,19 +29,12 @@ from grpc import aio
 
 from keysvc.api.authz import Authorizer, AuthzResult
 from keysvc.api.grpc.bridge import Bridge
-from keysvc.api.grpc.status import status_for
+from keysvc.api.grpc.status import status_for, status_of_http
 
 __all__ = ["AUTHORIZATION_SERVICE", "AuthorizationServicer", "check_response"]
 
 AUTHORIZATION_SERVICE = pb.DESCRIPTOR.services_by_name["Authorization"].full_name
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_RPC_CODES = {
-    400: code_pb2.INVALID_ARGUMENT,
-    401: code_pb2.UNAUTHENTICATED,
-    403: code_pb2.PERMISSION_DENIED,
-    429: code_pb2.RESOURCE_EXHAUSTED,
-    503: code_pb2.UNAVAILABLE,
-}
 _OK = status_pb2.Status(code=code_pb2.OK)
 _MAX_RESPONSES = 10_000  # about 3 MB at most
 _Context = aio.ServicerContext[Any, Any]
@@ -79,7 +72,7 @@ def check_response(result: AuthzResult) -> pb.CheckResponse:
         metadata.update({"error": result.error})
     return pb.CheckResponse(
         status=status_pb2.Status(
-            code=_RPC_CODES.get(result.status, code_pb2.UNAVAILABLE), message=result.message
+            code=status_of_http(result.status).value[0], message=result.message
         ),
         denied_response=pb.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=result.status),

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from keysvc.api.grpc.status import status_for
+from keysvc.api.grpc.status import status_for, status_of_decision
 from keysvc.core.errors import PermissionDeniedError, StoreUnavailableError, UnauthenticatedError
 from keysvc.core.model import ADMIN_SCOPE, Code
 from keysvc.core.policy import ip_allowed
@@ -33,7 +33,6 @@ ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("keysvc_actor", defa
 PUBLIC_METHODS = frozenset({"/keysvc.v1.KeyService/Validate", "/keysvc.v1.KeyService/BatchValidate"})
 _ADMIN_SERVICE = "/keysvc.v1.KeyService/"
 
-_UNAUTHENTICATED = {Code.MALFORMED, Code.NOT_FOUND, Code.DISABLED, Code.EXPIRED, Code.REVOKED}
 # Admin reads are audited here (changes are audited by the service that makes them,
 # with their diff), so every admin call leaves exactly one audit record.
 _READ_ACTIONS = {
@@ -139,22 +138,18 @@ class AdminAuth:
                 await self._refuse(context, action, key_id, "unavailable", grpc.StatusCode.UNAVAILABLE,
                                    "key store unavailable; cannot authenticate")
             return key_id
-        if decision.code in _UNAUTHENTICATED:
-            await self._refuse(context, action, key_id, decision.code.name.lower(),
-                               grpc.StatusCode.UNAUTHENTICATED, f"admin key refused: {decision.message}")
-        if decision.code is Code.UNAVAILABLE:
-            await self._refuse(context, action, key_id, "unavailable", grpc.StatusCode.UNAVAILABLE,
-                               "key store unavailable; cannot authenticate")
-        if decision.code in (Code.RATE_LIMITED, Code.QUOTA_EXHAUSTED):
-            await self._refuse(context, action, key_id, decision.code.name.lower(),
-                               grpc.StatusCode.RESOURCE_EXHAUSTED, decision.message)
-        if decision.code is Code.IP_NOT_ALLOWED:
-            await self._refuse(context, action, key_id, "ip_not_allowed", grpc.StatusCode.PERMISSION_DENIED,
-                               f"admin key {key_id} may not call admin RPCs from this address "
-                               "(policy's allowed_cidrs)")
-        await self._refuse(context, action, key_id, decision.code.name.lower(),
-                           grpc.StatusCode.PERMISSION_DENIED,
-                           f"key {key_id} may not call admin RPCs (needs scope {ADMIN_SCOPE!r})")
+        status = status_of_decision(decision.code)
+        if status is grpc.StatusCode.UNAVAILABLE:
+            message = "key store unavailable; cannot authenticate"
+        elif status is grpc.StatusCode.UNAUTHENTICATED:
+            message = f"admin key refused: {decision.message}"
+        elif status is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            message = decision.message
+        elif decision.code is Code.IP_NOT_ALLOWED:
+            message = f"admin key {key_id} may not call admin RPCs from this address (policy's allowed_cidrs)"
+        else:
+            message = f"key {key_id} may not call admin RPCs (needs scope {ADMIN_SCOPE!r})"
+        await self._refuse(context, action, key_id, decision.code.name.lower(), status, message)
         raise AssertionError("unreachable: abort raises")
 
     async def _refuse(

@@ -1,13 +1,15 @@
-"""The one place typed errors become gRPC statuses."""
+"""The one place typed errors, refused decisions and HTTP refusals become gRPC statuses."""
 
 from __future__ import annotations
 
 import grpc
 import structlog
 
+from keysvc.api.authz import refusal_status
 from keysvc.core import errors
+from keysvc.core.model import Code
 
-__all__ = ["status_for"]
+__all__ = ["status_for", "status_of_decision", "status_of_http"]
 
 log = structlog.get_logger("keysvc.api")
 
@@ -22,6 +24,25 @@ _CODES: dict[type[errors.KeysvcError], grpc.StatusCode] = {
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
+
+# A refusal's HTTP status -> its gRPC status (ext_authz's CheckResponse, admin auth).
+_BY_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_of_http(status: int) -> grpc.StatusCode:
+    """The gRPC status of an HTTP refusal (UNAVAILABLE for any other status)."""
+    return _BY_HTTP.get(status, grpc.StatusCode.UNAVAILABLE)
+
+
+def status_of_decision(code: Code) -> grpc.StatusCode:
+    """The gRPC status of a refused decision: the class its HTTP status names."""
+    return status_of_http(refusal_status(code))
 
 
 def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
