@@ -117,7 +117,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     service = LIVENESS if args.live else READINESS
-    with grpc.insecure_channel(_probe_target(settings.listen)) as channel:
+    with _channel(args, _probe_target(settings.listen)) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=args.timeout)
@@ -162,12 +162,25 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _stub(args: argparse.Namespace) -> tuple[Any, Any]:
-    import grpc
 
     from keysvc.v1 import keysvc_pb2_grpc
 
-    channel = grpc.insecure_channel(args.addr)
+    channel = _channel(args, args.addr)
     return keysvc_pb2_grpc.KeyServiceStub(channel), channel  # type: ignore[no-untyped-call]
+
+
+def _channel(args: argparse.Namespace, target: str) -> Any:
+    """A channel to `target`, over TLS when --tls-ca (KEYSVC_TLS_CA) is given."""
+    from keysvc.tls import client_channel
+
+    return client_channel(target, ca=args.tls_ca, cert=args.tls_client_cert, key=args.tls_client_key)
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    for flag, env, what in (("--tls-ca", "KEYSVC_TLS_CA", "PEM CA of the server's certificate: use TLS"),
+                            ("--tls-client-cert", "KEYSVC_TLS_CLIENT_CERT", "PEM client certificate (mTLS)"),
+                            ("--tls-client-key", "KEYSVC_TLS_CLIENT_KEY", "PEM key of that certificate")):
+        p.add_argument(flag, default=os.environ.get(env, ""), help=f"{what} [{env}]")
 
 
 def _auth() -> list[tuple[str, str]]:
@@ -494,6 +507,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     health.add_argument("--live", action="store_true",
                         help="probe liveness (the process is not stuck) instead of readiness")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    _tls_flags(health)
     health.set_defaults(func=_cmd_health)
 
     boot = sub.add_parser("bootstrap", help="create the first admin key (once)")
@@ -507,6 +521,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
                        help="server address [KEYSVC_ADDR]")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+        _tls_flags(p)
         p.add_argument("--request-id", help="id of a write, to repeat it safely "
                        "(default: a fresh UUID per command)")
         return p
