@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e._servers import ServerProcess
 
-HOSTS = ("127.0.0.1", "localhost", "::1")
+HOSTS = ("127.0.0.1", "localhost", "::1", "keysvc.internal")  # the last: deploy/envoy/envoy-mtls.yaml
 
 
 @dataclass
