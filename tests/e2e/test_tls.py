@@ -190,3 +190,16 @@ def test_a_rotated_certificate_is_served_to_new_connections(start_server: Start,
         time.sleep(0.1)
     assert "cannot be used" in server.logs()
     assert stranger.key_file.read_text() not in server.logs()
+
+
+def test_a_unix_socket_admin_listener_stays_plaintext(start_server: Start, sqlite_url: str, tmp_path: Path) -> None:
+    """The socket file's permissions guard it: the CLI reaches it with no TLS settings."""
+    pki = make_pki(tmp_path)
+    _, secret = bootstrap(sqlite_url)
+    socket_path = tmp_path / "admin.sock"
+    server = start_server(sqlite_url, *tls_flags(pki, mutual=True), "--admin-listen", f"unix:{socket_path}",
+                          wait=False)
+    wait_serving_tls(server, pki, client=pki)
+    listed = run_cli("keys", "list", "--json", env={"KEYSVC_ADMIN_KEY": secret, "KEYSVC_ADDR": f"unix:{socket_path}",
+                                                     "KEYSVC_TLS_CA": ""})
+    assert listed.returncode == 0, listed.stderr
