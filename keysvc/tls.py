@@ -22,7 +22,6 @@ import asyncio
 import os
 import ssl
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -183,8 +182,7 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-async def watch(files: TlsFiles, context: ssl.SSLContext, interval_s: float = 1.0,
-                on_reload: Callable[[], None] | None = None) -> None:
+async def watch(files: TlsFiles, context: ssl.SSLContext, interval_s: float = 1.0) -> None:
     """Re-run `load_cert_chain` on `context` whenever the files change (run on the event loop)."""
     loaded = files.current()[0]
     while True:
@@ -198,8 +196,6 @@ async def watch(files: TlsFiles, context: ssl.SSLContext, interval_s: float = 1.
             log.warning("could not reload the HTTP listener's certificate", reason=str(exc))
             continue
         loaded = generation
-        if on_reload is not None:
-            on_reload()
 
 
 def from_settings(settings: Settings) -> TlsFiles | None:
