@@ -151,9 +151,10 @@ def _check(s: Settings) -> None:
 def _check_tls(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
     """The TLS settings go together (their files are checked at start-up, by keysvc.tls)."""
     if bool(s.tls_cert) != bool(s.tls_key):
-        raise bad("tls_key" if s.tls_cert else "tls_cert", "tls_cert and tls_key are set together")
+        missing, given = ("tls_key", "tls_cert") if s.tls_cert else ("tls_cert", "tls_key")
+        raise bad(missing, f"required with {env_name(given)}")
     if s.tls_client_ca and not s.tls_cert:
-        raise bad("tls_client_ca", "requires tls_cert and tls_key (mTLS is TLS first)")
+        raise bad("tls_client_ca", "requires KEYSVC_TLS_CERT and KEYSVC_TLS_KEY (mTLS is TLS first)")
 
 
 def _check_listen(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
