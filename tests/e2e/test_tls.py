@@ -203,3 +203,11 @@ def test_a_unix_socket_admin_listener_stays_plaintext(start_server: Start, sqlit
     listed = run_cli("keys", "list", "--json", env={"KEYSVC_ADMIN_KEY": secret, "KEYSVC_ADDR": f"unix:{socket_path}",
                                                      "KEYSVC_TLS_CA": ""})
     assert listed.returncode == 0, listed.stderr
+
+
+def test_a_worker_set_serves_tls(start_server: Start, sqlite_url: str, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = start_server(sqlite_url, *tls_flags(pki, mutual=True), "--workers", "2", wait=False)
+    wait_serving_tls(server, pki, client=pki, timeout=60)
+    with grpc.insecure_channel(server.addr) as plain:
+        assert refused(plain) is grpc.StatusCode.UNAVAILABLE

@@ -57,3 +57,9 @@ def test_a_rediss_url_naming_a_missing_file_names_the_parameter(tmp_path: Path, 
     query = "&".join(f"{name}={path}" for name, path in files.items())
     line = assert_one_line(serve("--store", f"rediss://:hunter2@127.0.0.1:1/0?{query}"), "KEYSVC_STORE", parameter)
     assert "hunter2" not in line
+
+
+def test_a_worker_set_reports_a_bad_tls_file_once(tmp_path: Path, sqlite_url: str) -> None:
+    pki, other = make_pki(tmp_path), make_pki(tmp_path, "other")
+    assert_one_line(serve("--store", sqlite_url, "--workers", "2", "--tls-cert", str(pki.cert_file),
+                          "--tls-key", str(other.key_file)), "KEYSVC_TLS_KEY")
