@@ -32,7 +32,7 @@ from keysvc.api.grpc.auth import AdminAuth
 from keysvc.api.grpc.bridge import Bridge, threaded_servicer
 from keysvc.api.grpc.keyservice import KeyServiceServicer
 from keysvc.app import startup as _startup
-from keysvc.app import telemetry
+from keysvc.app import telemetry, tls
 from keysvc.app.health import HealthState, probe_store, redact_url
 from keysvc.app.settings import Settings, env_name, header_names, split_listen
 from keysvc.app.supervisor import TaskSupervisor, Watchdog, cancel_all
@@ -48,6 +48,7 @@ from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 if TYPE_CHECKING:
     from keysvc.api.http.forward_auth import HttpListener
+    from keysvc.app.tls import TlsFiles
 
 __all__ = ["EVENTS_HEALTH", "App", "build", "make_store", "serve"]
 
@@ -111,6 +112,7 @@ class App:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http: HttpListener | None = None  # forward-auth, when `http_listen` is set
     watchdog: Watchdog | None = None  # liveness on the sync stack (grpc.aio answers health on the loop)
+    tls: TlsFiles | None = None  # the TCP listeners' certificate, when `tls_cert` is set
 
     @property
     def serving(self) -> bool:
@@ -138,8 +140,10 @@ def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = 
         reuse_port: this process is one of a `--workers` set sharing reserved ports.
 
     Raises:
-        ConfigError: the routes file is missing or invalid.
+        ConfigError: the routes file is missing or invalid, or a TLS file is.
     """
+    certificates = tls.from_settings(settings)
+    tls.check_store_files(settings.store)
     store = store or make_store(settings)
     cache = KeyCache(
         max_keys=settings.cache_size, ttl_s=settings.cache_ttl_s,
@@ -166,7 +170,7 @@ def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = 
     supervisor.on_change = status.publish  # a task up or down changes readiness
     return App(settings, store, cache, validator, admin, follower, checks,
                Authorizer(validator, _authz_config(settings)), stack, supervisor, status,
-               reuse_port=reuse_port)
+               reuse_port=reuse_port, tls=certificates)
 
 
 def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
@@ -222,7 +226,10 @@ def _bind(app: App, server: aio.Server | grpc.Server, name: str) -> int:
     if not app.reuse_port:  # a worker set's parent checked (and holds) its ports
         _startup.check_free(name, address)
     try:
-        port = server.add_insecure_port(address)  # 1 for a unix socket, 0 when it failed (aio)
+        if app.tls is not None and not address.startswith("unix:"):  # a socket file has permissions instead
+            port = server.add_secure_port(address, app.tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(address)  # 1 for a unix socket, 0 when it failed (aio)
     except RuntimeError:  # the sync stack's way of saying it failed
         port = 0
     if port == 0:
@@ -288,6 +295,9 @@ async def start(app: App) -> None:
         sup.spawn("last_used", lambda: _write_last_used(app)),
         sup.spawn("deadlines", announcer.run),
     ]
+    if app.tls is not None and app.http is not None and app.http.ssl_context is not None:
+        files, context = app.tls, app.http.ssl_context
+        app.tasks.append(sup.spawn("tls_reload", lambda: tls.watch(files, context)))
     if app.stack == "sync":  # grpc.aio answers health on the loop: a stuck loop answers nothing
         app.watchdog = Watchdog(sup, s.liveness_stall_s, app.status.set_live)
         app.watchdog.start()
@@ -303,7 +313,8 @@ async def _start_http(app: App) -> int:
                            require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
     app.http = HttpListener(make_app(handlers), split_listen(app.settings.http_listen),
                             shutdown_grace_s=app.settings.shutdown_grace_s,
-                            key_headers=app.authorizer.key_headers, reuse_port=app.reuse_port)
+                            key_headers=app.authorizer.key_headers, reuse_port=app.reuse_port,
+                            ssl_context=tls.server_context(app.tls) if app.tls is not None else None)
     try:
         return await app.http.start()
     except OSError as exc:

@@ -92,6 +92,12 @@ class Settings:
     liveness_stall_s: float = _f(
         10.0, "Seconds the event loop may go without ticking before the `liveness` health check fails."
     )
+    tls_cert: str = _f("", "PEM certificate chain: the gRPC, admin and HTTP TCP listeners serve TLS; "
+                       "re-read when the file changes. Empty: plaintext.")
+    tls_key: str = _f("", "PEM private key of `tls_cert` (required with it).")
+    tls_client_ca: str = _f(
+        "", "PEM CA bundle: with it, the TLS listeners require a client certificate it signed (mTLS)."
+    )
 
     def __post_init__(self) -> None:
         _check(self)
@@ -140,6 +146,16 @@ def _check(s: Settings) -> None:
     _check_workers(s, bad)
     _check_metrics(s, bad)
     _check_stack(s, bad)
+    _check_tls(s, bad)
+
+
+def _check_tls(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    """The TLS settings go together (their files are checked at start-up, by keysvc.app.tls)."""
+    if bool(s.tls_cert) != bool(s.tls_key):
+        missing, given = ("tls_key", "tls_cert") if s.tls_cert else ("tls_cert", "tls_key")
+        raise bad(missing, f"required with {env_name(given)}")
+    if s.tls_client_ca and not s.tls_cert:
+        raise bad("tls_client_ca", "requires KEYSVC_TLS_CERT and KEYSVC_TLS_KEY (mTLS is TLS first)")
 
 
 def _check_listen(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:

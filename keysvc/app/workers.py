@@ -205,9 +205,13 @@ def run(settings: Settings) -> int:
     """Serve with `settings.workers` processes until SIGTERM/SIGINT; return the exit code.
 
     Raises:
-        ConfigError: a listen address is taken or cannot be bound, or the store can
-            never work (nothing was started).
+        ConfigError: a listen address is taken or cannot be bound, a TLS file is
+            unusable, or the store can never work (nothing was started).
     """
+    from keysvc.app import tls
+
+    tls.from_settings(settings)  # bad TLS files: one line from here, not one per child
+    tls.check_store_files(settings.store)
     asyncio.run(_check_store(settings))  # once here, not N times in the children
     holders: list[socket.socket] = []
     resolved: dict[str, Any] = {}

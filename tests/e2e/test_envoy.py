@@ -55,7 +55,9 @@ def envoy_binary() -> str:
     return binary
 
 
-@pytest.mark.parametrize("config", sorted((DEPLOY / "envoy").glob("*.yaml")), ids=lambda p: p.name)
+# envoy-mtls.yaml names certificate files: test_envoy_mtls.py validates it with them in place.
+@pytest.mark.parametrize("config", sorted(p for p in (DEPLOY / "envoy").glob("*.yaml") if p.name != "envoy-mtls.yaml"),
+                         ids=lambda p: p.name)
 def test_every_shipped_envoy_config_validates(config: Path, tmp_path: Path) -> None:
     done = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
                           check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -31,6 +31,7 @@ the input.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from typing import cast
 
@@ -249,13 +250,16 @@ class HttpListener:
         shutdown_grace_s: how long `stop` waits for in-flight requests.
         key_headers: the credential headers (an unreadable one is answered 401).
         reuse_port: share the port by SO_REUSEPORT (only the workers of one `--workers` set do).
+        ssl_context: serve HTTPS on a TCP address with it (keysvc.app.tls reloads its certificate).
     """
 
     def __init__(
         self, app: web.Application, address: tuple[str, int] | str, *, shutdown_grace_s: float,
         key_headers: tuple[str, ...] = ("x-api-key", "authorization"), reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._address = address
+        self.ssl_context = ssl_context if not isinstance(self._address, str) else None
         self._reuse_port = reuse_port
         # No access log: one line per proxied request would dwarf the work itself.
         self._runner = _Runner(app, key_headers, access_log=None, shutdown_timeout=shutdown_grace_s)
@@ -271,7 +275,8 @@ class HttpListener:
             await web.UnixSite(self._runner, self._address).start()
             return 0
         host, port = self._address
-        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=self._reuse_port)
+        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=self._reuse_port,
+                          ssl_context=self.ssl_context)
         await tcp.start()
         return tcp.port
 

@@ -12,8 +12,8 @@ from typing import Any
 from keysvc.core.errors import ConfigError
 
 __all__ = [
-    "auth", "call", "connect", "human_impact", "human_key", "human_policy", "parse_duration", "print_json",
-    "print_secret", "show", "to_dict",
+    "auth", "call", "channel_to", "connect", "human_impact", "human_key", "human_policy", "parse_duration",
+    "print_json", "print_secret", "show", "tls_flags", "to_dict",
 ]
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -41,13 +41,26 @@ def parse_duration(text: str) -> float:
 
 
 def connect(args: argparse.Namespace) -> tuple[Any, Any]:
-    """A KeyService stub on an insecure channel to `--addr`, and the channel to close."""
-    import grpc
-
+    """A KeyService stub on a channel to `--addr` (TLS with --tls-ca), and the channel to close."""
     from keysvc.v1 import keysvc_pb2_grpc
 
-    channel = grpc.insecure_channel(args.addr)
+    channel = channel_to(args, args.addr)
     return keysvc_pb2_grpc.KeyServiceStub(channel), channel  # type: ignore[no-untyped-call]
+
+
+def channel_to(args: argparse.Namespace, target: str) -> Any:
+    """A channel to `target`, over TLS when --tls-ca (KEYSVC_TLS_CA) is given."""
+    from keysvc.app.tls import client_channel
+
+    return client_channel(target, ca=args.tls_ca, cert=args.tls_client_cert, key=args.tls_client_key)
+
+
+def tls_flags(p: argparse.ArgumentParser) -> None:
+    """Add the client-side TLS flags (--tls-ca, --tls-client-cert, --tls-client-key) to `p`."""
+    for flag, env, what in (("--tls-ca", "KEYSVC_TLS_CA", "PEM CA of the server's certificate: use TLS"),
+                            ("--tls-client-cert", "KEYSVC_TLS_CLIENT_CERT", "PEM client certificate (mTLS)"),
+                            ("--tls-client-key", "KEYSVC_TLS_CLIENT_KEY", "PEM key of that certificate")):
+        p.add_argument(flag, default=os.environ.get(env, ""), help=f"{what} [{env}]")
 
 
 def auth() -> list[tuple[str, str]]:

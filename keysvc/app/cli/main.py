@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keysvc.app.cli.client import parse_duration
+from keysvc.app.cli.client import parse_duration, tls_flags
 from keysvc.app.cli.keys import cmd_keys, cmd_validate
 from keysvc.app.cli.policies import cmd_policies
 from keysvc.app.cli.serve import add_settings_flags, cmd_bootstrap, cmd_health, cmd_serve
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     health.add_argument("--live", action="store_true",
                         help="probe liveness (the process is not stuck) instead of readiness")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    tls_flags(health)
     health.set_defaults(func=cmd_health)
 
     boot = sub.add_parser("bootstrap", help="create the first admin key (once)")
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
         p.add_argument("--request-id", help="id of a write, to repeat it safely "
                        "(default: a fresh UUID per command)")
+        tls_flags(p)
         return p
 
     def meta(value: str) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from keysvc.app.cli.client import print_json
+from keysvc.app.cli.client import channel_to, print_json
 
 __all__ = ["add_settings_flags", "cmd_bootstrap", "cmd_health", "cmd_serve"]
 
@@ -72,8 +72,7 @@ def _probe_target(listen: str) -> str:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """`keysvc health`: exit 0 when the server answers SERVING."""
-    """Exit 0 when the server on the configured `listen` answers SERVING (readiness, or liveness)."""
+    """`keysvc health`: exit 0 when the server on `listen` answers SERVING (readiness, or liveness)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -81,7 +80,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     service = LIVENESS if args.live else READINESS
-    with grpc.insecure_channel(_probe_target(settings.listen)) as channel:
+    with channel_to(args, _probe_target(settings.listen)) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=args.timeout)
