@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one test command (README "Tests", and .ci/run): installs what the tests
-# need, starts redis-server on a free loopback port, runs lint, type checks,
-# buf lint and every test tier, and stops Redis after.
+# The one test command (README "Quick start", and .ci/run): installs what the tests
+# need, runs the linters (ruff, mypy, import-linter, buf, hadolint,
+# kubernetes-validate), starts redis-server on a free loopback port, runs every
+# test tier (the tests start Redis Cluster, Sentinel and the proxies they need), and stops Redis after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
