@@ -65,9 +65,11 @@ def test_sync_stack_threads_and_the_loop_share_state_without_errors(
         for future in running:
             future.result()
     assert not errors, errors[:5]
-    # Every key used and still valid had its last use written behind (the writer survived).
+    # The write-behind survived: a key used once more now has its last use written. (Uses
+    # during the stress may be dropped: the last-use map is bounded by the tiny cache size.)
     deadline = time.monotonic() + 60
     for key in created[3:]:
+        assert stub.Validate(pb.ValidateRequest(key=key.secret), timeout=10).code == pb.CODE_VALID
         while not stub.GetKey(pb.GetKeyRequest(key_id=key.key.key_id), metadata=md, timeout=5).key.HasField(
                 "last_used_at"):
             assert time.monotonic() < deadline, "a key's last use was never recorded"
