@@ -16,24 +16,16 @@
 #                            (default: ~/.cache/keysvc-container)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/_install.sh
+source scripts/_install.sh
 
 missing=()
 for tool in podman mmdebstrap runc slirp4netns; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
-if ((${#missing[@]})); then
-  echo "== installing ${missing[*]} from Debian's packages"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_debian "${missing[@]}"
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-echo "== installing Python dependencies from pyproject.toml"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-bash scripts/fix-otel-proto.sh .venv/bin/python
+install_python
 .venv/bin/hadolint Dockerfile
 
 suite=${KEYSVC_CONTAINER_SUITE:-bookworm}

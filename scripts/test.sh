@@ -5,6 +5,8 @@
 # test tier (the tests start Redis Cluster, Sentinel and the proxies they need), and stops Redis after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/_install.sh
+source scripts/_install.sh
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -13,19 +15,9 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
-if ((${#missing[@]})); then
-  echo "== installing ${missing[*]} from Debian's packages"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_debian "${missing[@]}"
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-echo "== installing Python dependencies from pyproject.toml"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-bash scripts/fix-otel-proto.sh .venv/bin/python
+install_python
 
 echo "== lint: ruff, mypy, import layers, buf, hadolint, kubernetes-validate"
 .venv/bin/ruff check .

@@ -1,4 +1,5 @@
-"""Shared by the real-proxy e2e tests: a recording upstream, replies, waiting for a port."""
+"""Shared by the real-proxy e2e tests: a recording upstream, replies, waiting for a port,
+and `ProxyWorld`, a keysvc behind a proxy in front of the upstream."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._servers import ServerProcess
 
 
@@ -133,3 +136,81 @@ def check_smuggled_public(port: int, upstream: Upstream, path: str) -> Reply:
         assert 400 <= reply.status < 500, (path, reply.status, reply.body)
         assert len(upstream.seen) == before, (path, "reached the app unchecked")
     return reply
+
+
+IDENTITY = ("x-keysvc-key-id", "x-keysvc-owner-id")  # the headers keysvc writes upstream on allow
+# Identity headers a client forges, the underscore form included (WSGI reads it as the dashed one).
+FORGED_IDENTITY = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("x-keysvc-owner-id", "someone-else"),
+                   ("X_Keysvc_Key_Id", "key_00000000000000000")]
+# The route rules of the proxy tests: reads need orders:read, writes orders:write.
+ORDERS_ROUTES = """
+[[rules]]
+path_prefix = "/orders"
+methods = ["POST", "PUT", "DELETE"]
+scopes = ["orders:write"]
+
+[[rules]]
+path_prefix = "/orders"
+scopes = ["orders:read"]
+"""
+
+
+def create_policies(keysvc: ServerProcess, admin_md: list[tuple[str, str]], policies: Sequence[pb.Policy]) -> None:
+    """Make `policies` through keysvc's admin API."""
+    for policy in policies:
+        keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=admin_md, timeout=5)
+
+
+@dataclass
+class ProxyWorld:
+    """A keysvc asked by a proxy on `port`, in front of a recording upstream.
+
+    Every reply is checked to hold none of the secrets made so far.
+    """
+
+    port: int
+    upstream: Upstream
+    keysvc: ServerProcess
+    admin_md: list[tuple[str, str]]
+    secrets: list[str]
+
+    def key(self, **fields: object) -> tuple[str, str]:
+        """A new key of owner acme: (key_id, secret)."""
+        created = self.keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
+                                               metadata=self.admin_md, timeout=5)
+        self.secrets.append(created.secret)
+        return created.key.key_id, created.secret
+
+    def send(self, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Reply:
+        reply = send(self.port, method, path, headers)
+        raw = reply.body + str(reply.headers).encode()
+        for secret in self.secrets:
+            assert secret.encode() not in raw
+        return reply
+
+    def reached(self, method: str, path: str, headers: list[tuple[str, str]]) -> Seen:
+        """Assert the request reached the app once, with no credential, keysvc's identity at most once,
+        no forged identity and no secret; return what the app saw."""
+        before = len(self.upstream.seen)
+        reply = self.send(method, path, headers)
+        assert reply.status == 200, (reply.status, reply.body)
+        assert len(self.upstream.seen) == before + 1
+        seen = self.upstream.seen[-1]
+        assert "x-api-key" not in seen.names and "authorization" not in seen.names
+        assert not any(name.replace("_", "-") in IDENTITY and name not in IDENTITY for name in seen.names)
+        assert all(seen.names.count(name) <= 1 for name in IDENTITY)
+        for secret in self.secrets:
+            assert secret not in json.dumps(seen.headers)
+        return seen
+
+    def passed(self, method: str, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
+        """`reached`, returning the headers the app saw."""
+        return self.reached(method, path, headers).headers
+
+    def stopped(self, method: str, path: str, headers: list[tuple[str, str]], status: int) -> Reply:
+        """Assert the proxy answered `status` and the request never reached the app."""
+        before = len(self.upstream.seen)
+        reply = self.send(method, path, headers)
+        assert reply.status == status, (reply.status, reply.body)
+        assert len(self.upstream.seen) == before, "a refused request reached the app"
+        return reply

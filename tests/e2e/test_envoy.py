@@ -8,7 +8,6 @@ Every shipped Envoy config also passes `envoy --mode validate`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -25,26 +24,27 @@ from google.protobuf import duration_pb2
 
 from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._envoy import host_health, stats, wait_for
-from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_port
-from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
+from tests.e2e._envoy import host_health, start_envoy, stats, stop_envoy, wait_for
+from tests.e2e._proxies import (
+    FORGED_IDENTITY,
+    IDENTITY,
+    ORDERS_ROUTES,
+    SMUGGLED_PUBLIC,
+    ProxyWorld,
+    Upstream,
+    check_smuggled_public,
+    create_policies,
+)
+from tests.e2e._servers import bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-ROUTES = """
-[[rules]]
-path_prefix = "/orders"
-methods = ["POST", "PUT", "DELETE"]
-scopes = ["orders:write"]
-
-[[rules]]
-path_prefix = "/orders"
-scopes = ["orders:read"]
-"""
-IDENTITY = ("x-keysvc-key-id", "x-keysvc-owner-id")
-FORGED = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("x-keysvc-owner-id", "someone-else"),
-          ("X_Keysvc_Key_Id", "key_00000000000000000")]  # WSGI reads the underscore form the same
+POLICIES = (
+    pb.Policy(policy_id="partners", scopes=["orders:read", "orders:write"]),
+    pb.Policy(policy_id="metered", scopes=["orders:read"],
+              rate_limit=pb.RateLimit(requests=1, window=duration_pb2.Duration(seconds=3600))),
+)
 
 
 def envoy_binary() -> str:
@@ -81,56 +81,17 @@ def render(config: dict[str, Any], listen: int, admin: int, keysvc: int, app: in
 
 
 @dataclass
-class World:
-    port: int
+class World(ProxyWorld):
     admin: int
     envoy: subprocess.Popen[bytes]
     log: Path
-    upstream: Upstream
-    keysvc: ServerProcess
-    admin_md: list[tuple[str, str]]
-    secrets: list[str]
-
-    def key(self, **fields: object) -> tuple[str, str]:
-        created = self.keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
-                                               metadata=self.admin_md, timeout=5)
-        self.secrets.append(created.secret)
-        return created.key.key_id, created.secret
-
-    def send(self, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Reply:
-        reply = send(self.port, method, path, headers)
-        raw = reply.body + str(reply.headers).encode()
-        for secret in self.secrets:
-            assert secret.encode() not in raw
-        return reply
-
-    def passed(self, method: str, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
-        """Assert the request reached the app with no credential and no forged identity."""
-        before = len(self.upstream.seen)
-        reply = self.send(method, path, headers)
-        assert reply.status == 200, (reply.status, reply.body)
-        assert len(self.upstream.seen) == before + 1
-        seen = self.upstream.seen[-1]
-        assert "x-api-key" not in seen.names and "authorization" not in seen.names
-        assert not any(name.replace("_", "-") in IDENTITY and name not in IDENTITY for name in seen.names)
-        assert all(seen.names.count(name) <= 1 for name in IDENTITY)
-        for secret in self.secrets:
-            assert secret not in json.dumps(seen.headers)
-        return seen.headers
-
-    def stopped(self, method: str, path: str, headers: list[tuple[str, str]], status: int) -> Reply:
-        before = len(self.upstream.seen)
-        reply = self.send(method, path, headers)
-        assert reply.status == status, (reply.status, reply.body)
-        assert len(self.upstream.seen) == before, "a refused request reached the app"
-        return reply
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("envoy")
     routes = tmp / "routes.toml"
-    routes.write_text(ROUTES)
+    routes.write_text(ORDERS_ROUTES)
     store = f"sqlite:///{tmp}/keysvc.db"
     _, admin_secret = bootstrap(store)
     keysvc = launch(store, tmp, "--authz-routes", str(routes))
@@ -141,23 +102,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     port, admin, keysvc_port, upstream.port)
     (tmp / "envoy.yaml").write_text(yaml.safe_dump(config))
     log = tmp / "envoy.log"
-    envoy = subprocess.Popen(
-        [envoy_binary(), "-c", str(tmp / "envoy.yaml"), "--disable-hot-restart", "--concurrency", "1",
-         "--log-level", "warning"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp)
+    envoy = start_envoy(envoy_binary(), tmp / "envoy.yaml", log, port)
     try:
-        wait_port(port, lambda: envoy.poll() is None, "envoy", log.read_text)
         md = [("authorization", f"Bearer {admin_secret}")]
-        for policy in (
-            pb.Policy(policy_id="partners", scopes=["orders:read", "orders:write"]),
-            pb.Policy(policy_id="metered", scopes=["orders:read"],
-                      rate_limit=pb.RateLimit(requests=1, window=duration_pb2.Duration(seconds=3600))),
-        ):
-            keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=md, timeout=5)
-        yield World(port, admin, envoy, log, upstream, keysvc, md, [admin_secret])
+        create_policies(keysvc, md, POLICIES)
+        yield World(port, upstream, keysvc, md, [admin_secret], admin=admin, envoy=envoy, log=log)
     finally:
-        envoy.terminate()
-        envoy.wait(timeout=30)
+        stop_envoy(envoy)
         keysvc.stop()
         upstream.close()
     output = log.read_text(errors="replace") + keysvc.logs()
@@ -166,13 +117,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_client_identity_headers_never_reach_the_app_on_a_route_without_authz(world: World) -> None:
-    headers = world.passed("GET", "/healthz", FORGED)
+    headers = world.passed("GET", "/healthz", FORGED_IDENTITY)
     assert not set(headers) & set(IDENTITY)
 
 
 def test_allowed_request_carries_only_keysvcs_identity_and_no_credential(world: World) -> None:
     key_id, secret = world.key(policy_id="partners", scopes=["orders:read"])
-    headers = world.passed("GET", "/orders/7?x=1", [("x-api-key", secret), *FORGED])
+    headers = world.passed("GET", "/orders/7?x=1", [("x-api-key", secret), *FORGED_IDENTITY])
     assert (headers["x-keysvc-key-id"], headers["x-keysvc-owner-id"]) == (key_id, "acme")
     # The same key in both credential headers: one key; neither header reaches the app.
     headers = world.passed("GET", "/orders", [("x-api-key", secret), ("authorization", f"Bearer {secret}")])

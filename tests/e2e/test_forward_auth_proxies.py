@@ -11,7 +11,6 @@ credential; denials reach the client as keysvc sent them; keysvc down is a
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -25,15 +24,18 @@ from google.protobuf import duration_pb2
 
 from keysvc.v1 import keysvc_pb2 as pb
 from tests.e2e._proxies import (
+    FORGED_IDENTITY,
+    IDENTITY,
     SMUGGLED_PUBLIC,
-    Reply,
+    ProxyWorld,
     Upstream,
     check_smuggled_public,
+    create_policies,
     send,
     wait_http,
     wait_port,
 )
-from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
+from tests.e2e._servers import bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
 
@@ -53,9 +55,6 @@ scopes = ["orders:write"]
 path_prefix = "/orders"
 scopes = ["orders:read"]
 """
-IDENTITY = ("x-keysvc-key-id", "x-keysvc-owner-id")
-FORGED_IDENTITY = [("X-Keysvc-Key-Id", "key_00000000000000000"), ("X-Keysvc-Owner-Id", "someone-else"),
-                   ("X_Keysvc_Key_Id", "key_00000000000000000")]  # WSGI reads it as the dashed one
 # Every header pair a proxy might carry the target in, pointing somewhere harmless.
 FORGED_TARGET = [("X-Original-URI", "/public"), ("X-Original-Method", "GET"),
                  ("X-Forwarded-Uri", "/public"), ("X-Forwarded-Method", "GET"),
@@ -107,54 +106,24 @@ def start_proxy(kind: str, tmp: Path, port: int, keysvc: str, app: str) -> tuple
 
 
 @dataclass
-class World:
+class World(ProxyWorld):
     kind: str
-    port: int
     proxy: subprocess.Popen[bytes]
     log: Path
-    upstream: Upstream
-    keysvc: ServerProcess
-    admin_md: list[tuple[str, str]]
-    secrets: list[str]
 
-    def key(self, **fields: object) -> str:
-        created = self.keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
-                                               metadata=self.admin_md, timeout=5)
-        self.secrets.append(created.secret)
-        return created.secret
-
-    def send(self, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Reply:
-        reply = send(self.port, method, path, headers)
-        raw = reply.body + str(reply.headers).encode()
-        for secret in self.secrets:
-            assert secret.encode() not in raw
-        return reply
+    def secret(self, **fields: object) -> str:
+        """A new key's secret."""
+        return self.key(**fields)[1]
 
     def passed(self, method: str, path: str, headers: list[tuple[str, str]]) -> dict[str, str]:
-        """Assert the request reached the app with no credential and no forged identity."""
-        before = len(self.upstream.seen)
-        reply = self.send(method, path, headers)
-        assert reply.status == 200, (reply.status, reply.body)
-        assert len(self.upstream.seen) == before + 1
-        seen = self.upstream.seen[-1]
-        assert "x-api-key" not in seen.names and "authorization" not in seen.names
-        assert not any(name.replace("_", "-") in IDENTITY and name not in IDENTITY for name in seen.names)
-        assert all(seen.names.count(name) <= 1 for name in IDENTITY)
+        """Assert the request reached the app with no credential and no forged identity or target."""
+        seen = self.reached(method, path, headers)
         # A client's target headers reach the app no more than they reach keysvc's decision.
         assert not {"x-original-uri", "x-original-method"} & set(seen.names)
         assert seen.headers.get("x-forwarded-uri", path) == path
         assert seen.headers.get("x-forwarded-method", method) == method
         assert "10.9.9.9" not in seen.headers.get("x-forwarded-for", "")
-        for secret in self.secrets:
-            assert secret not in json.dumps(seen.headers)
         return seen.headers
-
-    def stopped(self, method: str, path: str, headers: list[tuple[str, str]], status: int) -> Reply:
-        before = len(self.upstream.seen)
-        reply = self.send(method, path, headers)
-        assert reply.status == status, (reply.status, reply.body)
-        assert len(self.upstream.seen) == before, "a refused request reached the app"
-        return reply
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -174,14 +143,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         wait_http(http_port, keysvc)
         proxy, log = start_proxy(kind, tmp, port, f"127.0.0.1:{http_port}", f"127.0.0.1:{upstream.port}")
         md = [("authorization", f"Bearer {admin_secret}")]
-        for policy in (
+        create_policies(keysvc, md, (
             pb.Policy(policy_id="partners", scopes=["orders:read", "orders:write", "orders:export"]),
             pb.Policy(policy_id="metered", scopes=["orders:read"],
                       rate_limit=pb.RateLimit(requests=1, window=duration_pb2.Duration(seconds=3600))),
             pb.Policy(policy_id="office", allowed_cidrs=["10.1.0.0/16"]),
-        ):
-            keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=md, timeout=5)
-        yield World(kind, port, proxy, log, upstream, keysvc, md, [admin_secret])
+        ))
+        yield World(port, upstream, keysvc, md, [admin_secret], kind=kind, proxy=proxy, log=log)
     finally:
         if proxy is not None:
             proxy.terminate()
@@ -201,7 +169,7 @@ def test_encoded_separators_never_reach_the_app_unchecked(world: World) -> None:
 
 
 def test_allowed_request_has_keysvcs_identity_and_no_credential(world: World) -> None:
-    secret = world.key(policy_id="partners", scopes=["orders:read"])
+    secret = world.secret(policy_id="partners", scopes=["orders:read"])
     headers = world.passed("GET", "/orders/7?x=1", [("X-Api-Key", secret), *FORGED_IDENTITY])
     assert headers["x-keysvc-owner-id"] == "acme" and headers["x-keysvc-key-id"].startswith("key_")
     headers = world.passed("GET", "/orders", [("Authorization", f"Bearer {secret}"), *FORGED_IDENTITY])
@@ -214,12 +182,12 @@ def test_allowed_request_has_keysvcs_identity_and_no_credential(world: World) ->
 
 
 def test_forged_target_headers_never_change_the_decision(world: World) -> None:
-    reader = world.key(policy_id="partners", scopes=["orders:read"])
+    reader = world.secret(policy_id="partners", scopes=["orders:read"])
     for method, path in (("POST", "/orders"), ("DELETE", "/orders/7"), ("GET", "/orders/export")):
         reply = world.stopped(method, path, [("X-Api-Key", reader), *FORGED_TARGET], 403)
         assert reply.json()["error"] == "insufficient_scope"
     # ...nor does a forged client address: the proxy's own entry is the one read.
-    office = world.key(policy_id="office")
+    office = world.secret(policy_id="office")
     world.stopped("GET", "/status", [("X-Api-Key", office), ("X-Forwarded-For", "10.1.2.3")], 403)
 
 
@@ -230,13 +198,13 @@ def test_denials_reach_the_client_as_keysvc_sent_them(world: World) -> None:
     assert reply.headers["content-type"] == "application/json"
     reply = world.stopped("GET", "/orders", [("X-Api-Key", "not-a-key")], 401)
     assert reply.json()["error"] == "malformed"
-    first, second = world.key(policy_id="partners"), world.key(policy_id="partners")
+    first, second = world.secret(policy_id="partners"), world.secret(policy_id="partners")
     reply = world.stopped("GET", "/orders", [("X-Api-Key", first), ("Authorization", f"Bearer {second}")], 401)
     assert reply.json()["error"] == "invalid_request"
     reply = world.stopped("GET", "/orders%2F..%2Fstatus", [("X-Api-Key", first)], 400)
     assert reply.json()["error"] == "invalid_path"
 
-    metered = world.key(policy_id="metered")
+    metered = world.secret(policy_id="metered")
     world.passed("GET", "/orders", [("X-Api-Key", metered)])
     reply = world.stopped("GET", "/orders", [("X-Api-Key", metered)], 429)
     assert reply.json() == {"error": "rate_limited", "message": "rate limit exceeded"}
@@ -244,7 +212,7 @@ def test_denials_reach_the_client_as_keysvc_sent_them(world: World) -> None:
 
 
 def test_keysvc_down_is_503_and_the_key_stays_out_of_the_proxys_logs(world: World) -> None:  # last
-    secret = world.key(policy_id="partners")
+    secret = world.secret(policy_id="partners")
     world.passed("GET", "/orders", [("X-Api-Key", secret)])
     world.keysvc.stop()
     for headers in ([("X-Api-Key", secret)], [("Authorization", f"Bearer {secret}")],

@@ -25,22 +25,22 @@ from google.protobuf import duration_pb2
 
 from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.e2e._proxies import SMUGGLED_PUBLIC, Reply, Upstream, check_smuggled_public, send, wait_http
-from tests.e2e._servers import ServerProcess, bootstrap, free_port, launch
+from tests.e2e._proxies import (
+    ORDERS_ROUTES,
+    SMUGGLED_PUBLIC,
+    ProxyWorld,
+    Reply,
+    Upstream,
+    check_smuggled_public,
+    create_policies,
+    send,
+    wait_http,
+)
+from tests.e2e._servers import bootstrap, free_port, launch
 
 pytestmark = pytest.mark.e2e
 
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "nginx.conf"
-ROUTES = """
-[[rules]]
-path_prefix = "/orders"
-methods = ["POST", "PUT", "DELETE"]
-scopes = ["orders:write"]
-
-[[rules]]
-path_prefix = "/orders"
-scopes = ["orders:read"]
-"""
 
 
 @dataclass
@@ -99,20 +99,10 @@ def start_nginx(prefix: Path, keysvc: str, upstream: str) -> Nginx:
 
 
 @dataclass
-class World:
+class World(ProxyWorld):
     nginx: Nginx
-    upstream: Upstream
-    keysvc: ServerProcess
-    admin_md: list[tuple[str, str]]
-    secrets: list[str]
 
-    def key(self, **fields: object) -> tuple[str, str]:
-        created = self.keysvc.stub().CreateKey(pb.CreateKeyRequest(owner_id="acme", **fields),  # type: ignore[arg-type]
-                                               metadata=self.admin_md, timeout=5)
-        self.secrets.append(created.secret)
-        return created.key.key_id, created.secret
-
-    def stopped(self, method: str, path: str, headers: dict[str, str], status: int, error: str) -> Reply:
+    def refused(self, method: str, path: str, headers: dict[str, str], status: int, error: str) -> Reply:
         """Assert nginx refuses the request with `status` and the upstream never sees it."""
         before = len(self.upstream.seen)
         reply = self.nginx.request(method, path, headers)
@@ -131,7 +121,7 @@ class World:
 def make_world(tmp: Path) -> Iterator[World]:
     """A keysvc (SQLite, forward-auth on) with nginx in front of an upstream, in `tmp`."""
     routes = tmp / "routes.toml"
-    routes.write_text(ROUTES)
+    routes.write_text(ORDERS_ROUTES)
     store = f"sqlite:///{tmp}/keysvc.db"
     _, admin_secret = bootstrap(store)
     http_port = free_port()
@@ -143,15 +133,14 @@ def make_world(tmp: Path) -> Iterator[World]:
         wait_http(http_port, keysvc)
         nginx = start_nginx(tmp / "prefix", f"127.0.0.1:{http_port}", f"127.0.0.1:{upstream.port}")
         md = [("authorization", f"Bearer {admin_secret}")]
-        for policy in (
+        create_policies(keysvc, md, (
             pb.Policy(policy_id="partners", scopes=["orders:read", "orders:write"]),
             pb.Policy(policy_id="metered", scopes=["orders:read"],
                       rate_limit=pb.RateLimit(requests=2, window=duration_pb2.Duration(seconds=3600))),
             pb.Policy(policy_id="loopback", allowed_cidrs=["127.0.0.0/8"]),
             pb.Policy(policy_id="office", allowed_cidrs=["10.1.0.0/16"]),
-        ):
-            keysvc.stub().CreatePolicy(pb.CreatePolicyRequest(policy=policy), metadata=md, timeout=5)
-        yield World(nginx, upstream, keysvc, md, [admin_secret])
+        ))
+        yield World(nginx.port, upstream, keysvc, md, [admin_secret], nginx=nginx)
     finally:
         if nginx is not None:
             nginx.proc.terminate()
@@ -196,17 +185,17 @@ def test_public_route_needs_no_key(world: World) -> None:
 
 
 def test_missing_key_is_401_and_never_reaches_upstream(world: World) -> None:
-    reply = world.stopped("GET", "/orders", {}, 401, "missing_credentials")
+    reply = world.refused("GET", "/orders", {}, 401, "missing_credentials")
     assert reply.headers.get_all("WWW-Authenticate") == ['Bearer realm="keysvc"']
-    world.stopped("GET", "/orders", {"Authorization": "Basic dXNlcjpwYXNz"}, 401, "missing_credentials")
+    world.refused("GET", "/orders", {"Authorization": "Basic dXNlcjpwYXNz"}, 401, "missing_credentials")
 
 
 def test_bad_keys_are_401(world: World) -> None:
-    reply = world.stopped("GET", "/orders", {"X-Api-Key": "not-a-key"}, 401, "malformed")
+    reply = world.refused("GET", "/orders", {"X-Api-Key": "not-a-key"}, 401, "malformed")
     assert reply.headers.get_all("WWW-Authenticate") == ['Bearer realm="keysvc", error="invalid_token"']
     unknown = generate().secret
     world.secrets.append(unknown)
-    world.stopped("GET", "/orders", {"X-Api-Key": unknown}, 401, "not_found")
+    world.refused("GET", "/orders", {"X-Api-Key": unknown}, 401, "not_found")
 
 
 def test_revoked_key_is_401(world: World) -> None:
@@ -217,15 +206,15 @@ def test_revoked_key_is_401(world: World) -> None:
     while world.nginx.request("GET", "/status", {"X-Api-Key": secret}).status == 200:
         assert time.monotonic() < deadline, "revocation never took effect"
         time.sleep(0.01)
-    world.stopped("GET", "/orders", {"X-Api-Key": secret}, 401, "revoked")
+    world.refused("GET", "/orders", {"X-Api-Key": secret}, 401, "revoked")
 
 
 def test_out_of_scope_key_is_403(world: World) -> None:
     _, reader = world.key(policy_id="partners", scopes=["orders:read"])
-    reply = world.stopped("POST", "/orders", {"X-Api-Key": reader}, 403, "insufficient_scope")
+    reply = world.refused("POST", "/orders", {"X-Api-Key": reader}, 403, "insufficient_scope")
     assert "WWW-Authenticate" not in reply.headers
     # Dot segments do not dodge the stricter rule.
-    world.stopped("DELETE", "/public/../orders/1", {"X-Api-Key": reader}, 403, "insufficient_scope")
+    world.refused("DELETE", "/public/../orders/1", {"X-Api-Key": reader}, 403, "insufficient_scope")
 
 
 def test_client_address_comes_from_nginx_not_the_client(world: World) -> None:
@@ -233,14 +222,14 @@ def test_client_address_comes_from_nginx_not_the_client(world: World) -> None:
     assert world.nginx.request("GET", "/status", {"X-Api-Key": local}).status == 200
     _, office = world.key(policy_id="office")
     # A forged X-Forwarded-For is kept on the left; keysvc reads nginx's entry on the right.
-    world.stopped("GET", "/status", {"X-Api-Key": office, "X-Forwarded-For": "10.1.2.3"}, 403, "ip_not_allowed")
+    world.refused("GET", "/status", {"X-Api-Key": office, "X-Forwarded-For": "10.1.2.3"}, 403, "ip_not_allowed")
 
 
 def test_rate_limited_key_is_429_with_retry_after(world: World) -> None:
     _, secret = world.key(policy_id="metered")
     for _ in range(2):
         assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
-    reply = world.stopped("GET", "/orders", {"X-Api-Key": secret}, 429, "rate_limited")
+    reply = world.refused("GET", "/orders", {"X-Api-Key": secret}, 429, "rate_limited")
     assert 1 <= int(reply.headers["Retry-After"]) <= 3600
     assert reply.headers["RateLimit-Limit"] == "2" and reply.headers["RateLimit-Remaining"] == "0"
     assert 0 <= int(reply.headers["RateLimit-Reset"]) <= 3600
@@ -250,7 +239,7 @@ def test_rate_limited_key_is_429_with_retry_after(world: World) -> None:
 def test_quota_exhausted_is_429_without_retry_after(world: World) -> None:
     _, secret = world.key(policy_id="partners", quota=1)
     assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
-    reply = world.stopped("GET", "/orders", {"X-Api-Key": secret}, 429, "quota_exhausted")
+    reply = world.refused("GET", "/orders", {"X-Api-Key": secret}, 429, "quota_exhausted")
     assert "Retry-After" not in reply.headers
 
 
@@ -267,7 +256,7 @@ def test_forged_target_headers_never_change_the_decision(world: World) -> None:
     _, reader = world.key(policy_id="partners", scopes=["orders:read"])
     forged = {"X-Original-URI": "/public", "X-Original-Method": "GET",
               "X-Forwarded-Uri": "/public", "X-Forwarded-Method": "GET"}
-    world.stopped("POST", "/orders", {"X-Api-Key": reader, **forged}, 403, "insufficient_scope")
+    world.refused("POST", "/orders", {"X-Api-Key": reader, **forged}, 403, "insufficient_scope")
     assert world.nginx.request("GET", "/orders/9", {"X-Api-Key": reader, **forged}).status == 200
     seen = world.upstream.seen[-1]
     assert seen.path == "/orders/9"
@@ -295,13 +284,13 @@ def test_encoded_separators_never_reach_the_app_unchecked(world: World) -> None:
 def test_paths_keysvc_cannot_judge_are_400(world: World) -> None:
     _, reader = world.key(policy_id="partners", scopes=["orders:read"])
     for path in ("/orders%2F..%2Fpublic", "/public%2F..%2Forders", "/orders/%2e%2e/x", "/x%252Forders"):
-        world.stopped("GET", path, {"X-Api-Key": reader}, 400, "invalid_path")
+        world.refused("GET", path, {"X-Api-Key": reader}, 400, "invalid_path")
 
 
 def test_keys_stay_out_of_nginx_logs(world: World) -> None:
     _, secret = world.key(policy_id="partners")
     assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
-    world.stopped("GET", "/orders", {"X-Api-Key": secret[:-1]}, 401, "malformed")
+    world.refused("GET", "/orders", {"X-Api-Key": secret[:-1]}, 401, "malformed")
     logs = world.nginx.logs()
     assert "key_id=key_" in logs, "the access log should name keys by id"
     for secret in world.secrets:
@@ -314,5 +303,5 @@ def test_keysvc_down_fails_closed_with_503(tmp_path: Path) -> None:
         _, secret = world.key(policy_id="partners")
         assert world.nginx.request("GET", "/orders", {"X-Api-Key": secret}).status == 200
         world.keysvc.stop()
-        world.stopped("GET", "/orders", {"X-Api-Key": secret}, 503, "unavailable")
-        world.stopped("GET", "/orders", {}, 503, "unavailable")
+        world.refused("GET", "/orders", {"X-Api-Key": secret}, 503, "unavailable")
+        world.refused("GET", "/orders", {}, 503, "unavailable")
