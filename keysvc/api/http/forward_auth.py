@@ -82,7 +82,9 @@ def _answer(result: AuthzResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]
     return result.status, headers, result.body.encode()
 
 
-_PREBUILT = {id(r): _answer(r) for r in (_NO_TARGET, _TWO_TARGETS, _TOO_LARGE, _NOT_FOUND)}
+# Answers that depend on nothing in the request: built once (never mutated: only granian reads them).
+_NO_TARGET_ANSWER, _TWO_TARGETS_ANSWER = _answer(_NO_TARGET), _answer(_TWO_TARGETS)
+_TOO_LARGE_ANSWER, _NOT_FOUND_ANSWER = _answer(_TOO_LARGE), _answer(_NOT_FOUND)
 
 
 def _json(status: int, document: dict[str, str]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -117,15 +119,10 @@ class ForwardAuth:
         self._require_target = require_target
         self._target_headers = PROXY_TARGET_HEADERS.get(proxy, ())
         self.path_prefix = PATH_PREFIX_PROXIES.get(proxy, "")  # "/authz": the target is the path after it
-        self.inflight = 0  # requests being answered (read by the listener's drain); loop thread only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request (granian serves HTTP only: no lifespan, no websockets)."""
-        self.inflight += 1
-        try:
-            await _send(send, await self._answer(scope))
-        finally:
-            self.inflight -= 1
+        await _send(send, await self._answer(scope))
 
     async def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         raw_path: bytes = scope["raw_path"]
@@ -134,7 +131,7 @@ class ForwardAuth:
             len(name) + len(value) + 2 > MAX_LINE_BYTES for name, value in scope["headers"]
         ):
             _log.info("http request refused", status=431, error=_TOO_LARGE.error, reason="LineTooLong")
-            return _PREBUILT[id(_TOO_LARGE)]
+            return _TOO_LARGE_ANSWER
         path = raw_path.decode("latin-1")
         method: str = scope["method"]
         if path == "/authz" or (self.path_prefix and path.startswith(self.path_prefix + "/")):
@@ -147,7 +144,7 @@ class ForwardAuth:
         if path == "/livez" and method in _HEALTH_METHODS:
             # 200 whenever the loop answers: a stuck loop answers nothing, a store outage is not fatal.
             return _json(200, {"status": "SERVING"})
-        return _PREBUILT[id(_NOT_FOUND)]
+        return _NOT_FOUND_ANSWER
 
     async def _authz(
         self, scope: Scope, method: str, raw_target: str
@@ -170,16 +167,16 @@ class ForwardAuth:
             if self.path_prefix:
                 target = _target_under(raw_target, self.path_prefix)
                 if not target:
-                    return _PREBUILT[id(_NO_TARGET)]
+                    return _NO_TARGET_ANSWER
             elif self._target_headers:
                 uri_header, method_header = self._target_headers
                 if uri_header in repeated or method_header in repeated:
-                    return _PREBUILT[id(_TWO_TARGETS)]
+                    return _TWO_TARGETS_ANSWER
                 target = headers.get(uri_header, "")
                 method = headers.get(method_header, method)
             if not target:
                 if self._require_target:
-                    return _PREBUILT[id(_NO_TARGET)]
+                    return _NO_TARGET_ANSWER
                 target = "/"
             client = scope.get("client")
             result = await self._authorizer.check(headers, method, target, client[0] if client else "")

@@ -38,7 +38,6 @@ __all__ = ["HttpListener", "TlsPaths"]
 # granian's own lines are its start/stop chatter ("Embedded server is experimental!"); its errors stay.
 logging.getLogger("_granian").setLevel(logging.ERROR)
 _HEADER_READ_TIMEOUT_MS = 30_000  # a client that never finishes its headers is dropped (slowloris)
-_DRAIN_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
