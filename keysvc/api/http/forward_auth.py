@@ -71,7 +71,8 @@ def _target_under(raw_path: str, prefix: str) -> str:
 
 
 def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
+    """Header pairs as ASGI wants them: names ASCII, values UTF-8 (as aiohttp sent them)."""
+    return [(name.encode("latin-1"), value.encode()) for name, value in pairs]
 
 
 def _answer(result: AuthzResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
