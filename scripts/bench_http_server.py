@@ -91,7 +91,7 @@ async def _serve(candidate: str, store: str, port: int) -> None:
         from aiohttp import web
 
         authz = _aiohttp_handler(app)
-        runner: web.BaseRunner[Any]
+        runner: web.BaseRunner
         if candidate == "aiohttp":  # web.Application and its router, as keysvc had it
             application = web.Application()
             application.router.add_route("*", "/authz", authz)
@@ -100,7 +100,8 @@ async def _serve(candidate: str, store: str, port: int) -> None:
 
             async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
                 if request.path == "/authz":
-                    return await authz(request)
+                    response: web.StreamResponse = await authz(request)
+                    return response
                 return web.Response(status=404)
 
             runner = web.ServerRunner(web.Server(dispatch, access_log=None))
