@@ -47,7 +47,7 @@ from keysvc.store.base import Store
 from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 if TYPE_CHECKING:
-    from keysvc.api.http.forward_auth import HttpListener
+    from keysvc.api.http.listener import HttpListener
     from keysvc.app.tls import TlsFiles
 
 __all__ = ["EVENTS_HEALTH", "App", "build", "make_store", "serve"]
@@ -295,9 +295,9 @@ async def start(app: App) -> None:
         sup.spawn("last_used", lambda: _write_last_used(app)),
         sup.spawn("deadlines", announcer.run),
     ]
-    if app.tls is not None and app.http is not None and app.http.ssl_context is not None:
-        files, context = app.tls, app.http.ssl_context
-        app.tasks.append(sup.spawn("tls_reload", lambda: tls.watch(files, context)))
+    if app.tls is not None and app.http is not None and app.http.tls is not None:
+        files, reload = app.tls, app.http.reload
+        app.tasks.append(sup.spawn("tls_reload", lambda: tls.watch(files, reload)))
     if app.stack == "sync":  # grpc.aio answers health on the loop: a stuck loop answers nothing
         app.watchdog = Watchdog(sup, s.liveness_stall_s, app.status.set_live)
         app.watchdog.start()
@@ -307,14 +307,16 @@ async def start(app: App) -> None:
 
 async def _start_http(app: App) -> int:
     """Start the forward-auth HTTP listener; return its port (0 on a unix socket)."""
-    from keysvc.api.http.forward_auth import ForwardAuth, HttpListener, make_app  # aiohttp only when used
+    from keysvc.api.http.forward_auth import ForwardAuth  # granian only when used
+    from keysvc.api.http.listener import HttpListener, TlsPaths
 
     handlers = ForwardAuth(app.authorizer, lambda: app.serving,
                            require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
-    app.http = HttpListener(make_app(handlers), split_listen(app.settings.http_listen),
-                            shutdown_grace_s=app.settings.shutdown_grace_s,
-                            key_headers=app.authorizer.key_headers, reuse_port=app.reuse_port,
-                            ssl_context=tls.server_context(app.tls) if app.tls is not None else None)
+    if not app.reuse_port:  # granian binds with SO_REUSEPORT: only a worker set may share the port
+        _startup.check_free("http_listen", app.settings.http_listen)
+    files = TlsPaths(app.tls.cert_path, app.tls.key_path, app.tls.client_ca_path) if app.tls else None
+    app.http = HttpListener(handlers, split_listen(app.settings.http_listen),
+                            shutdown_grace_s=app.settings.shutdown_grace_s, tls=files)
     try:
         return await app.http.start()
     except OSError as exc:

@@ -97,8 +97,7 @@ class Settings:
     tls_key: str = _f("", "PEM private key of `tls_cert` (required with it).")
     tls_client_ca: str = _f(
         "", "PEM CA bundle: with it, the TLS listeners require a client certificate it signed (mTLS). "
-        "gRPC and admin re-read it when it changes; the HTTP listener reads it at start only (an SSL "
-        "context can add CAs, never drop one): restart keysvc to stop trusting a replaced CA there."
+        "Every listener re-reads it when it changes (new connections trust the new bundle only)."
     )
 
     def __post_init__(self) -> None:

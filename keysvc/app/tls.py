@@ -7,10 +7,10 @@ certificates must chain to. Both servers read it:
 - gRPC (`grpc_credentials`): `grpc.dynamic_ssl_server_credentials`, whose
   fetcher gRPC calls before each new handshake; the fetcher stats the files
   and hands gRPC a new configuration when they changed.
-- HTTP (`server_context`): one `ssl.SSLContext`; `reload_context` re-runs
-  `load_cert_chain` on it when the files changed (called on the event loop by
-  `watch`, the only writer of that context). New connections get the new
-  certificate; open ones keep theirs.
+- HTTP (granian): reads the files when its server starts; `watch` calls
+  the listener's `reload` when they changed, which starts a new server on
+  the same port and drains the old. New connections get the new
+  certificate and client CA; open ones keep theirs.
 
 A file that changes into something unusable (half written, a key not
 matching its certificate) is logged and the last good pair keeps serving.
@@ -22,6 +22,7 @@ import asyncio
 import os
 import ssl
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -30,7 +31,7 @@ import structlog
 from keysvc.app.settings import Settings, env_name
 from keysvc.core.errors import ConfigError
 
-__all__ = ["TlsFiles", "check_pair", "client_channel", "from_settings", "server_context", "watch"]
+__all__ = ["TlsFiles", "check_pair", "client_channel", "from_settings", "watch"]
 
 log = structlog.get_logger("keysvc.tls")
 
@@ -175,19 +176,8 @@ class TlsFiles:
         )
 
 
-def server_context(files: TlsFiles) -> ssl.SSLContext:
-    """An SSLContext for the HTTP listener (TLS 1.2+, client certificates required under mTLS)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(files.cert_path, files.key_path)
-    if files.client_ca_path is not None:
-        context.load_verify_locations(cafile=files.client_ca_path)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-async def watch(files: TlsFiles, context: ssl.SSLContext, interval_s: float = 1.0) -> None:
-    """Re-run `load_cert_chain` on `context` whenever the files change (run on the event loop)."""
+async def watch(files: TlsFiles, reload: Callable[[], Awaitable[None]], interval_s: float = 1.0) -> None:
+    """Call `reload` (the HTTP listener's) whenever the files change into a usable set (run on the loop)."""
     loaded = files.current()[0]
     while True:
         await asyncio.sleep(interval_s)
@@ -195,8 +185,8 @@ async def watch(files: TlsFiles, context: ssl.SSLContext, interval_s: float = 1.
         if generation == loaded:
             continue
         try:
-            context.load_cert_chain(files.cert_path, files.key_path)
-        except (ssl.SSLError, OSError) as exc:  # changed again since refresh checked it
+            await reload()
+        except OSError as exc:  # the previous server keeps serving; the next change is tried again
             log.warning("could not reload the HTTP listener's certificate", reason=str(exc))
             continue
         loaded = generation

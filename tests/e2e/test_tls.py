@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import ssl
 import subprocess
 import time
@@ -144,8 +146,17 @@ def test_http_authz_over_tls_and_mtls(start_server: Start, sqlite_url: str, tmp_
     assert https_get(f"{base}/authz", pki, client=pki)[0] == 401
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         https_get(f"{base}/healthz", pki)  # no client certificate: the handshake fails
-    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext on the TLS port: closed
+    # Plaintext on the TLS port is never served: the TLS stack answers with an alert record (which
+    # http.client reads as a bad status line) or closes.
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: keysvc\r\n\r\n")
+        try:
+            answer = conn.recv(65536)
+        except ConnectionError:
+            answer = b""
+    assert not answer.startswith(b"HTTP"), answer
 
 
 def wait_serial(read: Callable[[], int], expected: int, timeout: float = 60.0) -> None:

@@ -144,7 +144,7 @@ def test_json_log_line_redacts_message_fields_and_traceback(secret: str) -> None
     assert "ValueError: could not parse ks_[REDACTED]" in record["exception"]
 
 
-@pytest.mark.parametrize("library", ["aiohttp.server", "asyncio", "grpc._cython.cygrpc", "redis", "urllib3"])
+@pytest.mark.parametrize("library", ["_granian", "asyncio", "grpc._cython.cygrpc", "redis", "urllib3"])
 def test_other_libraries_stdlib_logging_goes_through_the_same_processors(library: str, secret: str) -> None:
     stream = io.StringIO()
     configure_logging("json", "info", stream=stream)

@@ -17,63 +17,46 @@ upstream; a denial is 400/401/403/429/503 with the headers and JSON body of
 body of an auth subrequest, so its config reads the code from there).
 `/healthz` (readiness) is 200 while the store answers, else 503; `/livez`
 (liveness) is 200 whenever the event loop gets to answer it; any other path
-is a JSON 404.
+is a JSON 404. Paths are matched as sent (still percent-encoded).
 
-Every answer is keysvc's own small JSON, including for requests aiohttp's
-parser refuses (its own answer, and its log line, quote the offending
-header, key included): a credential header it cannot read is 401
-`malformed`, a header over 8190 bytes or more than 128 headers is 431
-`header_too_large`, anything else unreadable is 400 `bad_request`. Those are
-logged as one line naming the status and the parser's error class, never
-the input.
+`ForwardAuth` is an ASGI application served by granian (`listener.py`).
+A header line, or the request target, over 8190 bytes is answered 431
+`header_too_large` here, as one line logged naming the status and never
+the input. What granian's parser refuses itself (a control character in a
+header or the path, more than 100 headers, not HTTP at all) it answers
+with an empty 400 or 431 and `connection: close`, and logs nothing: no
+answer or line ever quotes the request.
 """
 
 from __future__ import annotations
 
-import re
-import ssl
-from collections.abc import Callable, Mapping
-from typing import cast
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
 import grpc
 import structlog
-from aiohttp import http_exceptions, web, web_protocol, web_server
-from multidict import CIMultiDict
 
-from keysvc.api.authz import ERROR_HEADER, Authorizer, AuthzResult, denial, result_for
+from keysvc.api.authz import ERROR_HEADER, Authorizer, AuthzResult, denial
 from keysvc.api.grpc.status import status_for
-from keysvc.core.model import Code, Decision
 from keysvc.core.routes import PATH_PREFIX_PROXIES, PROXY_TARGET_HEADERS
 
-__all__ = ["ForwardAuth", "HttpListener", "make_app"]
+__all__ = ["MAX_LINE_BYTES", "ForwardAuth"]
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MAX_LINE_BYTES = 8190  # a header line or request target longer than this is 431 (as aiohttp, nginx)
 _NO_TARGET = denial("missing_original_uri", "the proxy did not send the request's target", 400)
 _TWO_TARGETS = denial("invalid_request", "the request's target or method was sent more than once", 400)
-_SERVER = ("server", "keysvc")  # instead of aiohttp's name and version, which some proxies pass on
+_SERVER = (b"server", b"keysvc")  # instead of granian's name, which some proxies pass on
 _log = structlog.get_logger("keysvc.http")
-# The header line aiohttp quotes in a parse error's message: only its name is read.
-_QUOTED_HEADER = re.compile(r"b['\"]([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):")
 _TOO_LARGE = denial("header_too_large", "a request header, or all of them together, is too large", 431)
-_BAD_REQUEST = denial("bad_request", "the request could not be read", 400)
 _NOT_FOUND = denial("not_found", "keysvc serves /authz and /healthz only", 404)
-_INTERNAL = denial("internal", "internal error", 500)
-_ENVOY_REMOVE = "x-envoy-auth-headers-to-remove"  # Envoy's ext_authz HTTP: drop these upstream
-_UNREADABLE_KEY = result_for(Decision(Code.MALFORMED), (), 0.0)  # the 401 of a malformed key
-
-
-def _unreadable(exc: BaseException | None, status: int, key_headers: tuple[str, ...]) -> AuthzResult:
-    """The answer for a request aiohttp could not parse (or, at 500, could not handle)."""
-    if status >= 500:
-        return _INTERNAL
-    if isinstance(exc, http_exceptions.LineTooLong) or (
-        isinstance(exc, http_exceptions.BadHttpMessage) and "too many headers" in exc.message.lower()
-    ):
-        return _TOO_LARGE
-    if isinstance(exc, http_exceptions.HttpProcessingError):
-        quoted = _QUOTED_HEADER.search(exc.message)
-        if quoted is not None and quoted.group(1).lower() in key_headers:
-            return _UNREADABLE_KEY
-    return _BAD_REQUEST
+_ENVOY_REMOVE = b"x-envoy-auth-headers-to-remove"  # Envoy's ext_authz HTTP: drop these upstream
+_JSON = (b"content-type", b"application/json; charset=utf-8")
+_HEALTH_METHODS = ("GET", "HEAD")
 
 
 def _target_under(raw_path: str, prefix: str) -> str:
@@ -87,64 +70,36 @@ def _target_under(raw_path: str, prefix: str) -> str:
     return raw_path[len(prefix):]
 
 
-def _response(result: AuthzResult) -> web.Response:
+def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as ASGI wants them: names ASCII, values UTF-8 (as aiohttp sent them)."""
+    return [(name.encode("latin-1"), value.encode()) for name, value in pairs]
+
+
+def _answer(result: AuthzResult) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of an AuthzResult."""
     if result.allowed:
-        return web.Response(status=200, headers=dict((_SERVER, *result.upstream_headers)))
-    headers = dict((_SERVER, *result.response_headers))
-    headers[ERROR_HEADER] = result.error
-    return web.Response(status=result.status, headers=headers, body=result.body.encode())
+        return 200, [_SERVER, *_encoded(result.upstream_headers)], b""
+    headers = [_SERVER, *_encoded(result.response_headers), (ERROR_HEADER.encode(), result.error.encode())]
+    return result.status, headers, result.body.encode()
 
 
-class _RequestHandler(web_protocol.RequestHandler):
-    """aiohttp's connection handler, answering what its parser refuses with keysvc's JSON."""
-
-    key_headers: tuple[str, ...] = ()
-
-    def handle_error(
-        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """Answer and log a request that failed before (or outside) a handler, echoing nothing."""
-        result = _unreadable(exc, status, self.key_headers)
-        if status >= 500:  # an unknown error: its trace is logged (and redacted)
-            _log.error("http request failed", status=result.status, exc_info=exc)
-        else:
-            _log.info("http request refused", status=result.status, error=result.error,
-                      reason=type(exc).__name__)
-        if request.writer.output_size > 0:
-            raise ConnectionError("a response was already sent")  # as aiohttp: the connection is closed
-        response = _response(result)
-        response.force_close()
-        return response
+# Answers that depend on nothing in the request: built once (never mutated: only granian reads them).
+_NO_TARGET_ANSWER, _TWO_TARGETS_ANSWER = _answer(_NO_TARGET), _answer(_TWO_TARGETS)
+_TOO_LARGE_ANSWER, _NOT_FOUND_ANSWER = _answer(_TOO_LARGE), _answer(_NOT_FOUND)
 
 
-class _Server(web_server.Server):
-    """An aiohttp Server whose connections use `_RequestHandler`."""
-
-    key_headers: tuple[str, ...] = ()
-
-    def __call__(self) -> web_protocol.RequestHandler:
-        handler = _RequestHandler(self, loop=self._loop, **self._kwargs)
-        handler.key_headers = self.key_headers
-        return handler
+def _json(status: int, document: dict[str, str]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return status, [_SERVER, _JSON], json.dumps(document, separators=(",", ":")).encode()
 
 
-class _Runner(web.AppRunner):
-    """AppRunner serving through `_Server`."""
-
-    def __init__(self, app: web.Application, key_headers: tuple[str, ...], **kwargs: object) -> None:
-        super().__init__(app, **kwargs)  # type: ignore[arg-type]
-        self._key_headers = key_headers
-
-    async def _make_server(self) -> web_server.Server:
-        server = await super()._make_server()
-        server.__class__ = _Server  # adds no state: only which handler class connections get
-        cast("_Server", server).key_headers = self._key_headers
-        return server
+async def _send(send: Send, answer: tuple[int, list[tuple[bytes, bytes]], bytes]) -> None:
+    status, headers, body = answer
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ForwardAuth:
-    """The forward-auth handlers.
+    """The forward-auth ASGI application: `/authz`, `/authz/<target>` (Envoy mode), `/healthz`, `/livez`.
 
     Args:
         authorizer: the shared proxy authorizer.
@@ -165,121 +120,74 @@ class ForwardAuth:
         self._require_target = require_target
         self._target_headers = PROXY_TARGET_HEADERS.get(proxy, ())
         self.path_prefix = PATH_PREFIX_PROXIES.get(proxy, "")  # "/authz": the target is the path after it
-        # Headers whose repeats are joined for the Authorizer, which reads one value per name.
-        self._joined = ("x-forwarded-for", *authorizer.key_headers)
 
-    async def authz(self, request: web.Request) -> web.Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request (granian serves HTTP only: no lifespan, no websockets)."""
+        await _send(send, await self._answer(scope))
+
+    async def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        raw_path: bytes = scope["raw_path"]
+        query: bytes = scope["query_string"]
+        if len(raw_path) + len(query) > MAX_LINE_BYTES or any(
+            len(name) + len(value) + 2 > MAX_LINE_BYTES for name, value in scope["headers"]
+        ):
+            _log.info("http request refused", status=431, error=_TOO_LARGE.error, reason="LineTooLong")
+            return _TOO_LARGE_ANSWER
+        path = raw_path.decode("latin-1")
+        method: str = scope["method"]
+        if path == "/authz" or (self.path_prefix and path.startswith(self.path_prefix + "/")):
+            target = path + ("?" + query.decode("latin-1") if query else "")
+            return await self._authz(scope, method, target)
+        if path == "/healthz" and method in _HEALTH_METHODS:
+            if self._serving():
+                return _json(200, {"status": "SERVING"})
+            return _json(503, {"status": "NOT_SERVING"})
+        if path == "/livez" and method in _HEALTH_METHODS:
+            # 200 whenever the loop answers: a stuck loop answers nothing, a store outage is not fatal.
+            return _json(200, {"status": "SERVING"})
+        return _NOT_FOUND_ANSWER
+
+    async def _authz(
+        self, scope: Scope, method: str, raw_target: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Judge the request the proxy is holding."""
         try:
-            raw = request.headers
-            target, method = "", request.method
+            # By lower-case name (ASGI's), repeats joined by "," as the Authorizer reads them:
+            # x-forwarded-for's nearest proxy entry stays last.
+            headers: dict[str, str] = {}
+            repeated: set[str] = set()
+            for raw_name, raw_value in scope["headers"]:
+                name = raw_name.decode("latin-1")
+                value = raw_value.decode("utf-8", "surrogateescape")
+                if name in headers:
+                    repeated.add(name)
+                    headers[name] = headers[name] + "," + value
+                else:
+                    headers[name] = value
+            target = ""
             if self.path_prefix:
-                target = _target_under(request.raw_path, self.path_prefix)
+                target = _target_under(raw_target, self.path_prefix)
                 if not target:
-                    return _response(_NO_TARGET)
+                    return _NO_TARGET_ANSWER
             elif self._target_headers:
                 uri_header, method_header = self._target_headers
-                targets, methods = raw.getall(uri_header, ()), raw.getall(method_header, ())
-                if len(targets) > 1 or len(methods) > 1:
-                    return _response(_TWO_TARGETS)
-                target = targets[0] if targets else ""
-                method = methods[0] if methods else method
+                if uri_header in repeated or method_header in repeated:
+                    return _TWO_TARGETS_ANSWER
+                target = headers.get(uri_header, "")
+                method = headers.get(method_header, method)
             if not target:
                 if self._require_target:
-                    return _response(_NO_TARGET)
+                    return _NO_TARGET_ANSWER
                 target = "/"
-            headers: Mapping[str, str] = raw
-            merged: CIMultiDict[str] | None = None
-            for name in self._joined:
-                values = raw.getall(name, ())
-                if len(values) > 1:  # x-forwarded-for: the nearest proxy's entry is in the last header
-                    merged = merged if merged is not None else CIMultiDict(raw)
-                    merged[name] = ",".join(values)
-            if merged is not None:
-                headers = merged
-            result = await self._authorizer.check(headers, method, target, request.remote or "")
-            response = _response(result)
+            client = scope.get("client")
+            result = await self._authorizer.check(headers, method, target, client[0] if client else "")
         except Exception as exc:  # an unknown error is logged by status_for; the proxy fails closed
             code, _ = status_for(exc, "ForwardAuth")
-            unavailable = code is grpc.StatusCode.UNAVAILABLE
-            return web.json_response(
-                {"error": "unavailable" if unavailable else "internal",
-                 "message": "authorization is temporarily unavailable" if unavailable else "internal error"},
-                status=503 if unavailable else 500, headers=dict((_SERVER,)),
-            )
+            if code is grpc.StatusCode.UNAVAILABLE:
+                return _json(503, {"error": "unavailable",
+                                   "message": "authorization is temporarily unavailable"})
+            return _json(500, {"error": "internal", "message": "internal error"})
+        status, response_headers, body = _answer(result)
         if self.path_prefix and result.allowed and result.remove_headers:
-            response.headers[_ENVOY_REMOVE] = ",".join(result.remove_headers)
-        return response
-
-    async def not_found(self, request: web.Request) -> web.Response:
-        """Any other path: a JSON 404."""
-        return _response(_NOT_FOUND)
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        """200 while the store answers, 503 otherwise."""
-        if self._serving():
-            return web.json_response({"status": "SERVING"}, headers=dict((_SERVER,)))
-        return web.json_response({"status": "NOT_SERVING"}, status=503, headers=dict((_SERVER,)))
-
-    async def livez(self, request: web.Request) -> web.Response:
-        """200 whenever the loop answers: a stuck loop answers nothing, a store outage is not fatal."""
-        return web.json_response({"status": "SERVING"})
-
-
-def make_app(handlers: ForwardAuth) -> web.Application:
-    """The aiohttp application: `/authz` (any method), `GET /healthz` and `/livez`, a JSON 404 else.
-
-    In Envoy mode (`ForwardAuth.path_prefix` set) `/authz/<target>` is judged too.
-    """
-    app = web.Application()
-    app.router.add_route("*", "/authz", handlers.authz)
-    if handlers.path_prefix:
-        app.router.add_route("*", handlers.path_prefix + "/{target:.*}", handlers.authz)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/livez", handlers.livez)
-    app.router.add_route("*", "/{any:.*}", handlers.not_found)
-    return app
-
-
-class HttpListener:
-    """Runs an aiohttp application on one address until stopped.
-
-    Args:
-        app: the application.
-        address: (host, port), or a unix socket path (as `keysvc.app.settings.split_listen` parses).
-        shutdown_grace_s: how long `stop` waits for in-flight requests.
-        key_headers: the credential headers (an unreadable one is answered 401).
-        reuse_port: share the port by SO_REUSEPORT (only the workers of one `--workers` set do).
-        ssl_context: serve HTTPS on a TCP address with it (keysvc.app.tls reloads its certificate).
-    """
-
-    def __init__(
-        self, app: web.Application, address: tuple[str, int] | str, *, shutdown_grace_s: float,
-        key_headers: tuple[str, ...] = ("x-api-key", "authorization"), reuse_port: bool = False,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._address = address
-        self.ssl_context = ssl_context if not isinstance(self._address, str) else None
-        self._reuse_port = reuse_port
-        # No access log: one line per proxied request would dwarf the work itself.
-        self._runner = _Runner(app, key_headers, access_log=None, shutdown_timeout=shutdown_grace_s)
-
-    async def start(self) -> int:
-        """Bind and serve; return the TCP port (0 for a unix socket).
-
-        Raises:
-            OSError: the address cannot be bound.
-        """
-        await self._runner.setup()
-        if isinstance(self._address, str):
-            await web.UnixSite(self._runner, self._address).start()
-            return 0
-        host, port = self._address
-        tcp = web.TCPSite(self._runner, host or None, port, reuse_port=self._reuse_port,
-                          ssl_context=self.ssl_context)
-        await tcp.start()
-        return tcp.port
-
-    async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, close."""
-        await self._runner.cleanup()
+            response_headers.append((_ENVOY_REMOVE, ",".join(result.remove_headers).encode()))
+        return status, response_headers, body

@@ -1,0 +1,145 @@
+"""The forward-auth HTTP listener: granian's embedded server on keysvc's own event loop.
+
+granian (a Rust HTTP server; PyPI `granian`) parses HTTP/1.1 on its own
+thread and runs the ASGI application on the loop that runs everything else,
+so `/authz` shares the gRPC server's cache, validator and event follower.
+It was chosen by measurement over aiohttp (scripts/bench_http_server.py;
+the README's "Choosing the HTTP server, by measurement").
+
+- Drain: `stop` closes the listening socket and lets in-flight requests
+  finish; those still running after the grace period are cancelled.
+- TLS: granian reads the certificate, key and client CA when a server
+  starts. `reload` starts a second server on the same port (granian binds
+  with SO_REUSEPORT), then drains the old one: new connections get the new
+  files, client CA included; open ones finish on the old.
+- `--workers`: every worker binds the shared port the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings
+from granian.server.embed import Server
+
+from keysvc.api.http.forward_auth import ForwardAuth
+
+__all__ = ["HttpListener", "TlsPaths"]
+
+# granian's own lines are its start/stop chatter ("Embedded server is experimental!"); its errors stay.
+logging.getLogger("_granian").setLevel(logging.ERROR)
+_HEADER_READ_TIMEOUT_MS = 30_000  # a client that never finishes its headers is dropped (slowloris)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPaths:
+    """The PEM files the HTTPS listener reads each time a server starts."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None  # mTLS: client certificates must chain to it
+
+
+class HttpListener:
+    """Serves a ForwardAuth application on one address until stopped.
+
+    Args:
+        app: the application.
+        address: (host, port), or a unix socket path (as `keysvc.app.settings.split_listen` parses).
+        shutdown_grace_s: how long `stop` waits for in-flight requests.
+        tls: serve HTTPS on a TCP address with these files (`reload` re-reads them).
+    """
+
+    def __init__(
+        self, app: ForwardAuth, address: tuple[str, int] | str, *, shutdown_grace_s: float,
+        tls: TlsPaths | None = None,
+    ) -> None:
+        self._app = app
+        self._address = address
+        self.tls = tls if not isinstance(address, str) else None
+        self._grace_s = shutdown_grace_s
+        self._port = 0
+        self._running: tuple[Server, asyncio.Task[None]] | None = None
+
+    def _server(self) -> Server:
+        tls = self.tls
+        options: dict[str, Any] = {}
+        if isinstance(self._address, str):
+            options["uds"] = Path(self._address)
+        else:
+            options["address"], options["port"] = self._address[0] or "0.0.0.0", self._port  # noqa: S104
+        if tls is not None:
+            options.update(ssl_cert=Path(tls.cert), ssl_key=Path(tls.key),
+                           ssl_protocol_min=SSLProtocols.tls12,
+                           ssl_ca=Path(tls.client_ca) if tls.client_ca else None,
+                           ssl_client_verify=tls.client_ca is not None)
+        server = Server(self._app, interface=Interfaces.ASGINL, http=HTTPModes.http1, websockets=False,
+                        log_enabled=False,
+                        http1_settings=HTTP1Settings(header_read_timeout=_HEADER_READ_TIMEOUT_MS), **options)
+        server.workers_kill_timeout = self._grace_s  # type: ignore[assignment]  # granian times a join
+        return server
+
+    async def _launch(self) -> tuple[Server, asyncio.Task[None]]:
+        server = self._server()
+        task = asyncio.get_running_loop().create_task(server.serve())
+        await asyncio.sleep(0)  # serve() binds and spawns its worker before its first await
+        if task.done():
+            exc = task.exception()
+            raise exc if isinstance(exc, OSError) else OSError(str(exc))
+        return server, task
+
+    async def start(self) -> int:
+        """Bind and serve; return the TCP port (0 for a unix socket).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        if isinstance(self._address, str):
+            with contextlib.suppress(FileNotFoundError):  # the caller checked no live server holds it
+                if stat.S_ISSOCK(os.stat(self._address).st_mode):
+                    os.unlink(self._address)
+        else:
+            host, self._port = self._address
+            if self._port == 0:  # granian reports no port: take a free one (bound a moment, then freed)
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                    probe.bind((host or "0.0.0.0", 0))  # noqa: S104
+                    self._port = probe.getsockname()[1]
+        self._running = await self._launch()
+        return self._port
+
+    async def reload(self) -> None:
+        """Serve new connections with the TLS files as they are now; drain the previous server.
+
+        Raises:
+            OSError: the new server could not start (the previous one keeps serving).
+        """
+        previous = self._running
+        self._running = await self._launch()
+        if previous is not None:
+            await self._drain(*previous)
+
+    async def _drain(self, server: Server, task: asyncio.Task[None]) -> None:
+        server.stop()  # type: ignore[no-untyped-call]
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._grace_s + 1)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        except Exception:  # noqa: S110  # a worker that died is stopped all the same
+            pass
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, close."""
+        running, self._running = self._running, None
+        if running is not None:
+            await self._drain(*running)
