@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import signal
 from concurrent import futures
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import structlog
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
@@ -28,9 +27,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from keysvc.api.authz import Authorizer, AuthzConfig
 from keysvc.api.envoy.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
+from keysvc.api.envoy.extauthz import RAW_RESPONSES as AUTHORIZATION_RAW
 from keysvc.api.grpc.auth import AdminAuth
 from keysvc.api.grpc.bridge import Bridge, threaded_servicer
+from keysvc.api.grpc.keyservice import RAW_RESPONSES as KEYSERVICE_RAW
 from keysvc.api.grpc.keyservice import KeyServiceServicer
+from keysvc.api.grpc.memo import add_service
 from keysvc.app import startup as _startup
 from keysvc.app import telemetry, tls
 from keysvc.app.health import HealthState, probe_store, redact_url
@@ -44,7 +46,7 @@ from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.service.events import EventFollower, EventLog, FollowerState
 from keysvc.service.validator import Validator
 from keysvc.store.base import Store
-from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
+from keysvc.v1 import keysvc_pb2
 
 if TYPE_CHECKING:
     from keysvc.api.http.forward_auth import HttpListener
@@ -54,7 +56,9 @@ __all__ = ["EVENTS_HEALTH", "App", "build", "make_store", "serve"]
 
 log = structlog.get_logger("keysvc.server")
 
-KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+KEYSERVICE_DESCRIPTOR = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"]
+KEYSERVICE = KEYSERVICE_DESCRIPTOR.full_name
+AUTHORIZATION_DESCRIPTOR = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
 EVENTS_HEALTH = "keysvc.events"
 """gRPC health name of the event follower: NOT_SERVING while its task is down or it is behind."""
 _LAST_USED_FLUSH_S = 1.0
@@ -183,7 +187,9 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     keyservice = auth.protect(
         KeyServiceServicer(app.validator, app.admin, EventLog(app.store))
     )
-    authorization: Any = AuthorizationServicer(app.authorizer)
+    authorization = AuthorizationServicer(app.authorizer)
+    served_keys: Any = keyservice
+    served_authz: Any = authorization
     server: aio.Server | grpc.Server
     if app.stack == "sync":
         # No interceptors on either stack: they would run on every Validate.
@@ -194,18 +200,17 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
         # quarters: the last quarter always answers hits.
         bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4),
                         max_held=s.grpc_threads - max(1, s.grpc_threads // 4))
-        blocking = {"Validate": functools.partial(keyservice.validate_blocking, bridge=bridge)}
-        keyservice = threaded_servicer(keyservice, keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"],
-                                       bridge, blocking)
-        authorization = threaded_servicer(
-            authorization, external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"], bridge,
-            {"Check": functools.partial(authorization.check_blocking, bridge=bridge)},
-        )
+        keyservice.bridge = authorization.bridge = bridge
+        served_keys = threaded_servicer(keyservice, KEYSERVICE_DESCRIPTOR, bridge,
+                                        {"Validate": keyservice.validate_blocking})
+        served_authz = threaded_servicer(authorization, AUTHORIZATION_DESCRIPTOR, bridge,
+                                         {"Check": authorization.check_blocking})
     else:
         server = aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
-    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(keyservice, server)  # type: ignore[no-untyped-call]
+    # Validate and Check return their answers serialized (kept per decision): no serializer.
+    add_service(server, KEYSERVICE_DESCRIPTOR, served_keys, KEYSERVICE_RAW)
     # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
+    add_service(server, AUTHORIZATION_DESCRIPTOR, served_authz, AUTHORIZATION_RAW)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     names = (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
