@@ -27,10 +27,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from keysvc.api.authz import Authorizer, AuthzConfig
 from keysvc.api.envoy.extauthz import AUTHORIZATION_SERVICE, AuthorizationServicer
-from keysvc.api.envoy.extauthz import RAW_RESPONSES as AUTHORIZATION_RAW
 from keysvc.api.grpc.auth import AdminAuth
 from keysvc.api.grpc.bridge import Bridge, threaded_servicer
-from keysvc.api.grpc.keyservice import RAW_RESPONSES as KEYSERVICE_RAW
 from keysvc.api.grpc.keyservice import KeyServiceServicer
 from keysvc.api.grpc.memo import add_service
 from keysvc.app import startup as _startup
@@ -56,9 +54,7 @@ __all__ = ["EVENTS_HEALTH", "App", "build", "make_store", "serve"]
 
 log = structlog.get_logger("keysvc.server")
 
-KEYSERVICE_DESCRIPTOR = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"]
-KEYSERVICE = KEYSERVICE_DESCRIPTOR.full_name
-AUTHORIZATION_DESCRIPTOR = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
+KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 EVENTS_HEALTH = "keysvc.events"
 """gRPC health name of the event follower: NOT_SERVING while its task is down or it is behind."""
 _LAST_USED_FLUSH_S = 1.0
@@ -190,6 +186,8 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     authorization = AuthorizationServicer(app.authorizer)
     served_keys: Any = keyservice
     served_authz: Any = authorization
+    keys_service = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"]
+    authz_service = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
     server: aio.Server | grpc.Server
     if app.stack == "sync":
         # No interceptors on either stack: they would run on every Validate.
@@ -201,16 +199,16 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
         bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4),
                         max_held=s.grpc_threads - max(1, s.grpc_threads // 4))
         keyservice.bridge = authorization.bridge = bridge
-        served_keys = threaded_servicer(keyservice, KEYSERVICE_DESCRIPTOR, bridge,
+        served_keys = threaded_servicer(keyservice, keys_service, bridge,
                                         {"Validate": keyservice.validate_blocking})
-        served_authz = threaded_servicer(authorization, AUTHORIZATION_DESCRIPTOR, bridge,
+        served_authz = threaded_servicer(authorization, authz_service, bridge,
                                          {"Check": authorization.check_blocking})
     else:
         server = aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
     # Validate and Check return their answers serialized (kept per decision): no serializer.
-    add_service(server, KEYSERVICE_DESCRIPTOR, served_keys, KEYSERVICE_RAW)
+    add_service(server, keys_service, served_keys, KeyServiceServicer.RAW_RESPONSES)
     # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
-    add_service(server, AUTHORIZATION_DESCRIPTOR, served_authz, AUTHORIZATION_RAW)
+    add_service(server, authz_service, served_authz, AuthorizationServicer.RAW_RESPONSES)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     names = (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")

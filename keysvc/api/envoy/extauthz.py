@@ -32,13 +32,12 @@ from keysvc.api.grpc.bridge import Bridge
 from keysvc.api.grpc.memo import AnswerMemo
 from keysvc.api.grpc.status import status_for, status_of_http
 
-__all__ = ["AUTHORIZATION_SERVICE", "RAW_RESPONSES", "AuthorizationServicer", "check_response"]
+__all__ = ["AUTHORIZATION_SERVICE", "AuthorizationServicer", "check_response"]
 
 AUTHORIZATION_SERVICE = pb.DESCRIPTOR.services_by_name["Authorization"].full_name
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = status_pb2.Status(code=code_pb2.OK)
 _MAX_RESPONSES = 10_000  # about 3 MB at most
-RAW_RESPONSES = frozenset({"Check"})  # Check returns the serialized answer (memo.add_service)
 _Context = aio.ServicerContext[Any, Any]
 
 
@@ -103,6 +102,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
     Args:
         authorizer: the shared proxy authorizer.
     """
+
+    RAW_RESPONSES = frozenset({"Check"})
+    """Methods whose handler returns the serialized answer (registered by `memo.add_service`)."""
 
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer

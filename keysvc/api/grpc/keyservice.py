@@ -22,7 +22,7 @@ from keysvc.service.validator import ValidationRequest, Validator
 from keysvc.v1 import keysvc_pb2 as pb
 from keysvc.v1 import keysvc_pb2_grpc as pb_grpc
 
-__all__ = ["CURSOR_METADATA", "RAW_RESPONSES", "KeyServiceServicer"]
+__all__ = ["CURSOR_METADATA", "KeyServiceServicer"]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -31,7 +31,6 @@ CURSOR_METADATA = "x-keysvc-cursor"  # WatchEvents: the cursor the stream starts
 MAX_REQUIRED_SCOPES = 64
 MAX_BATCH = 100
 _MAX_MEMO = 4_096  # hot keys only: a response costs ~1.8 us to build, and memory to keep
-RAW_RESPONSES = frozenset({"Validate"})  # handlers that return the serialized answer (memo.add_service)
 _Answer = tuple[Decision, pb.ValidateResponse, bytes]
 
 
@@ -64,6 +63,9 @@ def _optional_duration(message: Any, field: str) -> float | None:
 
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     """Serves keysvc.v1.KeyService on grpc.aio (and, through `bridge`, on grpc.server)."""
+
+    RAW_RESPONSES = frozenset({"Validate"})
+    """Methods whose handler returns the serialized answer (registered by `memo.add_service`)."""
 
     def __init__(self, validator: Validator, admin: AdminService, events: EventLog) -> None:
         self._validator = validator
