@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import signal
 from concurrent import futures
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import structlog
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
@@ -31,6 +30,7 @@ from keysvc.api.envoy.extauthz import AUTHORIZATION_SERVICE, AuthorizationServic
 from keysvc.api.grpc.auth import AdminAuth
 from keysvc.api.grpc.bridge import Bridge, threaded_servicer
 from keysvc.api.grpc.keyservice import KeyServiceServicer
+from keysvc.api.grpc.memo import add_service
 from keysvc.app import startup as _startup
 from keysvc.app import telemetry, tls
 from keysvc.app.health import HealthState, probe_store, redact_url
@@ -44,7 +44,7 @@ from keysvc.service.deadlines import DeadlineAnnouncer
 from keysvc.service.events import EventFollower, EventLog, FollowerState
 from keysvc.service.validator import Validator
 from keysvc.store.base import Store
-from keysvc.v1 import keysvc_pb2, keysvc_pb2_grpc
+from keysvc.v1 import keysvc_pb2
 
 if TYPE_CHECKING:
     from keysvc.api.http.listener import HttpListener
@@ -183,7 +183,11 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
     keyservice = auth.protect(
         KeyServiceServicer(app.validator, app.admin, EventLog(app.store))
     )
-    authorization: Any = AuthorizationServicer(app.authorizer)
+    authorization = AuthorizationServicer(app.authorizer)
+    served_keys: Any = keyservice
+    served_authz: Any = authorization
+    keys_service = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"]
+    authz_service = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
     server: aio.Server | grpc.Server
     if app.stack == "sync":
         # No interceptors on either stack: they would run on every Validate.
@@ -194,18 +198,17 @@ def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
         # quarters: the last quarter always answers hits.
         bridge = Bridge(asyncio.get_running_loop(), max_streams=max(1, s.grpc_threads // 4),
                         max_held=s.grpc_threads - max(1, s.grpc_threads // 4))
-        blocking = {"Validate": functools.partial(keyservice.validate_blocking, bridge=bridge)}
-        keyservice = threaded_servicer(keyservice, keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"],
-                                       bridge, blocking)
-        authorization = threaded_servicer(
-            authorization, external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"], bridge,
-            {"Check": functools.partial(authorization.check_blocking, bridge=bridge)},
-        )
+        keyservice.bridge = authorization.bridge = bridge
+        served_keys = threaded_servicer(keyservice, keys_service, bridge,
+                                        {"Validate": keyservice.validate_blocking})
+        served_authz = threaded_servicer(authorization, authz_service, bridge,
+                                         {"Check": authorization.check_blocking})
     else:
         server = aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
-    keysvc_pb2_grpc.add_KeyServiceServicer_to_server(keyservice, server)  # type: ignore[no-untyped-call]
+    # Validate and Check return their answers serialized (kept per decision): no serializer.
+    add_service(server, keys_service, served_keys, KeyServiceServicer.RAW_RESPONSES)
     # Public like Validate: only the KeyService admin methods are wrapped by AdminAuth.
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
+    add_service(server, authz_service, served_authz, AuthorizationServicer.RAW_RESPONSES)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     names = (KEYSERVICE, AUTHORIZATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
 from keysvc.api.authz import Authorizer, AuthzConfig, AuthzResult
 from keysvc.api.envoy.extauthz import _MAX_RESPONSES, AuthorizationServicer
@@ -87,7 +88,7 @@ async def test_hits_write_behind_negative_entries_and_memo_eviction_under_thread
                 miss = validator.check_cached(ValidationRequest(probe.secret))
                 assert miss is None or miss.code is Code.NOT_FOUND
                 result = results[(worker * 997 + n * 13) % len(results)]
-                response = servicer._response(result)
+                response = CheckResponse.FromString(servicer._response(result))
                 assert response.ok_response.headers[0].header.value == result.key_id
         except BaseException as exc:
             errors.append(exc)

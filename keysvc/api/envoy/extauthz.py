@@ -9,13 +9,13 @@ and removes the credential header, plus `CheckResponse.dynamic_metadata`
 Envoy's access logs. Deny: a DeniedHttpResponse (status, headers, JSON body)
 and a non-OK google.rpc status. A 503 is a denial, not an error, so Envoy
 answers it even with `failure_mode_allow: true`. Hot path: no logging, no
-JSON round trips; a key's response is built once and reused.
+JSON round trips; a key's response is built and serialized once, and its
+bytes reused (registered with no response serializer: `memo.add_service`).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -29,6 +29,7 @@ from grpc import aio
 
 from keysvc.api.authz import Authorizer, AuthzResult
 from keysvc.api.grpc.bridge import Bridge
+from keysvc.api.grpc.memo import AnswerMemo
 from keysvc.api.grpc.status import status_for, status_of_http
 
 __all__ = ["AUTHORIZATION_SERVICE", "AuthorizationServicer", "check_response"]
@@ -95,38 +96,6 @@ def _headers(http: Any) -> Mapping[str, str]:
     return merged
 
 
-class _ResponseMemo:
-    """Built responses by result, at most `max_entries`, the oldest dropped first.
-
-    Any thread reads; writers (sync-stack threads and the loop) insert and
-    evict under one lock, held for O(1) dict work only.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self._entries: dict[AuthzResult, pb.CheckResponse] = {}
-        self._max = max_entries
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, result: AuthzResult, build: Callable[[AuthzResult], pb.CheckResponse]) -> pb.CheckResponse:
-        """Return the response memoised for `result`, building (outside the lock) and keeping it if new."""
-        response = self._entries.get(result)
-        if response is not None:
-            return response
-        response = build(result)
-        with self._lock:
-            entries = self._entries
-            kept = entries.get(result)
-            if kept is not None:  # another thread built it meanwhile: answer the same message
-                return kept
-            if len(entries) >= self._max:
-                del entries[next(iter(entries))]
-            entries[result] = response
-        return response
-
-
 class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Serves envoy.service.auth.v3.Authorization/Check on grpc.aio or grpc.server.
 
@@ -134,14 +103,18 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
         authorizer: the shared proxy authorizer.
     """
 
+    RAW_RESPONSES = frozenset({"Check"})
+    """Methods whose handler returns the serialized answer (registered by `memo.add_service`)."""
+
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
-        # Built responses by result: a key's allow (or 401/403) is the same message every
-        # time, and garbage floods reuse a handful. Messages are never mutated once built.
-        self._responses = _ResponseMemo(_MAX_RESPONSES)
+        self.bridge: Bridge | None = None  # set when served on the sync stack (check_blocking)
+        # Serialized responses by result: a key's allow (or 401/403) is the same message every
+        # time, and garbage floods reuse a handful.
+        self._responses: AnswerMemo[AuthzResult, bytes] = AnswerMemo(_MAX_RESPONSES)
 
-    async def Check(self, request: pb.CheckRequest, context: _Context) -> pb.CheckResponse:
-        """Decide one request Envoy is holding; a denial is a normal response."""
+    async def Check(self, request: pb.CheckRequest, context: _Context) -> bytes:
+        """Decide one request Envoy is holding; a denial is a normal response (serialized)."""
         try:
             attributes = request.attributes
             http = attributes.request.http
@@ -155,10 +128,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
             raise
         return response
 
-    def check_blocking(
-        self, request: pb.CheckRequest, context: grpc.ServicerContext, bridge: Bridge
-    ) -> pb.CheckResponse:
-        """Check on a sync-stack thread: a hit answers here, a miss waits for the loop."""
+    def check_blocking(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> bytes:
+        """Check on a sync-stack thread: a hit answers here, a miss waits for the loop (`bridge`)."""
         authorizer = self._authorizer
         try:
             attributes = request.attributes
@@ -169,10 +140,17 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc
         except Exception as exc:  # an unknown error is INTERNAL, logged by status_for
             context.abort(*status_for(exc, "Check"))
         if result is None:
+            bridge = self.bridge
+            if bridge is None:  # pragma: no cover - _server sets it before serving the sync stack
+                raise RuntimeError("check_blocking needs a bridge")
             result = bridge.run(authorizer.check_from_store(authz), context, "Check")
         return self._response(result)
 
-    def _response(self, result: AuthzResult) -> pb.CheckResponse:
+    def _response(self, result: AuthzResult) -> bytes:
+        """The serialized CheckResponse for `result`, built once per distinct result."""
         if result.status == 429:  # its headers count down: not worth keeping
-            return check_response(result)
-        return self._responses.get(result, check_response)
+            return bytes(check_response(result).SerializeToString())
+        response = self._responses.get(result)
+        if response is None:
+            response = self._responses.keep(result, bytes(check_response(result).SerializeToString()))
+        return response

@@ -12,6 +12,7 @@ from grpc import aio
 from keysvc.api.grpc import convert as conv
 from keysvc.api.grpc.auth import ACTOR
 from keysvc.api.grpc.bridge import Bridge
+from keysvc.api.grpc.memo import AnswerMemo
 from keysvc.api.grpc.status import status_for
 from keysvc.core.errors import InvalidArgumentError, KeysvcError
 from keysvc.core.model import Code, Decision, KeyStatus
@@ -30,6 +31,7 @@ CURSOR_METADATA = "x-keysvc-cursor"  # WatchEvents: the cursor the stream starts
 MAX_REQUIRED_SCOPES = 64
 MAX_BATCH = 100
 _MAX_MEMO = 4_096  # hot keys only: a response costs ~1.8 us to build, and memory to keep
+_Answer = tuple[Decision, pb.ValidateResponse, bytes]
 
 
 def _rpc(
@@ -62,31 +64,35 @@ def _optional_duration(message: Any, field: str) -> float | None:
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     """Serves keysvc.v1.KeyService on grpc.aio (and, through `bridge`, on grpc.server)."""
 
+    RAW_RESPONSES = frozenset({"Validate"})
+    """Methods whose handler returns the serialized answer (registered by `memo.add_service`)."""
+
     def __init__(self, validator: Validator, admin: AdminService, events: EventLog) -> None:
         self._validator = validator
         self._admin = admin
         self._events = events
-        # id(decision) -> (decision, response). VALID answers without counters are
-        # one shared Decision per cached key (a policy.Grant), and the constant
-        # denials are module-level objects: their responses are built once.
-        self._responses: dict[int, tuple[Decision, pb.ValidateResponse]] = {}
+        self.bridge: Bridge | None = None  # set when served on the sync stack (validate_blocking)
+        # id(decision) -> (decision, response, its bytes). VALID answers without counters
+        # are one shared Decision per cached key (a policy.Grant), and the constant
+        # denials are module-level objects: their responses are built and serialized once.
+        self._answers: AnswerMemo[int, _Answer] = AnswerMemo(_MAX_MEMO)
 
-    def _response(self, decision: Decision) -> pb.ValidateResponse:
-        memo = self._responses
-        hit = memo.get(id(decision))
-        if hit is not None and hit[0] is decision:
-            return hit[1]
+    def _answer(self, decision: Decision) -> _Answer:
+        answer = self._answers.get(id(decision))
+        if answer is not None and answer[0] is decision:
+            return answer
         response = conv.decision_to_pb(decision)
+        answer = (decision, response, response.SerializeToString())
         if decision.rate_limit is None and decision.quota_remaining is None and (
             decision.code is Code.VALID or decision.record is None
         ):
-            if len(memo) >= _MAX_MEMO:
-                memo.clear()
-            memo[id(decision)] = (decision, response)
-        return response
+            # The memo holds the decision, so its id cannot be reused while the entry lives.
+            kept = self._answers.keep(id(decision), answer)
+            return kept if kept[0] is decision else answer
+        return answer
 
-    async def Validate(self, request: pb.ValidateRequest, context: _Context) -> pb.ValidateResponse:
-        """Answer from the cache when possible; a denial is a normal response."""
+    async def Validate(self, request: pb.ValidateRequest, context: _Context) -> bytes:
+        """Answer from the cache when possible; a denial is a normal response (serialized)."""
         try:
             validation = _validation_request(request)
         except InvalidArgumentError as exc:
@@ -96,12 +102,10 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         decision = validator.check_cached(validation)
         if decision is None:
             decision = await validator.validate_from_store(validation)
-        return self._response(decision)
+        return self._answer(decision)[2]
 
-    def validate_blocking(
-        self, request: pb.ValidateRequest, context: grpc.ServicerContext, bridge: Bridge
-    ) -> pb.ValidateResponse:
-        """Validate on a sync-stack thread: a hit answers here, a miss waits for the loop."""
+    def validate_blocking(self, request: pb.ValidateRequest, context: grpc.ServicerContext) -> bytes:
+        """Validate on a sync-stack thread: a hit answers here, a miss waits for the loop (`bridge`)."""
         try:
             validation = _validation_request(request)
         except InvalidArgumentError as exc:
@@ -109,9 +113,12 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         validator = self._validator
         decision = validator.check_cached(validation)
         if decision is None:
+            bridge = self.bridge
+            if bridge is None:  # pragma: no cover - _server sets it before serving the sync stack
+                raise RuntimeError("validate_blocking needs a bridge")
             decision = bridge.run(validator.validate_from_store(validation), context, "Validate",
                                   busy=lambda: validator.shed(validation))
-        return self._response(decision)
+        return self._answer(decision)[2]
 
     @_rpc
     async def BatchValidate(
@@ -122,7 +129,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             raise InvalidArgumentError(f"requests: at most {MAX_BATCH}")
         validations = [_validation_request(r) for r in request.requests]
         decisions = await self._validator.validate_many(validations)
-        return pb.BatchValidateResponse(responses=[self._response(d) for d in decisions])
+        return pb.BatchValidateResponse(responses=[self._answer(d)[1] for d in decisions])
 
     @_rpc
     async def CreateKey(self, request: pb.CreateKeyRequest, context: _Context) -> pb.CreateKeyResponse:
