@@ -19,10 +19,12 @@ __all__ = [
     "DEFAULT_PREFIX",
     "KEY_PATTERN",
     "GeneratedKey",
+    "checksum_ok",
     "generate",
     "hash_key",
     "holds_key",
     "new_key_id",
+    "shaped_hash",
     "validate_prefix",
     "well_formed_hash",
 ]
@@ -123,6 +125,29 @@ def well_formed_hash(secret: str) -> str | None:
     if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
         return None
     return hashlib.sha256(raw).hexdigest()
+
+
+_fullmatch = KEY_PATTERN.fullmatch
+_sha256 = hashlib.sha256
+
+
+def shaped_hash(secret: str) -> str | None:
+    """The hash of a key-shaped string whose checksum is not checked yet (`checksum_ok`); None for others.
+
+    For the cache-hit path: only `generate` makes the keys whose hashes are
+    stored, so a hash found in the cache is a key whose checksum is right by
+    construction, and a hit needs no checksum; a string not found must pass
+    `checksum_ok` before it is answered from anywhere else (`well_formed_hash`
+    does both at once). Raises nothing.
+    """
+    if len(secret) > _MAX_KEY_LEN or _fullmatch(secret) is None:
+        return None
+    return _sha256(secret.encode("ascii")).hexdigest()  # the pattern admits ASCII only
+
+
+def checksum_ok(secret: str) -> bool:
+    """True when the last 6 chars of key-shaped `secret` (`shaped_hash` not None) are the rest's checksum."""
+    return _checksum_bytes(secret[:-_CHECK_LEN].encode("ascii")) == secret[-_CHECK_LEN:]
 
 
 def holds_key(text: str) -> bool:
