@@ -61,6 +61,8 @@ from keysvc.store.base import Store
 __all__ = ["AsyncKeyValidator", "Code", "Decision", "KeyValidator", "RateLimitState", "ValidatorHealth"]
 
 _T = TypeVar("_T")
+# What ValidationRequest(...) does, minus its Python-level __new__ frame (~0.1 us of a ~2 us hit).
+_new_request = tuple.__new__
 
 # A miss waits for the loop at most the store budget plus this (the loop's own scheduling).
 _LOOP_MARGIN_S = 1.0
@@ -212,7 +214,7 @@ _LIVE_LOCK = threading.Lock()
 def _forked() -> None:
     """In a forked child: no inherited validator has its loop thread (threads do not survive fork)."""
     for validator in list(_LIVE):
-        validator._forked = True  # the child's only thread writes it
+        validator._forked = validator._unusable = True  # the child's only thread writes them
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -239,6 +241,7 @@ class KeyValidator:
                  start_timeout_s: float = _START_TIMEOUT_S) -> None:
         self._forked = False
         self._closed = False
+        self._unusable = False  # closed or forked: one flag for the hot path to read
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="keysvc-validator", daemon=True)
         self._thread.start()
@@ -305,9 +308,9 @@ class KeyValidator:
             RuntimeError: the validator is closed, inherited through fork(), or
                 called from its own loop thread (that would wait on itself).
         """
-        if self._forked or self._closed:
+        if self._unusable:
             raise RuntimeError("this KeyValidator is closed or was inherited through fork(): open a new one")
-        request = ValidationRequest(key, scopes, client_ip, cost)
+        request = _new_request(ValidationRequest, (key, scopes, client_ip, cost))
         decision = self._check_cached(request)
         if decision is not None:
             return decision
@@ -329,7 +332,7 @@ class KeyValidator:
         """Stop the background work (last uses written, store closed) and the loop thread."""
         if self._closed or self._forked:
             return
-        self._closed = True
+        self._closed = self._unusable = True
         try:
             self._call(self._inner.aclose(), timeout_s)
         finally:
