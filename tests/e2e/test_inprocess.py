@@ -192,3 +192,46 @@ def test_no_plaintext_key_in_any_log_line(env: Env, tmp_path: Path) -> None:
             assert key not in text and key[3:20] not in text
     finally:
         own.stop()
+
+
+def test_a_held_loop_delays_no_hit_and_bounds_every_miss(env: Env) -> None:
+    """The loop thread is stuck in a callback: hits still answer (they never touch it), and a
+    miss is answered as a shed miss once its wait is over, while the loop is still stuck."""
+    cached, uncached = env.create_key(), env.create_key()
+    with KeyValidator.open(env.store) as keys:
+        assert keys.validate(cached.secret).valid
+        held, release = threading.Event(), threading.Event()
+
+        def stuck() -> None:
+            held.set()
+            release.wait(60)
+
+        keys._loop.call_soon_threadsafe(stuck)
+        assert held.wait(30)
+        try:
+            assert keys.validate(cached.secret).valid
+            assert keys.validate("garbage").code.name == "MALFORMED"
+            assert keys.validate(uncached.secret).code.name == "UNAVAILABLE"
+            assert not release.is_set()  # answered while the loop was still held
+            assert keys.validator.store_shed == 1
+        finally:
+            release.set()
+        wait_for(lambda: keys.validate(uncached.secret).valid, "the miss answered once the loop is free")
+
+
+def test_readme_example_runs(env: Env, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## In-process validation (Python)", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    created = env.create_key(scopes=["orders:read"], metadata={"team": "a"})
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "KEYSVC_STORE": env.store, "API_KEY": created.secret},
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert created.key.key_id in done.stdout and "VALID" in done.stdout
+    assert created.secret not in done.stdout + done.stderr
