@@ -19,13 +19,13 @@ __all__ = [
     "DEFAULT_PREFIX",
     "KEY_PATTERN",
     "GeneratedKey",
-    "checksum_ok",
     "generate",
     "hash_key",
     "holds_key",
+    "lookup_hash",
     "new_key_id",
-    "shaped_hash",
     "validate_prefix",
+    "well_formed",
     "well_formed_hash",
 ]
 
@@ -131,22 +131,27 @@ _fullmatch = KEY_PATTERN.fullmatch
 _sha256 = hashlib.sha256
 
 
-def shaped_hash(secret: str) -> str | None:
-    """The hash of a key-shaped string whose checksum is not checked yet (`checksum_ok`); None for others.
+def lookup_hash(secret: str) -> str | None:
+    """The hash to look a presented key up by, having checked only its length; None when too long.
 
     For the cache-hit path: only `generate` makes the keys whose hashes are
-    stored, so a hash found in the cache is a key whose checksum is right by
-    construction, and a hit needs no checksum; a string not found must pass
-    `checksum_ok` before it is answered from anywhere else (`well_formed_hash`
-    does both at once). Raises nothing.
+    stored, so a hash found in the cache is that very key, shape and checksum
+    right by construction, and a hit needs no other check. A string not found
+    must pass `well_formed` before it is answered from anywhere else
+    (`well_formed_hash` checks first, then hashes). Raises nothing.
     """
-    if len(secret) > _MAX_KEY_LEN or _fullmatch(secret) is None:
+    if len(secret) > _MAX_KEY_LEN:
         return None
-    return _sha256(secret.encode("ascii")).hexdigest()  # the pattern admits ASCII only
+    try:
+        return _sha256(secret.encode()).hexdigest()  # UTF-8: the same bytes as ASCII for any key
+    except UnicodeEncodeError:  # a lone surrogate: no key has one
+        return None
 
 
-def checksum_ok(secret: str) -> bool:
-    """True when the last 6 chars of key-shaped `secret` (`shaped_hash` not None) are the rest's checksum."""
+def well_formed(secret: str) -> bool:
+    """True when `secret` has a key's shape and checksum (no store needed to refuse anything else)."""
+    if len(secret) > _MAX_KEY_LEN or _fullmatch(secret) is None:
+        return False
     return _checksum_bytes(secret[:-_CHECK_LEN].encode("ascii")) == secret[-_CHECK_LEN:]
 
 

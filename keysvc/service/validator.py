@@ -37,7 +37,7 @@ import structlog
 
 from keysvc.core.cache import CachedKey, KeyCache
 from keysvc.core.errors import StoreUnavailableError
-from keysvc.core.keys import checksum_ok, shaped_hash, well_formed_hash
+from keysvc.core.keys import lookup_hash, well_formed, well_formed_hash
 from keysvc.core.model import Code, Decision, Policy, RateLimitState
 from keysvc.core.policy import Grant, evaluate, make_grant
 from keysvc.service._counting import Counting
@@ -143,15 +143,15 @@ class Validator(Counting):
         decided, and a VALID hit counts itself and notes its use under one lock.
         """
         key = request.key
-        key_hash = shaped_hash(key)
+        key_hash = lookup_hash(key)
         if key_hash is None:
             return self._counted(_MALFORMED)
         mono = self._monotonic()
         cache = self.cache
         entry = cache.get(key_hash, mono)
         if entry is None:
-            # A cached hash is a stored key's, whose checksum is right: only a miss needs checking.
-            if not checksum_ok(key):
+            # A cached hash is a stored key's, shape and checksum right: only a miss needs checking.
+            if not well_formed(key):
                 return self._counted(_MALFORMED)
             return self._counted(_NOT_FOUND) if cache.is_unknown(key_hash, mono) else None
         record = entry.record

@@ -134,10 +134,16 @@ class Async(Impl):
         self.loop.close()
 
 
+# Two cores shared with other test runs can hold a store call past keysvc's 100 ms default:
+# these tests are about decisions, not timeouts (the store-down cases stop the store outright).
+STORE_TIMEOUT_MS = 1000
+
+
 def make_impl(kind: str, store: str, log_dir: Path, *flags: str, **overrides: Any) -> Impl:
     """Start implementation `kind` on `store`; `flags`/`overrides` are the same settings two ways."""
     if kind == "sidecar":
-        return Sidecar(launch(store, log_dir, *flags))
+        return Sidecar(launch(store, log_dir, "--store-timeout-ms", str(STORE_TIMEOUT_MS), *flags))
+    overrides.setdefault("store_timeout_ms", STORE_TIMEOUT_MS)
     return Sync(store, **overrides) if kind == "sync" else Async(store, **overrides)
 
 
@@ -172,7 +178,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     else:
         store = f"sqlite:///{workdir}/keysvc.db"
     _, secret = bootstrap(store)
-    admin = launch(store, workdir)
+    admin = launch(store, workdir, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
     try:
         yield Env(store, admin, secret)
     finally:

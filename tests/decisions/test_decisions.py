@@ -12,7 +12,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from keysvc.core.keys import generate
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.decisions.conftest import IMPLEMENTATIONS, Answer, Env, Impl
+from tests.decisions.conftest import IMPLEMENTATIONS, STORE_TIMEOUT_MS, Answer, Env, Impl
 from tests.e2e._servers import bootstrap, launch
 from tests.e2e.test_store_outage import RedisProcess
 
@@ -145,7 +145,7 @@ def test_store_down_answers_cached_keys_and_fails_closed(
     redis_proc.start()
     try:
         _, secret = bootstrap(redis_proc.url)
-        admin = launch(redis_proc.url, tmp_path)
+        admin = launch(redis_proc.url, tmp_path, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
         try:
             env = Env(redis_proc.url, admin, secret)
             cached, uncached = env.create_key(owner_id="o"), env.create_key(owner_id="o")

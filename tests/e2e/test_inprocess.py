@@ -17,7 +17,7 @@ from keysvc.core.keys import generate
 from keysvc.inprocess import AsyncKeyValidator, KeyValidator
 from keysvc.testing import capture_logs
 from keysvc.v1 import keysvc_pb2 as pb
-from tests.decisions.conftest import Env
+from tests.decisions.conftest import STORE_TIMEOUT_MS, Env
 from tests.e2e._servers import bootstrap, launch
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) ->
 @pytest.fixture
 def env(redis_url: str, tmp_path: Path) -> Iterator[Env]:
     _, secret = bootstrap(redis_url)
-    admin = launch(redis_url, tmp_path)
+    admin = launch(redis_url, tmp_path, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
     try:
         yield Env(redis_url, admin, secret)
     finally:
@@ -48,7 +48,7 @@ def test_health_shows_the_supervised_tasks_and_a_failing_follower_restarts(env: 
     the in-process cache again."""
     client = redis.Redis.from_url(env.store)
     created = env.create_key()
-    with KeyValidator.open(env.store, cache_ttl_s=3600) as keys:
+    with KeyValidator.open(env.store, cache_ttl_s=3600, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
         wait_for(lambda: keys.health().ready, "ready")
         health = keys.health()
         assert {t.name for t in health.tasks} == TASKS and health.store_ok and health.loop_alive
@@ -95,7 +95,7 @@ def test_many_threads_share_one_validator_and_every_use_is_written_behind(env: E
     lock = threading.Lock()
     started = time.time()
 
-    with KeyValidator.open(env.store) as keys:
+    with KeyValidator.open(env.store, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
         def caller(n: int) -> None:
             mine: Counter[str] = Counter()
             for i in range(200):
@@ -126,7 +126,7 @@ def test_many_threads_share_one_validator_and_every_use_is_written_behind(env: E
 
 def test_asyncio_validator_answers_on_its_loop_only(redis_url: str) -> None:
     async def main() -> AsyncKeyValidator:
-        keys = AsyncKeyValidator.open(redis_url)
+        keys = AsyncKeyValidator.open(redis_url, store_timeout_ms=STORE_TIMEOUT_MS)
         async with keys:
             assert (await keys.validate("garbage")).code.name == "MALFORMED"
             assert (await keys.validate(generate().secret)).code.name == "NOT_FOUND"
@@ -174,7 +174,7 @@ def test_no_plaintext_key_in_any_log_line(env: Env, tmp_path: Path) -> None:
     own.start()
     try:
         _, secret = bootstrap(own.url)
-        admin = launch(own.url, tmp_path)
+        admin = launch(own.url, tmp_path, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
         try:
             created = Env(own.url, admin, secret).create_key()
         finally:
@@ -198,7 +198,7 @@ def test_a_held_loop_delays_no_hit_and_bounds_every_miss(env: Env) -> None:
     """The loop thread is stuck in a callback: hits still answer (they never touch it), and a
     miss is answered as a shed miss once its wait is over, while the loop is still stuck."""
     cached, uncached = env.create_key(), env.create_key()
-    with KeyValidator.open(env.store) as keys:
+    with KeyValidator.open(env.store, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
         assert keys.validate(cached.secret).valid
         held, release = threading.Event(), threading.Event()
 
@@ -230,7 +230,8 @@ def test_readme_example_runs(env: Env, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(code)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "KEYSVC_STORE": env.store, "API_KEY": created.secret},
+                          env={**os.environ, "KEYSVC_STORE": env.store, "API_KEY": created.secret,
+                               "KEYSVC_STORE_TIMEOUT_MS": str(STORE_TIMEOUT_MS)},
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert created.key.key_id in done.stdout and "VALID" in done.stdout
