@@ -247,9 +247,16 @@ class KeyValidator:
         self._thread.start()
         try:
             self._inner: AsyncKeyValidator = self._call(self._make(settings, store), start_timeout_s)
-            self._call(self._inner.start(), start_timeout_s)
         except BaseException:
             self._stop_loop()
+            raise
+        try:
+            self._call(self._inner.start(), start_timeout_s)
+        except BaseException:
+            try:  # release the store the failed start opened, then the loop
+                self._call(self._inner.aclose(), start_timeout_s)
+            finally:
+                self._stop_loop()
             raise
         self.validator = self._inner.validator
         self._check_cached = self.validator.check_cached

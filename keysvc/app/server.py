@@ -1,4 +1,4 @@
-"""Wires keysvc together: the only module that builds concrete classes.
+"""Wires keysvc together: the only module that builds concrete classes (with `dataplane.py`).
 
 Listeners, health, reflection, the supervised background tasks (event
 follower, last-used writer, deadline announcer, store probe), and graceful

@@ -236,3 +236,14 @@ def test_readme_example_runs(env: Env, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert created.key.key_id in done.stdout and "VALID" in done.stdout
     assert created.secret not in done.stdout + done.stderr
+
+
+def test_a_store_that_can_never_work_fails_at_open_naming_the_setting(tmp_path: Path) -> None:
+    from keysvc.core.errors import ConfigError
+
+    garbage = tmp_path / "not-a-db.db"
+    garbage.write_bytes(b"this is not a SQLite database" * 100)
+    before = threading.active_count()
+    with pytest.raises(ConfigError, match="KEYSVC_STORE"):
+        KeyValidator.open(f"sqlite:///{garbage}")
+    wait_for(lambda: threading.active_count() <= before, "the loop thread of the failed open ended")
