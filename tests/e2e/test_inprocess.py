@@ -247,3 +247,32 @@ def test_a_store_that_can_never_work_fails_at_open_naming_the_setting(tmp_path: 
     with pytest.raises(ConfigError, match="KEYSVC_STORE"):
         KeyValidator.open(f"sqlite:///{garbage}")
     wait_for(lambda: threading.active_count() <= before, "the loop thread of the failed open ended")
+
+
+def test_a_quota_is_exact_across_a_sidecar_and_an_inprocess_validator_together(env: Env) -> None:
+    """Counters live in the store: calls through the admin server's Validate and through the
+    library, at the same time, spend one quota exactly once each."""
+    created = env.create_key(quota=200)
+    answers: Counter[str] = Counter()
+    lock = threading.Lock()
+    stub = env.admin.stub()
+
+    with KeyValidator.open(env.store, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+        def inprocess() -> None:
+            mine = Counter(keys.validate(created.secret).code.name for _ in range(75))
+            with lock:
+                answers.update(mine)
+
+        def sidecar() -> None:
+            mine = Counter(pb.Code.Name(stub.Validate(pb.ValidateRequest(key=created.secret), timeout=30).code)
+                           .removeprefix("CODE_") for _ in range(75))
+            with lock:
+                answers.update(mine)
+
+        threads = [threading.Thread(target=f) for f in (inprocess, inprocess, sidecar, sidecar)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+    assert answers == {"VALID": 200, "QUOTA_EXHAUSTED": 100}
