@@ -1,4 +1,4 @@
-"""Wires keysvc together: the only module that builds concrete classes.
+"""Wires keysvc together: the only module that builds concrete classes (with `dataplane.py`).
 
 Listeners, health, reflection, the supervised background tasks (event
 follower, last-used writer, deadline announcer, store probe), and graceful
@@ -8,13 +8,11 @@ shutdown (SIGTERM: readiness NOT_SERVING, drain, exit 0).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import grpc
 import structlog
@@ -31,17 +29,17 @@ from keysvc.api.grpc.auth import AdminAuth
 from keysvc.api.grpc.bridge import Bridge, threaded_servicer
 from keysvc.api.grpc.keyservice import KeyServiceServicer
 from keysvc.api.grpc.memo import add_service
+from keysvc.app import dataplane, telemetry, tls
 from keysvc.app import startup as _startup
-from keysvc.app import telemetry, tls
-from keysvc.app.health import HealthState, probe_store, redact_url
+from keysvc.app.dataplane import DataPlane, make_store
+from keysvc.app.health import HealthState
 from keysvc.app.settings import Settings, env_name, header_names, split_listen
 from keysvc.app.supervisor import TaskSupervisor, Watchdog, cancel_all
 from keysvc.core.cache import KeyCache
-from keysvc.core.errors import ConfigError, StoreUnavailableError
+from keysvc.core.errors import ConfigError
 from keysvc.core.routes import Routes
 from keysvc.service.admin import AdminService
-from keysvc.service.deadlines import DeadlineAnnouncer
-from keysvc.service.events import EventFollower, EventLog, FollowerState
+from keysvc.service.events import EventFollower, EventLog
 from keysvc.service.validator import Validator
 from keysvc.store.base import Store
 from keysvc.v1 import keysvc_pb2
@@ -57,38 +55,6 @@ log = structlog.get_logger("keysvc.server")
 KEYSERVICE = keysvc_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 EVENTS_HEALTH = "keysvc.events"
 """gRPC health name of the event follower: NOT_SERVING while its task is down or it is behind."""
-_LAST_USED_FLUSH_S = 1.0
-
-
-def make_store(settings: Settings) -> Store:
-    """Build the store the settings name (the one place a backend is chosen).
-
-    Raises:
-        ConfigError: the store URL cannot be parsed.
-    """
-    timeout_s = settings.store_timeout_ms / 1000
-    if settings.store.startswith("sqlite://"):
-        from keysvc.store.sqlite.store import SqliteStore
-
-        return SqliteStore(
-            _startup.sqlite_path(settings), event_retention=settings.event_retention,
-            poll_interval_s=settings.event_poll_ms / 1000, busy_timeout_s=timeout_s,
-        )
-    from keysvc.store.redis.store import RedisStore
-
-    try:
-        # redis+cluster:// and redis+sentinel:// paths are parsed (and checked) by store.redis.topology.
-        url = urlsplit(settings.store)
-        database = url.path.strip("/") if url.scheme in ("redis", "rediss") else ""
-        if database and not (database.isascii() and database.isdigit()):
-            # redis-py quietly uses database 0 for a path it cannot read as an int.
-            raise ValueError("the database must be a number >= 0, as in redis://host:port/0")
-        return RedisStore(
-            settings.store, namespace=settings.redis_namespace, timeout_s=timeout_s,
-            retries=settings.store_retries, event_retention=settings.event_retention,
-        )
-    except ValueError as exc:  # redis-py cannot parse the URL: it will never work
-        raise ConfigError(f"{env_name('store')}: {redact_url(str(exc), settings.store)}") from None
 
 
 @dataclass
@@ -106,6 +72,7 @@ class App:
     stack: str  # the gRPC stack, "sync" or "aio" ("auto" decided)
     supervisor: TaskSupervisor
     status: HealthState  # readiness, liveness and per-component health, published to `health`
+    plane: DataPlane  # the same store, cache, validator, follower, supervisor and status, as one
     reuse_port: bool = False  # one of a `--workers` set: share the reserved ports
     servers: list[aio.Server | grpc.Server] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
@@ -144,33 +111,17 @@ def build(settings: Settings, store: Store | None = None, *, reuse_port: bool = 
     """
     certificates = tls.from_settings(settings)
     tls.check_store_files(settings.store)
-    store = store or make_store(settings)
-    cache = KeyCache(
-        max_keys=settings.cache_size, ttl_s=settings.cache_ttl_s,
-        negative_max=settings.negative_cache_size, negative_ttl_s=settings.negative_ttl_s,
-        stale_window_s=settings.stale_window_s,
-    )
-    validator = Validator(
-        store, cache, fail_open=settings.fail_open, last_used_max=settings.cache_size,
-        max_store_inflight=settings.max_store_inflight,
-        store_budget_s=settings.store_timeout_ms / 1000 * (1 + settings.store_retries),
-    )
-    follower = EventFollower(
-        store, cache, on_key_change=validator.forget_limits, on_flush=validator.forget_all_limits
-    )
-    admin = AdminService(
-        store, auditor=telemetry.AUDITOR, default_prefix=settings.key_prefix, on_change=follower.apply_local
-    )
     # The sync stack's health servicer is thread-safe; set() from the loop is a plain call.
     stack = _startup.grpc_stack(settings.grpc_stack)
     checks = health.HealthServicer() if stack == "sync" else health_aio.HealthServicer()
-    supervisor = TaskSupervisor()
-    status = HealthState(checks, (KEYSERVICE, AUTHORIZATION_SERVICE), supervisor,
-                         {"events": lambda: follower.state is FollowerState.FOLLOWING})
-    supervisor.on_change = status.publish  # a task up or down changes readiness
-    return App(settings, store, cache, validator, admin, follower, checks,
-               Authorizer(validator, _authz_config(settings)), stack, supervisor, status,
-               reuse_port=reuse_port, tls=certificates)
+    plane = dataplane.assemble(settings, store, checks, (KEYSERVICE, AUTHORIZATION_SERVICE))
+    admin = AdminService(
+        plane.store, auditor=telemetry.AUDITOR, default_prefix=settings.key_prefix,
+        on_change=plane.follower.apply_local,
+    )
+    return App(settings, plane.store, plane.cache, plane.validator, admin, plane.follower, checks,
+               Authorizer(plane.validator, _authz_config(settings)), stack, plane.supervisor, plane.status,
+               plane, reuse_port=reuse_port, tls=certificates)
 
 
 def _server(app: App, *, admin_enabled: bool) -> aio.Server | grpc.Server:
@@ -240,18 +191,6 @@ def _bind(app: App, server: aio.Server | grpc.Server, name: str) -> int:
     return port
 
 
-async def _write_last_used(app: App) -> None:
-    """Write-behind of last-use times, off the hot path, one batch a second."""
-    while True:
-        await asyncio.sleep(_LAST_USED_FLUSH_S)
-        batch = app.validator.drain_last_used()
-        if batch:
-            try:
-                await app.store.touch(batch)
-            except StoreUnavailableError:
-                log.warning("could not record last use", keys=len(batch))
-
-
 def _store_kind(settings: Settings) -> str:
     return settings.store.split(":", 1)[0]
 
@@ -278,26 +217,13 @@ async def start(app: App) -> None:
         metrics.install(provider, app.validator, app.cache, app.follower)
         metrics.install_tasks(provider, app.supervisor, app.follower)
     http_port = await _start_http(app) if s.http_listen else None
-    try:
-        await app.follower.start()
-    except StoreUnavailableError:
-        pass  # its task connects once the store answers
-    except Exception:  # an unexpected error: its supervised task retries, with backoff
-        log.exception("event follower could not start; retrying")
+    await dataplane.start_follower(app.plane)
     for server in app.servers:
         started = server.start()
         if started is not None:  # grpc.aio's start is a coroutine; grpc.server's returns None
             await started
     sup = app.supervisor
-    announcer = DeadlineAnnouncer(app.store)
-    app.tasks += [
-        sup.ticker(),
-        sup.spawn("store_probe", lambda: probe_store(app.store, app.status, s.store,
-                                                    on_recovered=app.follower.wake)),
-        sup.spawn("events", app.follower.run),  # a restart resumes from the follower's cursor
-        sup.spawn("last_used", lambda: _write_last_used(app)),
-        sup.spawn("deadlines", announcer.run),
-    ]
+    app.tasks += dataplane.spawn_tasks(app.plane)
     if app.tls is not None and app.http is not None and app.http.tls is not None:
         files, reload = app.tls, app.http.reload
         app.tasks.append(sup.spawn("tls_reload", lambda: tls.watch(files, reload)))
@@ -349,11 +275,7 @@ async def stop(app: App) -> None:
     await cancel_all(app.tasks)
     if app.watchdog is not None:
         app.watchdog.stop()
-    batch = app.validator.drain_last_used()
-    with contextlib.suppress(StoreUnavailableError):
-        if batch:
-            await app.store.touch(batch)
-    await app.store.close()
+    await dataplane.release(app.plane)
     log.info("keysvc stopped")
 
 

@@ -95,8 +95,13 @@ def _run_scenario(name: str, ctx: _Context) -> Row:
     from keysvc.bench.procs import BenchError, start_floor, start_keysvc
 
     scenario = ctx.scenarios[name]
-    row = Row(name, scenario.meaning)
     opts = ctx.options
+    if name == "inprocess":
+        from keysvc.bench import inprocess
+
+        calls = max(10_000, int(inprocess.CALLS * min(1.0, opts.duration_s / 5)))  # --quick: fewer
+        return inprocess.row(ctx.fixture.store, ctx.fixture.hit_key, ctx.workdir, opts.server_cpu, calls)
+    row = Row(name, scenario.meaning)
     try:
         if scenario.floor:
             server = start_floor(name, ctx.workdir, opts.server_cpu, ctx.fixture.valid_response,
@@ -244,6 +249,9 @@ def _ratios(rows: list[Row]) -> None:
             row.cpu_vs_floor = row.cpu_us_per_call / floor.cpu_us_per_call
         if row.client_saturated:
             row.notes.append("h2load used >= 90% of its core: the client may be the bottleneck")
+    from keysvc.bench.inprocess import compare_with_hit
+
+    compare_with_hit(by_name)
     workers = by_name.get("hit-workers2")
     if workers is not None and hit is not None:
         workers.notes.append(f"QPS {workers.qps / hit.qps:.2f}x hit's (one worker), "

@@ -9,9 +9,11 @@ __all__ = ["finite", "format_report", "targets"]
 
 
 def _ratio(rows: dict[str, dict[str, Any]], a: str, b: str, figure: str) -> float | None:
-    if a not in rows or b not in rows or rows[a]["status"] != "ok" or rows[b]["status"] != "ok":
+    """Row a's figure over row b's (b "": the figure itself); None unless both rows measured it."""
+    ok = [name for name in (a, b) if name and rows.get(name, {}).get("status") == "ok"]
+    if len(ok) != len([name for name in (a, b) if name]):
         return None
-    return float(rows[a][figure]) / float(rows[b][figure])
+    return float(rows[a][figure]) / (float(rows[b][figure]) if b else 1.0)
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -26,6 +28,9 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("extauthz QPS / hit QPS >= 0.8", _ratio(rows, "extauthz", "hit", "qps"), 0.8, True),
         ("hit-workers2 CPU/call / hit CPU/call <= 1.1",
          _ratio(rows, "hit-workers2", "hit", "cpu_us_per_call"), 1.1, False),
+        ("inprocess CPU/call <= 3 us", _ratio(rows, "inprocess", "", "cpu_us_per_call"), 3.0, False),
+        ("hit CPU/call / inprocess CPU/call >= 50", _ratio(rows, "hit", "inprocess", "cpu_us_per_call"),
+         50.0, True),
     ]
     if report.get("propagation", {}).get("measured"):
         checks.append(("propagation p99 < 50 ms", report["propagation"]["p99_ms"], 50.0, False))

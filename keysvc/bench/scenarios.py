@@ -26,7 +26,7 @@ __all__ = [
 VALIDATE_METHOD = "/keysvc.v1.KeyService/Validate"
 EXTAUTHZ_METHOD = "/envoy.service.auth.v3.Authorization/Check"
 NAMES = ("floor", "hit", "miss", "limited", "malformed", "extauthz", "hit-workers2",
-         "floor-aio", "hit-aio", "miss-aio", "stall", "stall-aio")
+         "floor-aio", "hit-aio", "miss-aio", "stall", "stall-aio", "inprocess")
 _FLOOR_SYNC = ("--stack", "sync", "--threads", "16")  # as keysvc's default KEYSVC_GRPC_THREADS
 # Stacks named, not left to `auto` (which follows the bench's pinning): each row says what it ran.
 _SYNC = ("--grpc-stack", "sync")
@@ -89,6 +89,8 @@ def extauthz_request(key: str) -> bytes:
 
 def scenarios(fixture: Fixture) -> dict[str, Scenario]:
     """Every scenario, by name, in the order of the table."""
+    from keysvc.bench import inprocess
+
     hit = _validate(fixture.hit_key)
     return {
         "floor": Scenario("floor", "empty Validate handler on the synchronous grpc.server (16 threads), "
@@ -117,6 +119,8 @@ def scenarios(fixture: Fixture) -> dict[str, Scenario]:
                           VALIDATE_METHOD, hit, _SYNC, stall=True),
         "stall-aio": Scenario("stall-aio", "stall on --grpc-stack aio", VALIDATE_METHOD, hit, _AIO,
                               stall=True),
+        # Not driven by h2load: keysvc.bench.inprocess times the library in a pinned process.
+        "inprocess": Scenario("inprocess", inprocess.MEANING, VALIDATE_METHOD, hit),
     }
 
 

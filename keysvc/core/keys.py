@@ -22,8 +22,10 @@ __all__ = [
     "generate",
     "hash_key",
     "holds_key",
+    "lookup_hash",
     "new_key_id",
     "validate_prefix",
+    "well_formed",
     "well_formed_hash",
 ]
 
@@ -123,6 +125,34 @@ def well_formed_hash(secret: str) -> str | None:
     if _checksum_bytes(raw[:-_CHECK_LEN]) != secret[-_CHECK_LEN:]:
         return None
     return hashlib.sha256(raw).hexdigest()
+
+
+_fullmatch = KEY_PATTERN.fullmatch
+_sha256 = hashlib.sha256
+
+
+def lookup_hash(secret: str) -> str | None:
+    """The hash to look a presented key up by, having checked only its length; None when too long.
+
+    For the cache-hit path: only `generate` makes the keys whose hashes are
+    stored, so a hash found in the cache is that very key, shape and checksum
+    right by construction, and a hit needs no other check. A string not found
+    must pass `well_formed` before it is answered from anywhere else
+    (`well_formed_hash` checks first, then hashes). Raises nothing.
+    """
+    if len(secret) > _MAX_KEY_LEN:
+        return None
+    try:
+        return _sha256(secret.encode()).hexdigest()  # UTF-8: the same bytes as ASCII for any key
+    except UnicodeEncodeError:  # a lone surrogate: no key has one
+        return None
+
+
+def well_formed(secret: str) -> bool:
+    """True when `secret` has a key's shape and checksum (no store needed to refuse anything else)."""
+    if len(secret) > _MAX_KEY_LEN or _fullmatch(secret) is None:
+        return False
+    return _checksum_bytes(secret[:-_CHECK_LEN].encode("ascii")) == secret[-_CHECK_LEN:]
 
 
 def holds_key(text: str) -> bool:

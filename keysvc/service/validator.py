@@ -1,18 +1,18 @@
 """The hot path: parse -> cache -> store -> policy -> counters -> Decision.
 
 `check_cached` is a plain synchronous function: it answers from process
-memory or returns None, and never awaits, locks or touches the network, so
-the gRPC stack under it is a choice made by measurement. `validate` adds the
+memory or returns None, and never awaits, holds a lock across work, or touches
+the network, so the gRPC stack under it is a choice made by measurement. `validate` adds the
 store round trips for misses and for keys with counters.
 
 Threads: `check_cached` and `shed` may run on several threads at once (the sync
 stack's pool) while the loop's thread runs everything else. The rule, for every
-map and counter they share: a change is made under a lock (the decision counts
-and `store_shed` under `_count_lock`, last uses under `_last_used_lock`, the
-cache under its own), or by the one thread that writes it (the over-limit memo
-and `store_errors`: the loop only; a hit on another thread reads the memo and
-leaves a dead entry for the loop's drain); lookups take no lock and are single
-reads of values never changed in place. A cached entry's grant is the one
+map and counter they share: a change is made under a lock (the decision counts,
+`store_shed` and last uses under `_count_lock`, which is also `_last_used_lock`,
+so a hit takes one lock here; the cache under its own), or by the one thread
+that writes it (the over-limit memo and `store_errors`: the loop only; a hit on
+another thread reads the memo and leaves a dead entry for the loop's drain);
+lookups take no lock and are single reads of values never changed in place. A cached entry's grant is the one
 exception: whichever thread makes it first stores it, and any two are equal
 (`_grant`), so a lost store costs one more `make_grant`, never a wrong answer.
 
@@ -37,7 +37,7 @@ import structlog
 
 from keysvc.core.cache import CachedKey, KeyCache
 from keysvc.core.errors import StoreUnavailableError
-from keysvc.core.keys import well_formed_hash
+from keysvc.core.keys import lookup_hash, well_formed, well_formed_hash
 from keysvc.core.model import Code, Decision, Policy, RateLimitState
 from keysvc.core.policy import Grant, evaluate, make_grant
 from keysvc.service._counting import Counting
@@ -52,6 +52,7 @@ log = structlog.get_logger("keysvc.validator")
 _MALFORMED = Decision(Code.MALFORMED, message="key is malformed")
 _NOT_FOUND = Decision(Code.NOT_FOUND, message="key not found")
 _UNAVAILABLE = Decision(Code.UNAVAILABLE, message="key store unavailable")
+_VALID = int(Code.VALID)
 
 
 def _grant(entry: CachedKey, policy: Policy | None) -> Grant:
@@ -118,7 +119,6 @@ class Validator(Counting):
         # at most `last_used_max` keys between two drains.
         # Pool threads note uses while the loop drains: both under this lock (O(1) work).
         self._last_used: dict[str, float] = {}
-        self._last_used_lock = threading.Lock()
         self._last_used_max = last_used_max
         self.last_used_dropped = 0
         # Plain counters, read by the metrics exporter at scrape time (no per-call
@@ -128,30 +128,32 @@ class Validator(Counting):
         self.store_errors = 0
         # Answers given without asking the store because too many were waiting on it.
         self.store_shed = 0
-        self._count_lock = threading.Lock()  # the decision counts and store_shed
+        # The decision counts, store_shed and last uses: one lock, so a hit takes one.
+        self._count_lock = self._last_used_lock = threading.Lock()
         self._slots = StoreSlots(max_store_inflight)
         self._store_budget_s = store_budget_s
         self.on_store_answer: Callable[[float], None] | None = None
         # key_ids whose lost quota counter was logged (loop thread only; bounded).
         self._missing_quota_warned: set[str] = set()
 
-    def check_cached(self, request: ValidationRequest) -> Decision | None:
-        """Answer from memory, or return None when the store must be asked."""
-        decision = self._check_cached(request)
-        if decision is not None:
-            with self._count_lock:
-                self.decisions[decision.code] += 1
-        return decision
+    def check_cached(self, request: ValidationRequest) -> Decision | None:  # noqa: PLR0911 (see below)
+        """Answer from memory, or return None when the store must be asked.
 
-    def _check_cached(self, request: ValidationRequest) -> Decision | None:
-        key_hash = well_formed_hash(request.key)
+        One frame per hit: each outcome is counted and returned where it is
+        decided, and a VALID hit counts itself and notes its use under one lock.
+        """
+        key = request.key
+        key_hash = lookup_hash(key)
         if key_hash is None:
-            return _MALFORMED
+            return self._counted(_MALFORMED)
         mono = self._monotonic()
         cache = self.cache
         entry = cache.get(key_hash, mono)
         if entry is None:
-            return _NOT_FOUND if cache.is_unknown(key_hash, mono) else None
+            # A cached hash is a stored key's, shape and checksum right: only a miss needs checking.
+            if not well_formed(key):
+                return self._counted(_MALFORMED)
+            return self._counted(_NOT_FOUND) if cache.is_unknown(key_hash, mono) else None
         record = entry.record
         policy: Policy | None = None
         if record.policy_id:
@@ -162,10 +164,23 @@ class Validator(Counting):
         grant = _grant(entry, policy)
         decision = evaluate(record, policy, request.required_scopes, request.client_ip, now, grant)
         if decision.code is not Code.VALID:
-            return decision
+            return self._counted(decision)
         if grant.limited:
-            return self._over_limit_decision(decision, record.key_id, now)
-        self._note_use(record.key_id, now)
+            over = self._over_limit_decision(decision, record.key_id, now)
+            return None if over is None else self._counted(over)
+        key_id = record.key_id
+        with self._count_lock:  # also the last uses' lock (`_note_use`, inlined here)
+            self.decisions[_VALID] += 1
+            used = self._last_used
+            if len(used) < self._last_used_max or key_id in used:
+                used[key_id] = now
+            else:
+                self.last_used_dropped += 1
+        return decision
+
+    def _counted(self, decision: Decision) -> Decision:
+        with self._count_lock:
+            self.decisions[decision.code] += 1
         return decision
 
     async def validate(self, request: ValidationRequest) -> Decision:

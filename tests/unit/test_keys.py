@@ -219,3 +219,32 @@ def test_new_key_ids_are_unique_and_not_keys() -> None:
     assert len(ids) == 1000
     for key_id in list(ids)[:50]:
         assert refused_for(key_id) is not None
+
+
+# -- the cache-hit path's split: lookup_hash, then well_formed for what is not cached ---
+
+
+@pytest.mark.parametrize("path", _bad_key_files(), ids=lambda p: p.stem)
+def test_every_bad_key_fails_well_formed_and_no_lookup_hash_is_a_key_s(path: Path) -> None:
+    """A hit skips the checks only because no bad key can hash to a stored (generated) key's hash."""
+    presented = path.read_bytes().decode("utf-8")
+    assert not keys.well_formed(presented)
+    found = keys.lookup_hash(presented)
+    assert found is None or found != keys.hash_key(keys.generate().secret)
+
+
+@pytest.mark.parametrize("prefix", ["ks", "a", "prod2", "a" * 16])
+def test_lookup_hash_is_the_stored_hash_and_well_formed_agrees(prefix: str) -> None:
+    made = keys.generate(prefix)
+    assert keys.lookup_hash(made.secret) == made.key_hash == keys.well_formed_hash(made.secret)
+    assert keys.well_formed(made.secret)
+    for why, near in _near_misses(made.secret).items():
+        assert not keys.well_formed(near), why
+        assert keys.lookup_hash(near) != made.key_hash, why
+
+
+def test_lookup_hash_refuses_what_cannot_be_a_key_without_raising() -> None:
+    assert keys.lookup_hash("x" * (MAX_KEY_LEN + 1)) is None
+    assert keys.lookup_hash("ks_\ud800" + "A" * 48) is None  # a lone surrogate cannot be encoded
+    assert keys.lookup_hash("ks_é" + "A" * 48) == hashlib.sha256(("ks_é" + "A" * 48).encode()).hexdigest()
+    assert not keys.well_formed("ks_é" + "A" * 48)

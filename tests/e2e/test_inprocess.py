@@ -1,0 +1,278 @@
+"""keysvc.inprocess beyond the shared decisions: health, restarts, threads, write-behind, fork, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from keysvc.core.keys import generate
+from keysvc.inprocess import AsyncKeyValidator, KeyValidator
+from keysvc.testing import capture_logs
+from keysvc.v1 import keysvc_pb2 as pb
+from tests.decisions.conftest import STORE_TIMEOUT_MS, Env
+from tests.e2e._servers import bootstrap, launch
+
+pytestmark = pytest.mark.e2e
+
+TASKS = {"store_probe", "events", "last_used", "deadlines"}
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> Iterator[Env]:
+    _, secret = bootstrap(redis_url)
+    admin = launch(redis_url, tmp_path, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
+    try:
+        yield Env(redis_url, admin, secret)
+    finally:
+        admin.stop()
+
+
+def test_health_shows_the_supervised_tasks_and_a_failing_follower_restarts(env: Env) -> None:
+    """The event log turns into a string (WRONGTYPE on every read, an error the follower does not
+    expect): the follower is restarted, health says so; once the log is back, revocations reach
+    the in-process cache again."""
+    client = redis.Redis.from_url(env.store)
+    created = env.create_key()
+    with KeyValidator.open(env.store, cache_ttl_s=3600, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+        wait_for(lambda: keys.health().ready, "ready")
+        health = keys.health()
+        assert {t.name for t in health.tasks} == TASKS and health.store_ok and health.loop_alive
+        assert health.follower.state == "following"
+        assert keys.validate(created.secret).valid
+
+        client.delete("{keysvc}:events")
+        client.set("{keysvc}:events", "not a stream")
+        wait_for(lambda: any(t.name == "events" and t.restarts >= 2 for t in keys.health().tasks),
+                 "the follower restarted twice")
+        wait_for(lambda: not keys.health().ready, "not ready while the follower is down")
+        assert keys.health().store_ok  # the store itself answers
+        events = next(t for t in keys.health().tasks if t.name == "events")
+        assert events.last_error == "ResponseError"  # the class, never the message
+
+        client.delete("{keysvc}:events")
+        wait_for(lambda: keys.health().ready, "ready again")
+        env.call("RevokeKey", pb.RevokeKeyRequest(key_id=created.key.key_id))
+        wait_for(lambda: keys.validate(created.secret).code.name == "REVOKED", "the revocation reached the cache")
+
+
+def test_store_down_shows_in_health(tmp_path: Path) -> None:
+    from tests.e2e.test_store_outage import RedisProcess
+
+    own = RedisProcess(tmp_path)
+    own.start()
+    try:
+        with KeyValidator.open(own.url) as keys:
+            wait_for(lambda: keys.health().store_ok, "store reachable")
+            own.stop()
+            wait_for(lambda: not keys.health().store_ok and not keys.health().ready, "store down in health")
+            assert keys.validate(generate().secret).code.name == "UNAVAILABLE"
+            own.start()
+            wait_for(lambda: keys.health().ready, "ready once the store is back")
+    finally:
+        own.stop()
+
+
+def test_many_threads_share_one_validator_and_every_use_is_written_behind(env: Env) -> None:
+    """Hits on the callers' threads, misses and counters through the loop, all at once."""
+    plain = [env.create_key() for _ in range(4)]
+    quota = env.create_key(quota=300)
+    answers: Counter[str] = Counter()
+    lock = threading.Lock()
+    started = time.time()
+
+    with KeyValidator.open(env.store, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+        def caller(n: int) -> None:
+            mine: Counter[str] = Counter()
+            for i in range(200):
+                mine[keys.validate(plain[(n + i) % len(plain)].secret).code.name] += 1
+                if i % 4 == 0:
+                    mine["quota:" + keys.validate(quota.secret).code.name] += 1
+                if i % 50 == 0:
+                    mine[keys.validate(generate().secret).code.name] += 1
+            with lock:
+                answers.update(mine)
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+        decisions = list(keys.validator.decisions)
+    assert answers["VALID"] == 8 * 200
+    assert answers["NOT_FOUND"] == 8 * 4
+    assert answers["quota:VALID"] == 300 and answers["quota:QUOTA_EXHAUSTED"] == 8 * 50 - 300
+    assert sum(decisions) == 8 * 200 + 8 * 50 + 8 * 4  # every answer counted once, under the lock
+    # close() wrote the last uses behind: the admin API sees them.
+    for created in plain:
+        key = env.call("GetKey", pb.GetKeyRequest(key_id=created.key.key_id)).key
+        assert key.last_used_at.seconds >= int(started)
+
+
+def test_asyncio_validator_answers_on_its_loop_only(redis_url: str) -> None:
+    async def main() -> AsyncKeyValidator:
+        keys = AsyncKeyValidator.open(redis_url, store_timeout_ms=STORE_TIMEOUT_MS)
+        async with keys:
+            assert (await keys.validate("garbage")).code.name == "MALFORMED"
+            assert (await keys.validate(generate().secret)).code.name == "NOT_FOUND"
+            assert {t.name for t in keys.health().tasks} == TASKS
+        return keys
+
+    keys = asyncio.run(main())
+    with pytest.raises(RuntimeError, match="loop"):
+        asyncio.run(keys.validate(generate().secret))  # a miss needs the loop it was started on
+
+
+def test_a_closed_validator_refuses_calls(redis_url: str) -> None:
+    keys = KeyValidator.open(redis_url)
+    keys.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        keys.validate(generate().secret)
+    keys.close()  # twice is fine
+
+
+def test_a_validator_inherited_through_fork_refuses_calls(redis_url: str) -> None:
+    keys = KeyValidator.open(redis_url)
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no loop thread here
+            try:
+                keys.validate(generate().secret)
+                os.write(write, b"answered")
+            except RuntimeError:
+                os.write(write, b"refused")
+            finally:
+                os._exit(0)
+        os.close(write)
+        assert os.read(read, 100) == b"refused"
+        os.waitpid(pid, 0)
+        assert keys.validate("garbage").code.name == "MALFORMED"  # the parent's still works
+    finally:
+        keys.close()
+
+
+def test_no_plaintext_key_in_any_log_line(env: Env, tmp_path: Path) -> None:
+    from tests.e2e.test_store_outage import RedisProcess
+
+    own = RedisProcess(tmp_path)
+    own.start()
+    try:
+        _, secret = bootstrap(own.url)
+        admin = launch(own.url, tmp_path, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
+        try:
+            created = Env(own.url, admin, secret).create_key()
+        finally:
+            admin.stop()
+        unknown = generate().secret
+        with capture_logs() as logs, KeyValidator.open(own.url) as keys:
+            keys.validate(created.secret)
+            own.stop()  # errors and warnings now: none may carry a key
+            for key in (created.secret, unknown, created.secret[:-1] + "x"):
+                keys.validate(key)
+            wait_for(lambda: not keys.health().store_ok, "store down")
+        text = logs.getvalue()
+        assert "store unreachable" in text  # the capture saw the library's lines
+        for key in (created.secret, unknown):
+            assert key not in text and key[3:20] not in text
+    finally:
+        own.stop()
+
+
+def test_a_held_loop_delays_no_hit_and_bounds_every_miss(env: Env) -> None:
+    """The loop thread is stuck in a callback: hits still answer (they never touch it), and a
+    miss is answered as a shed miss once its wait is over, while the loop is still stuck."""
+    cached, uncached = env.create_key(), env.create_key()
+    with KeyValidator.open(env.store, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+        assert keys.validate(cached.secret).valid
+        held, release = threading.Event(), threading.Event()
+
+        def stuck() -> None:
+            held.set()
+            release.wait(60)
+
+        keys._loop.call_soon_threadsafe(stuck)
+        assert held.wait(30)
+        try:
+            assert keys.validate(cached.secret).valid
+            assert keys.validate("garbage").code.name == "MALFORMED"
+            assert keys.validate(uncached.secret).code.name == "UNAVAILABLE"
+            assert not release.is_set()  # answered while the loop was still held
+            assert keys.validator.store_shed == 1
+        finally:
+            release.set()
+        wait_for(lambda: keys.validate(uncached.secret).valid, "the miss answered once the loop is free")
+
+
+def test_readme_example_runs(env: Env, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## In-process validation (Python)", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    created = env.create_key(scopes=["orders:read"], metadata={"team": "a"})
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "KEYSVC_STORE": env.store, "API_KEY": created.secret,
+                               "KEYSVC_STORE_TIMEOUT_MS": str(STORE_TIMEOUT_MS)},
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert created.key.key_id in done.stdout and "VALID" in done.stdout
+    assert created.secret not in done.stdout + done.stderr
+
+
+def test_a_store_that_can_never_work_fails_at_open_naming_the_setting(tmp_path: Path) -> None:
+    from keysvc.core.errors import ConfigError
+
+    garbage = tmp_path / "not-a-db.db"
+    garbage.write_bytes(b"this is not a SQLite database" * 100)
+    before = threading.active_count()
+    with pytest.raises(ConfigError, match="KEYSVC_STORE"):
+        KeyValidator.open(f"sqlite:///{garbage}")
+    wait_for(lambda: threading.active_count() <= before, "the loop thread of the failed open ended")
+
+
+def test_a_quota_is_exact_across_a_sidecar_and_an_inprocess_validator_together(env: Env) -> None:
+    """Counters live in the store: calls through the admin server's Validate and through the
+    library, at the same time, spend one quota exactly once each."""
+    created = env.create_key(quota=200)
+    answers: Counter[str] = Counter()
+    lock = threading.Lock()
+    stub = env.admin.stub()
+
+    with KeyValidator.open(env.store, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+        def inprocess() -> None:
+            mine = Counter(keys.validate(created.secret).code.name for _ in range(75))
+            with lock:
+                answers.update(mine)
+
+        def sidecar() -> None:
+            mine = Counter(pb.Code.Name(stub.Validate(pb.ValidateRequest(key=created.secret), timeout=30).code)
+                           .removeprefix("CODE_") for _ in range(75))
+            with lock:
+                answers.update(mine)
+
+        threads = [threading.Thread(target=f) for f in (inprocess, inprocess, sidecar, sidecar)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+    assert answers == {"VALID": 200, "QUOTA_EXHAUSTED": 100}
