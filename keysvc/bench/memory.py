@@ -231,7 +231,8 @@ class _Filler:
         self.filled += count
         _wait_last_uses(self.redis_url, size_before, count)
         return {"rss_bytes": _settled_rss(self.server.proc.pid), "fill_s": round(seconds, 1),
-                "fill_per_s": round(count / seconds), "server_cpu_us_per_fill": round(cpu / count * 1e6), "shed": shed}
+                "fill_per_s": round(count / seconds), "server_cpu_us_per_fill": round(cpu / count * 1e6),
+                "shed": shed}
 
     def close(self) -> None:
         """Stop the server."""
