@@ -5,7 +5,8 @@
    and the admin's authentication: a million keys through the audited admin
    API would take the better part of an hour), from two processes, in a
    namespace of their own, and writes their secrets to files in the bench's
-   work directory (bench-only keys, deleted with it). Every key looks like a
+   work directory (bench-only keys of a throwaway Redis; the directory is
+   removed after a clean run). Every key looks like a
    production key and differs from the next in what the cache keeps: its own
    owner (one per four keys), two scopes from a realistic set, and 3 to 5
    metadata entries with per-key values (a tenant id, a plan, a region, an
