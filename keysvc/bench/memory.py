@@ -58,6 +58,7 @@ _SCOPES = ("orders:read", "orders:write", "invoices:read", "customers:read", "we
 _PLANS = ("free", "starter", "team", "business", "enterprise")
 _REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-southeast-1", "sa-east-1")
 _ENVS = ("prod", "staging", "dev")
+_SCOPE_PAIRS = tuple(itertools.combinations(_SCOPES, 2))
 
 
 def key_shape(i: int, *, varied: bool = True) -> tuple[str, tuple[str, ...], dict[str, str]]:
@@ -65,8 +66,7 @@ def key_shape(i: int, *, varied: bool = True) -> tuple[str, tuple[str, ...], dic
 
     With `varied=False` every key carries key 0's metadata; all else is alike.
     """
-    scope_pairs = list(itertools.combinations(_SCOPES, 2))
-    scopes = scope_pairs[i % len(scope_pairs)]
+    scopes = _SCOPE_PAIRS[i % len(_SCOPE_PAIRS)]
     m = i if varied else 0
     metadata = {"tenant": f"tn_{m * 7919 % 10_000_019:08d}", "plan": _PLANS[m % len(_PLANS)],
                 "region": _REGIONS[m % len(_REGIONS)]}
