@@ -53,12 +53,20 @@ __all__ = ["MIN_LAG_LIMIT_S", "CacheStats", "CachedKey", "KeyCache", "cached_rec
 MIN_LAG_LIMIT_S = 1.0
 
 # Records cached with the same metadata share one mapping (metadata is often a
-# team or an environment: the same few entries on thousands of keys).
+# team or an environment: the same few entries on thousands of keys). Where
+# metadata differs from key to key (a tenant id), most values still repeat (a
+# plan, a region), and those share one string each: each string a key holds
+# costs ~55 bytes, a good part of what varied metadata adds per cached key.
 _METADATA: SharedValues[Mapping[str, str]] = SharedValues()
+_METADATA_VALUES: SharedValues[str] = SharedValues()
 
 
 def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
-    return _METADATA.share(tuple(metadata.items()), metadata) if metadata else metadata
+    if not metadata:
+        return metadata
+    share = _METADATA_VALUES.share
+    items = tuple((name, share(value, value)) for name, value in metadata.items())
+    return _METADATA.share(items, dict(items))
 
 
 def cached_record(record: KeyRecord) -> CachedRecord:

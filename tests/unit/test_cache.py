@@ -330,6 +330,20 @@ def test_cached_records_with_equal_metadata_share_it() -> None:
     assert other.metadata == {"team": "b"}
 
 
+def _fresh(text: str) -> str:
+    """`text` as a new string object, as the store's decoder makes one per record."""
+    return "".join(list(text))
+
+
+def test_cached_records_with_different_metadata_share_the_values_that_repeat() -> None:
+    first = cached_record(full_record("a", metadata={"tenant": _fresh("tn_1"), "plan": _fresh("business")}))
+    second = cached_record(full_record("b", metadata={"tenant": _fresh("tn_2"), "plan": _fresh("business")}))
+    assert first.metadata == {"tenant": "tn_1", "plan": "business"}
+    assert second.metadata == {"tenant": "tn_2", "plan": "business"}
+    assert first.metadata["plan"] is second.metadata["plan"]
+    assert first.metadata is not second.metadata
+
+
 def test_put_returns_the_entry_it_cached_as_get_returns_it() -> None:
     cache = make_cache()
     entry = cache.put(full_record("h"), 100.0, cache.epoch)
