@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
@@ -67,8 +67,8 @@ class Call(Generic[T]):
     """One logical unary call: its method, its request (fixed across retries) and its answer's reader."""
 
     method: str
-    request: Any
-    parse: Callable[[Any], T]
+    request: Any = field(repr=False)  # may hold a key (Validate): never shown
+    parse: Callable[[Any], T] = field(repr=False)
     admin: bool = True
     retried: bool = True  # False: one attempt (a probe answers now or not at all)
     service: str = "keys"  # "keys": KeyService; "health": grpc.health.v1.Health

@@ -16,10 +16,10 @@ __all__ = ["DEFAULT_TARGET", "Connection", "Tls"]
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 # Reconnect quickly after a server restart: grpc's default backoff (1 s growing to 120 s)
-# would fail every retry fast long after the server is back.
+# would fail every retry fast long after the server is back. (Not min_reconnect_backoff_ms:
+# grpc also takes it as the connect timeout, so a slow handshake would fail as UNAVAILABLE.)
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
