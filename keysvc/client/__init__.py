@@ -36,7 +36,7 @@ from keysvc.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from keysvc.client.sync import Client
+from keysvc.client.sync import Client, EventStream
 from keysvc.client.types import (
     Code,
     CreatedKey,
@@ -66,6 +66,7 @@ __all__ = [
     "CreatedKey",
     "DeadlineExceeded",
     "Event",
+    "EventStream",
     "FailedPrecondition",
     "Impact",
     "InvalidArgument",

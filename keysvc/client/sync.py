@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -31,7 +31,7 @@ from keysvc.client.types import (
 )
 from keysvc.v1 import keysvc_pb2_grpc
 
-__all__ = ["Client"]
+__all__ = ["Client", "EventStream"]
 
 T = TypeVar("T")
 log = logging.getLogger("keysvc.client")
@@ -247,19 +247,42 @@ class Client:
     # -- events -------------------------------------------------------------------
 
     def watch_events(self, *, since: str = "", from_beginning: bool = False,
-                     timeout: float | None = None) -> Generator[Event, None, None]:
+                     timeout: float | None = None) -> EventStream:
         """Lifecycle events as they happen, after cursor `since` (no retries: resume from the last cursor).
 
-        `timeout` bounds the whole stream (None: no deadline). Closing the
-        iterator cancels the stream.
+        `timeout` bounds the whole stream (None: no deadline). `cancel()` on
+        the stream ends it from any thread.
         """
-        stream = self._stub.WatchEvents(calls.watch_events(since, from_beginning), timeout=timeout,
-                                        metadata=self._connection.metadata(admin=True))
+        call = self._stub.WatchEvents(calls.watch_events(since, from_beginning), timeout=timeout,
+                                      metadata=self._connection.metadata(admin=True))
+        return EventStream(call)
+
+
+class EventStream:
+    """An iterator of `Event`s from WatchEvents; `cancel()` (or `close()`) may be called from any thread."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
         try:
-            for item in stream:
-                yield conv.event_from(item.event)
+            item = next(self._call)
         except grpc.RpcError as exc:
-            code = exc.code()
-            raise error_from(code, exc.details(), "WatchEvents") from None
-        finally:
-            stream.cancel()
+            raise error_from(exc.code(), exc.details(), "WatchEvents") from None
+        return conv.event_from(item.event)
+
+    def cancel(self) -> None:
+        """End the stream: the iteration raises a CANCELLED `ClientError`, or stops if it was idle."""
+        self._call.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cancel()

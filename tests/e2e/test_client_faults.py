@@ -16,6 +16,7 @@ from keysvc.client import (
     Client,
     DeadlineExceeded,
     PermissionDenied,
+    ResourceExhausted,
     Retry,
     Tls,
     Unauthenticated,
@@ -201,3 +202,54 @@ def test_secrets_stay_out_of_errors_reprs_and_logs(kind: str, served: tuple[Serv
     for secret in (admin_secret, made.secret, rotated.secret):
         assert secret not in text
         assert secret[3:20] not in text  # not even a recognisable part of it
+
+
+class _OnRetry(logging.Handler):
+    """Runs `action` once, at the client's first retry; records the codes retried."""
+
+    def __init__(self, action: Callable[[], object]) -> None:
+        super().__init__(logging.DEBUG)
+        self.action: Callable[[], object] | None = action
+        self.codes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.codes.append(str(getattr(record, "code", "")))
+        if self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+
+def test_a_concurrency_refusal_is_retried_and_an_oversized_request_is_not(
+        kind: str, start_server: Callable[..., ServerProcess], sqlite_url: str) -> None:
+    _, admin_secret = bootstrap(sqlite_url)
+    server = start_server(sqlite_url, "--max-concurrent-rpcs", "1", "--max-request-bytes", "4096")
+    holder = Client(server.addr, admin_key=admin_secret)
+    stream = holder.watch_events()  # one open stream: the server's only slot
+    client = make_client(kind, server.addr, admin_key=admin_secret, timeout=60,
+                         retry=Retry(attempts=50, max_backoff=0.5))
+    watcher = _OnRetry(stream.cancel)  # free the slot (from whatever thread retries) once refused
+    logger = logging.getLogger("keysvc.client")
+    logger.addHandler(watcher)
+    logger.setLevel(logging.DEBUG)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # wait until the stream holds the slot: a plain call is refused at once
+            try:
+                with Client(server.addr, timeout=5, retry=Retry(attempts=1)) as probe:
+                    probe.validate("ks_" + "a" * 49)
+            except ResourceExhausted:
+                break
+            assert time.monotonic() < deadline, "the stream never held the only slot"
+            time.sleep(0.05)  # poll interval while the stream opens
+        assert client.validate("ks_" + "a" * 49).code.name == "MALFORMED"
+        assert watcher.codes[0] == "RESOURCE_EXHAUSTED"
+        watcher.codes.clear()
+        with pytest.raises(ResourceExhausted):
+            client.create_key("big", metadata={"blob": "x" * 8192})
+        assert watcher.codes == [], "an oversized request was retried"
+    finally:
+        logger.removeHandler(watcher)
+        logger.setLevel(logging.NOTSET)
+        stream.cancel()
+        client.close()
+        holder.close()
