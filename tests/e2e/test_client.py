@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from keysvc.client import (
     Aborted,
     AlreadyExists,
+    Client,
     ClientConfigError,
     Code,
     FailedPrecondition,
@@ -180,3 +182,24 @@ def test_admin_calls_need_a_good_admin_key(kind: str, served: tuple[ServerProces
             assert c.validate(plain).valid  # Validate needs no admin key
         finally:
             c.close()
+
+
+def test_a_unix_socket_target(kind: str, start_server: Callable[..., ServerProcess], sqlite_url: str,
+                              tmp_path: Path) -> None:
+    _, admin_secret = bootstrap(sqlite_url)
+    server = start_server(sqlite_url, listen=f"unix:{tmp_path}/keysvc.sock")
+    c = make_client(kind, server.addr, admin_key=admin_secret)
+    try:
+        made = c.create_key("sock")
+        assert c.validate(made.secret).valid
+    finally:
+        c.close()
+
+
+def test_from_env_reads_what_the_cli_reads(served: tuple[ServerProcess, str]) -> None:
+    server, admin_secret = served
+    with Client.from_env({"KEYSVC_ADDR": server.addr, "KEYSVC_ADMIN_KEY": admin_secret}) as c:
+        assert c.create_key("env").key.owner_id == "env"
+        assert admin_secret not in repr(c)
+    with pytest.raises(ClientConfigError, match="tls"):
+        Client.from_env({"KEYSVC_ADDR": server.addr, "KEYSVC_TLS_CLIENT_CERT": "/nonexistent.pem"})

@@ -160,6 +160,11 @@ def test_tls_and_mtls(kind: str, start_server: Callable[..., ServerProcess], sql
         assert named.get_key(made.key.key_id).owner_id == "tls-owner"
     finally:
         named.close()
+    with Client.from_env({"KEYSVC_ADDR": f"localhost:{port}", "KEYSVC_ADMIN_KEY": admin_secret,
+                          "KEYSVC_TLS_CA": str(pki.ca_file), "KEYSVC_TLS_CLIENT_CERT": str(pki.client_cert_file),
+                          "KEYSVC_TLS_CLIENT_KEY": str(pki.client_key_file),
+                          "KEYSVC_TLS_SERVER_NAME": "keysvc.internal"}) as from_env:
+        assert from_env.get_key(made.key.key_id).owner_id == "tls-owner"
     refused = (Tls(pki.ca_file),  # no client certificate
                Tls(other.ca_file, other.client_cert_file, other.client_key_file),  # another CA
                Tls(pki.ca_file, pki.client_cert_file, pki.client_key_file, server_name="wrong.invalid"),
