@@ -166,6 +166,13 @@ def test_tls_and_mtls(kind: str, start_server: Callable[..., ServerProcess], sql
                           "KEYSVC_TLS_CLIENT_KEY": str(pki.client_key_file),
                           "KEYSVC_TLS_SERVER_NAME": "keysvc.internal"}) as from_env:
         assert from_env.get_key(made.key.key_id).owner_id == "tls-owner"
+    cli = subprocess.run(keysvc_cmd("keys", "get", made.key.key_id, "--json", "--addr", f"localhost:{port}",
+                                    "--tls-ca", str(pki.ca_file), "--tls-client-cert", str(pki.client_cert_file),
+                                    "--tls-client-key", str(pki.client_key_file)),
+                         env={**os.environ, "KEYSVC_ADMIN_KEY": admin_secret,
+                              "KEYSVC_TLS_SERVER_NAME": "keysvc.internal"},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 0 and "tls-owner" in cli.stdout, cli.stderr
     refused = (Tls(pki.ca_file),  # no client certificate
                Tls(other.ca_file, other.client_cert_file, other.client_key_file),  # another CA
                Tls(pki.ca_file, pki.client_cert_file, pki.client_key_file, server_name="wrong.invalid"),

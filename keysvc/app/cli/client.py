@@ -55,14 +55,17 @@ def connect(args: argparse.Namespace, *, admin: bool = True) -> Client:
     if admin and not admin_key:
         raise ConfigError("KEYSVC_ADMIN_KEY is not set: run `keysvc bootstrap` and export the key it prints")
     return Client.connect(args.addr, ca=args.tls_ca, cert=args.tls_client_cert, key=args.tls_client_key,
-                          admin_key=admin_key, timeout=getattr(args, "timeout", 10.0))
+                          server_name=args.tls_server_name, admin_key=admin_key,
+                          timeout=getattr(args, "timeout", 10.0))
 
 
 def tls_flags(p: argparse.ArgumentParser) -> None:
-    """Add the client-side TLS flags (--tls-ca, --tls-client-cert, --tls-client-key) to `p`."""
+    """Add the client-side TLS flags (--tls-ca, --tls-client-cert, --tls-client-key, --tls-server-name)."""
     for flag, env, what in (("--tls-ca", "KEYSVC_TLS_CA", "PEM CA of the server's certificate: use TLS"),
                             ("--tls-client-cert", "KEYSVC_TLS_CLIENT_CERT", "PEM client certificate (mTLS)"),
-                            ("--tls-client-key", "KEYSVC_TLS_CLIENT_KEY", "PEM key of that certificate")):
+                            ("--tls-client-key", "KEYSVC_TLS_CLIENT_KEY", "PEM key of that certificate"),
+                            ("--tls-server-name", "KEYSVC_TLS_SERVER_NAME",
+                             "name the server's certificate must carry, if not the address's host")):
         p.add_argument(flag, default=os.environ.get(env, ""), help=f"{what} [{env}]")
 
 
