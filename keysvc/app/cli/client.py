@@ -1,4 +1,4 @@
-"""Talking to a keysvc server from the CLI: the stub, retried calls, and output."""
+"""Talking to a keysvc server from the CLI: a `keysvc.client.Client` from flags, and output."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keysvc.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from keysvc.client import Client, CreatedKey, Page, RotatedKey
+
 __all__ = [
-    "auth", "call", "channel_to", "connect", "human_impact", "human_key", "human_policy", "parse_duration",
-    "print_json", "print_secret", "show", "tls_flags", "to_dict",
+    "connect", "human_impact", "human_key", "human_policy", "page_dict", "parse_duration", "print_json",
+    "print_secret", "show", "tls_flags", "to_dict",
 ]
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -40,78 +43,45 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def connect(args: argparse.Namespace) -> tuple[Any, Any]:
-    """A KeyService stub on a channel to `--addr` (TLS with --tls-ca), and the channel to close."""
-    from keysvc.v1 import keysvc_pb2_grpc
+def connect(args: argparse.Namespace, *, admin: bool = True) -> Client:
+    """A `keysvc.client.Client` to `--addr` (TLS with --tls-ca), its deadline from --timeout.
 
-    channel = channel_to(args, args.addr)
-    return keysvc_pb2_grpc.KeyServiceStub(channel), channel  # type: ignore[no-untyped-call]
+    Raises:
+        ConfigError: an admin command without KEYSVC_ADMIN_KEY.
+    """
+    from keysvc.client import Client
 
-
-def channel_to(args: argparse.Namespace, target: str) -> Any:
-    """A channel to `target`, over TLS when --tls-ca (KEYSVC_TLS_CA) is given."""
-    from keysvc.app.tls import client_channel
-
-    return client_channel(target, ca=args.tls_ca, cert=args.tls_client_cert, key=args.tls_client_key)
+    admin_key = os.environ.get("KEYSVC_ADMIN_KEY", "")
+    if admin and not admin_key:
+        raise ConfigError("KEYSVC_ADMIN_KEY is not set: run `keysvc bootstrap` and export the key it prints")
+    return Client.connect(args.addr, ca=args.tls_ca, cert=args.tls_client_cert, key=args.tls_client_key,
+                          server_name=args.tls_server_name, admin_key=admin_key,
+                          timeout=getattr(args, "timeout", 10.0))
 
 
 def tls_flags(p: argparse.ArgumentParser) -> None:
-    """Add the client-side TLS flags (--tls-ca, --tls-client-cert, --tls-client-key) to `p`."""
+    """Add the client-side TLS flags (--tls-ca, --tls-client-cert, --tls-client-key, --tls-server-name)."""
     for flag, env, what in (("--tls-ca", "KEYSVC_TLS_CA", "PEM CA of the server's certificate: use TLS"),
                             ("--tls-client-cert", "KEYSVC_TLS_CLIENT_CERT", "PEM client certificate (mTLS)"),
-                            ("--tls-client-key", "KEYSVC_TLS_CLIENT_KEY", "PEM key of that certificate")):
+                            ("--tls-client-key", "KEYSVC_TLS_CLIENT_KEY", "PEM key of that certificate"),
+                            ("--tls-server-name", "KEYSVC_TLS_SERVER_NAME",
+                             "name the server's certificate must carry, if not the address's host")):
         p.add_argument(flag, default=os.environ.get(env, ""), help=f"{what} [{env}]")
 
 
-def auth() -> list[tuple[str, str]]:
-    """The admin key's call metadata, from KEYSVC_ADMIN_KEY (exits 2 when unset)."""
-    key = os.environ.get("KEYSVC_ADMIN_KEY", "")
-    if not key:
-        raise ConfigError("KEYSVC_ADMIN_KEY is not set: run `keysvc bootstrap` and export the key it prints")
-    return [("authorization", f"Bearer {key}")]
+def to_dict(result: Any) -> dict[str, Any]:
+    """A client result as JSON-ready data: the proto3 JSON of its message (proto field names)."""
+    from keysvc.client import to_dict as as_dict
+
+    return as_dict(result)
 
 
-_WRITE_ATTEMPTS = 3  # a write with a request_id is retried this often on UNAVAILABLE
-
-
-def call(args: argparse.Namespace, method: str, request: Any, *, admin: bool = True) -> Any:
-    """Call `method`; a write carries a request_id (fresh unless --request-id names one).
-
-    With it a write that answered UNAVAILABLE (perhaps applied, perhaps not)
-    is retried as the same request, so it never acts twice.
-    """
-    import grpc
-
-    writes = "request_id" in type(request).DESCRIPTOR.fields_by_name
-    if writes and not request.request_id:
-        import uuid
-
-        request.request_id = getattr(args, "request_id", None) or str(uuid.uuid4())
-    stub, channel = connect(args)
-    try:
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            try:
-                return getattr(stub, method)(
-                    request, metadata=auth() if admin else None, timeout=args.timeout
-                )
-            except grpc.RpcError as exc:
-                if not writes or attempt == _WRITE_ATTEMPTS or exc.code() not in (
-                    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
-                ):
-                    raise
-                import time
-
-                time.sleep(0.25 * attempt)  # give the server's store a moment to come back
-        raise AssertionError("unreachable")  # pragma: no cover
-    finally:
-        channel.close()
-
-
-def to_dict(message: Any) -> dict[str, Any]:
-    """A protobuf message as JSON-ready data (proto field names, defaults kept)."""
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def page_dict(field: str, page: Page[Any]) -> dict[str, Any]:
+    """A page as its List* response's JSON: `field` (left out when empty) and `next_page_token`."""
+    data: dict[str, Any] = {field: [to_dict(item) for item in page]} if len(page) else {}
+    if page.next_page_token:
+        data["next_page_token"] = page.next_page_token
+    return data
 
 
 def print_json(value: Any) -> None:
@@ -119,9 +89,9 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def show(args: argparse.Namespace, message: Any, human: Callable[[dict[str, Any]], None]) -> None:
-    """Print `message` as JSON with --json, else through `human`."""
-    data = to_dict(message)
+def show(args: argparse.Namespace, result: Any, human: Callable[[dict[str, Any]], None]) -> None:
+    """Print `result` as JSON with --json, else through `human`."""
+    data = to_dict(result)
     if args.json:
         print_json(data)
     else:
@@ -160,7 +130,7 @@ def human_impact(impact: dict[str, Any]) -> None:
           else "not breaking")
 
 
-def print_secret(response: Any) -> None:
+def print_secret(response: CreatedKey | RotatedKey) -> None:
     """Print a new key's secret, shown once."""
     if response.secret_reissued:
         print("\n(a retry of an earlier request: this secret replaces the one it issued)")

@@ -175,16 +175,16 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
-    import grpc
+    from keysvc.client import ClientConfigError, ClientError
 
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, KeysvcError) as exc:
+    except (ConfigError, KeysvcError, ClientConfigError) as exc:
         print(f"keysvc: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        print(f"keysvc: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except ClientError as exc:
+        print(f"keysvc: {exc}", file=sys.stderr)
         return 1
 
 

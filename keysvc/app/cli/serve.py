@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from keysvc.app.cli.client import channel_to, print_json
+from keysvc.app.cli.client import connect, print_json
 
 __all__ = ["add_settings_flags", "cmd_bootstrap", "cmd_health", "cmd_serve"]
 
@@ -73,23 +73,20 @@ def _probe_target(listen: str) -> str:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """`keysvc health`: exit 0 when the server on `listen` answers SERVING (readiness, or liveness)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     from keysvc.app.health import LIVENESS, READINESS
+    from keysvc.client import ClientError
 
     settings = _settings_from(args)
     service = LIVENESS if args.live else READINESS
-    with channel_to(args, _probe_target(settings.listen)) as channel:
+    args.addr = _probe_target(settings.listen)
+    with connect(args, admin=False) as client:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=args.timeout)
-        except grpc.RpcError as exc:
-            print(f"keysvc: {service}: {exc.code().name}", file=sys.stderr)
+            status = client.health(service, timeout=args.timeout)
+        except ClientError as exc:
+            print(f"keysvc: {service}: {exc.code.name}", file=sys.stderr)
             return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{service}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if status == "SERVING" else 1
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:

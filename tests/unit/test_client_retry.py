@@ -1,0 +1,77 @@
+"""keysvc.client's pure parts: the retry rule, error typing, and result <-> JSON conversion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from keysvc.client import (
+    Aborted,
+    ClientError,
+    Code,
+    CreatedKey,
+    DeadlineExceeded,
+    InvalidArgument,
+    Key,
+    KeyStatus,
+    Retry,
+    Unavailable,
+    ValidationResult,
+    to_dict,
+)
+from keysvc.client.errors import error_from
+
+U = grpc.StatusCode
+
+
+def test_backoff_is_jittered_grows_to_its_cap_and_is_bounded() -> None:
+    retry = Retry(attempts=6, initial_backoff=0.1, max_backoff=0.4, multiplier=2.0)
+    for attempt, cap in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.4), (5, 0.4)):
+        waits = {retry.delay(U.UNAVAILABLE, "", attempt, remaining=60.0) for _ in range(50)}
+        assert all(w is not None and cap / 2 <= w <= cap for w in waits), (attempt, waits)
+        assert len(waits) > 1  # jittered: retries from many clients do not arrive in step
+    assert retry.delay(U.UNAVAILABLE, "", 6, remaining=60.0) is None  # the attempt bound
+    assert retry.delay(U.UNAVAILABLE, "", 1, remaining=0.01) is None  # never past the deadline
+
+
+@pytest.mark.parametrize(("code", "details", "remaining", "retried"), [
+    (U.UNAVAILABLE, "", 5.0, True),
+    (U.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!", 5.0, True),
+    (U.RESOURCE_EXHAUSTED, "Received message larger than max (70000 vs. 65536)", 5.0, False),
+    (U.DEADLINE_EXCEEDED, "", 5.0, True),   # an attempt_timeout ended the try; the call has time
+    (U.DEADLINE_EXCEEDED, "", 0.0, False),  # the call's own deadline is spent
+    (U.ABORTED, "", 5.0, False),            # a concurrent change won: the caller re-reads
+    (U.INVALID_ARGUMENT, "", 5.0, False),
+    (U.FAILED_PRECONDITION, "", 5.0, False),
+    (U.PERMISSION_DENIED, "", 5.0, False),
+])
+def test_what_is_retried(code: grpc.StatusCode, details: str, remaining: float, retried: bool) -> None:
+    assert (Retry().delay(code, details, 1, remaining) is not None) is retried
+
+
+def test_errors_are_typed_and_name_the_field() -> None:
+    bad = error_from(U.INVALID_ARGUMENT, "request_id: 1-64 of letters, digits", "CreateKey")
+    assert isinstance(bad, InvalidArgument) and bad.field == "request_id" and bad.method == "CreateKey"
+    assert str(bad) == "INVALID_ARGUMENT: request_id: 1-64 of letters, digits"
+    assert isinstance(error_from(U.ABORTED, "", "UpdateKey"), Aborted)
+    late = error_from(U.DEADLINE_EXCEEDED, "Deadline Exceeded", "Validate")
+    assert isinstance(late, DeadlineExceeded) and isinstance(late, Unavailable) and isinstance(late, TimeoutError)
+    other = error_from(U.INTERNAL, "internal error", "GetKey")
+    assert type(other) is ClientError and other.code is U.INTERNAL
+
+
+def test_to_dict_is_the_proto3_json_mapping_and_secrets_stay_out_of_repr() -> None:
+    when = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    key = Key("key_abc", owner_id="acme", status=KeyStatus.REVOKING, revoke_at=when, quota_remaining=0,
+              revision=7)
+    data = to_dict(key)
+    assert data["status"] == "KEY_STATUS_REVOKING" and data["revoke_at"] == "2030-01-02T03:04:05.678Z"
+    assert data["quota_remaining"] == "0" and data["revision"] == "7"  # int64: strings, presence kept
+    assert "name" not in data and "expires_at" not in data
+    created = CreatedKey(key, "ks_supersecretvalue", secret_reissued=True)
+    assert "ks_supersecretvalue" not in repr(created) and "ks_supersecretvalue" not in str(created)
+    assert to_dict(created)["secret"] == "ks_supersecretvalue"
+    result = ValidationResult(False, Code.RATE_LIMITED, key_id="key_abc", expires_at=when + timedelta(days=1))
+    assert to_dict(result)["code"] == "CODE_RATE_LIMITED" and "valid" not in to_dict(result)
