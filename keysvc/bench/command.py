@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -299,6 +298,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 _say(f"== {name} (round {round_number}/{options.rounds}): {ctx.scenarios[name].meaning}")
                 row = _run_scenario(name, ctx)
                 _say(f"   {row.status}: {row.qps:.0f} QPS, {row.cpu_us_per_call:.0f} us CPU/call"
+                     + (f", Envoy {row.proxy_cpu_us_per_call:.0f} us CPU/request" if row.via else "")
                      + "".join(f"\n   ! {e}" for e in row.errors))
                 runs[name].append(row)
         rows = [_median(runs[name]) for name in options.scenarios]
@@ -333,6 +333,8 @@ def _meta(options: BenchOptions, h2load: str) -> dict[str, Any]:
 
     import grpc
 
+    from keysvc.bench.envoy import envoy_version
+
     version = subprocess.run([h2load, "--version"], capture_output=True, text=True, check=False).stdout
     return {
         "command": "keysvc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "keysvc bench",
@@ -346,22 +348,9 @@ def _meta(options: BenchOptions, h2load: str) -> dict[str, Any]:
         "h2load": version.strip().split("\n")[0],
         "http_load": (f"HTTP rows: h2load --h1 -c {options.http_connections} -m 1 (GET, the key in "
                       "x-api-key); Envoy --concurrency 1 pinned with h2load, its app a direct_response"),
-        "envoy": _envoy_version(),
+        "envoy": envoy_version(),
         "options": {k: v for k, v in asdict(options).items() if k != "scenarios"},
     }
-
-
-def _envoy_version() -> str:
-    import subprocess
-
-    from keysvc.bench.envoy import envoy_binary
-
-    binary = envoy_binary()
-    if binary is None:
-        return "not installed"
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=60)
-    version = re.search(r"/(\d+\.\d+\.\d+)/", out.stdout)  # "version: <sha>/1.40.0/Clean/RELEASE/..."
-    return version.group(1) if version else "unknown version"
 
 
 def _csv(text: str) -> list[str]:

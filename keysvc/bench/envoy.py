@@ -23,6 +23,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ from typing import Any
 
 from keysvc.bench.procs import BenchError, Server, free_port, pinned, start_keysvc
 
-__all__ = ["DEPLOY_ENVOY", "KINDS", "Envoy", "envoy_binary", "envoy_config", "run_http_row", "start_envoy"]
+__all__ = ["DEPLOY_ENVOY", "KINDS", "Envoy", "envoy_binary", "envoy_config", "envoy_version", "run_http_row",
+           "start_envoy"]
 
 DEPLOY_ENVOY = Path(__file__).resolve().parents[2] / "deploy" / "envoy"
 KINDS = ("none", "native", "grpc", "http")  # what sits in Envoy's ext_authz slot
@@ -53,6 +55,16 @@ def envoy_binary(search: str | None = None) -> str | None:
     if search is None:
         search = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)))
     return shutil.which("envoy", path=search)
+
+
+def envoy_version() -> str:
+    """The installed Envoy's version (e.g. 1.40.0), or "not installed"."""
+    binary = envoy_binary()
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=60)
+    version = re.search(r"/(\d+\.\d+\.\d+)/", out.stdout)  # "version: <sha>/1.40.0/Clean/RELEASE/..."
+    return version.group(1) if version else "unknown version"
 
 
 def _address(socket_address: dict[str, Any], port: int) -> None:
@@ -261,7 +273,7 @@ def run_http_row(name: str, ctx: Any) -> Any:
                 _wait_http(http_port, keysvc)
         port = http_port
         if kind:
-            upstream = http_port if kind == "http" else keysvc.port if keysvc is not None else 0
+            upstream = keysvc.port if kind == "grpc" and keysvc is not None else http_port
             config = envoy_config(kind, free_port(), free_port(), upstream, ctx.fixture.hit_key)
             envoy = start_envoy(ctx.envoy, config, name, ctx.workdir, opts.client_cpu, keysvc is not None)
             port = envoy.port

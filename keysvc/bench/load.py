@@ -215,6 +215,7 @@ def run_h2load(plan: LoadPlan, binary: str) -> LoadResult:
     """
     errors: list[str] = []
     timeout = plan.duration_s + 30
+    plan.log_file.unlink(missing_ok=True)  # h2load appends: each round's percentiles are its own
     server_before, steal_before = cpu_seconds(plan.server_pids), steal_seconds(plan.server_cpu)
     proxy_before = cpu_seconds(plan.proxy_pids)
     code, output, wall, client_cpu_s = _run(_command(plan, binary, plan.duration_s, plan.log_file), timeout)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,40 @@ def test_h2load_summary_and_log_are_read(tmp_path: Path) -> None:
     # An answer of another size (an error, a denial) is reported, not counted as a success.
     wrong = _parse(dataclasses.replace(plan, expected_response_bytes=20), 0, H2LOAD_OUTPUT, (1.5, 0.0), 0.3, 0.75, [])
     assert any("bytes" in e for e in wrong.errors)
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(60)
+def test_each_h2load_run_reports_its_own_requests_only(tmp_path: Path) -> None:
+    """Rounds reuse the log path: a round's percentiles must not hold an earlier round's requests."""
+    from keysvc.bench.load import LoadPlan, h2load_binary, run_h2load
+
+    binary = h2load_binary()
+    assert binary is not None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        log = tmp_path / "h2load.log"
+        log.write_text("1796187759074076\t200\t9000000\n" * 50)  # an earlier round: 9 s each
+        plan = LoadPlan(port=server.server_address[1], path="/", body=None, duration_s=0.3, connections=2,
+                        streams=1, client_cpu=None, server_cpu=None, server_pids=[], log_file=log,
+                        expected_response_bytes=0, headers=("x-api-key: k",))
+        result = run_h2load(plan, binary)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.errors == (), result.errors
+    assert result.succeeded > 0
+    assert "\t9000000" not in log.read_text()
+    assert result.p999_ms < 9000.0
