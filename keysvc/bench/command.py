@@ -298,7 +298,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 _say(f"== {name} (round {round_number}/{options.rounds}): {ctx.scenarios[name].meaning}")
                 row = _run_scenario(name, ctx)
                 _say(f"   {row.status}: {row.qps:.0f} QPS, {row.cpu_us_per_call:.0f} us CPU/call"
-                     + (f", Envoy {row.proxy_cpu_us_per_call:.0f} us CPU/request" if row.via else "")
+                     + (f", Envoy {row.proxy_cpu_us_per_call:.0f} us CPU/request"
+                        if row.via.startswith("envoy-") else "")
                      + "".join(f"\n   ! {e}" for e in row.errors))
                 runs[name].append(row)
         rows = [_median(runs[name]) for name in options.scenarios]

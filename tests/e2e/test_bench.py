@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -33,6 +34,15 @@ def test_quick_bench_runs_every_scenario_cleanly() -> None:
     report = bench(timeout=300)
     rows = report["scenarios"]
     assert [row["name"] for row in rows] == list(NAMES)
+    # The shipped Envoy configs give keysvc 0.5 s, then answer 503 (fail closed): a shared 2-core machine
+    # under load can take keysvc's core for that long. Such a row (only 503s, never a wrong answer) runs
+    # once more on its own and must then be clean; a wrong status or a failed probe is never retried.
+    overloaded = [row["name"] for row in rows if row["via"] and row["errors"] and all(_fail_closed(e)
+                                                                                      for e in row["errors"])]
+    if overloaded:
+        again = {row["name"]: row for row in bench("--scenarios", ",".join(overloaded), timeout=300)["scenarios"]}
+        rows = [again.get(row["name"], row) for row in rows]
+        report["scenarios"] = rows
     for row in rows:
         assert not row["errors"], row
         # extauthz is "n/a" only on a server without the Envoy servicer.
@@ -55,6 +65,13 @@ def test_quick_bench_runs_every_scenario_cleanly() -> None:
 
 
 KEY = "ks_benchbenchbenchbenchbenchbenchbenchbe000000"
+_STATUSES = re.compile(r"status codes: \d+ 2xx, 0 3xx, 0 4xx, \d+ 5xx$")
+_FAILED = re.compile(r"\d+ failed, 0 errored, \d+ succeeded of \d+$")
+
+
+def _fail_closed(error: str) -> bool:
+    """An error that says only: answers were 5xx or late under load (no 3xx/4xx, none errored)."""
+    return bool(_STATUSES.search(error) or _FAILED.fullmatch(error))
 
 
 def _context(tmp_path: Path) -> Any:
