@@ -10,6 +10,9 @@ h2load's per-request log), server CPU microseconds per call (/proc clocks of the
 server and its threads and workers), Redis commands per call, ratios to the
 floor, and h2load's own CPU use (to tell when the client was the bottleneck).
 
+The Envoy and forward-auth rows (keysvc.bench.envoy) send HTTP/1.1 through a
+real Envoy, or straight to keysvc's HTTP listener, and meter Envoy apart.
+
 Optional: RSS per cached key (`--memory`, see keysvc.bench.memory) and
 revocation propagation between two servers (`--propagation`).
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keysvc.bench.report import finite, format_report, targets
+from keysvc.bench.report import finite, format_report, run_meta, targets
 
 __all__ = ["BenchOptions", "Row", "format_report", "main", "options_from", "run"]
 
@@ -285,7 +287,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         raise BenchError("taskset is not on PATH (apt-get install util-linux)")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="keysvc-bench-"))
-    report: dict[str, Any] = {"meta": _meta(options, h2load), "scenarios": []}
+    report: dict[str, Any] = {"meta": run_meta(options, _pinning(options), h2load), "scenarios": []}
     redis = start_redis(workdir, options.client_cpu)
     failed = False
     try:
@@ -327,31 +329,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
     report["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     report["targets"] = targets(report)
     return report
-
-
-def _meta(options: BenchOptions, h2load: str) -> dict[str, Any]:
-    import subprocess
-
-    import grpc
-
-    from keysvc.bench.envoy import envoy_version
-
-    version = subprocess.run([h2load, "--version"], capture_output=True, text=True, check=False).stdout
-    return {
-        "command": "keysvc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "keysvc bench",
-        "pinning": _pinning(options),
-        "load": (f"h2load -D {options.duration_s:g} -c {options.connections} -m {options.streams} -t 1 "
-                 f"(after a {options.warmup_s:g} s unmeasured warm-up), one key per scenario, "
-                 f"{options.connections * options.streams} calls in flight, {options.rounds} round(s) "
-                 "round-robin, a fresh server each time"),
-        "cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release(),
-        "python": platform.python_version(), "grpcio": grpc.__version__,
-        "h2load": version.strip().split("\n")[0],
-        "http_load": (f"HTTP rows: h2load --h1 -c {options.http_connections} -m 1 (GET, the key in "
-                      "x-api-key); Envoy --concurrency 1 pinned with h2load, its app a direct_response"),
-        "envoy": envoy_version(),
-        "options": {k: v for k, v in asdict(options).items() if k != "scenarios"},
-    }
 
 
 def _csv(text: str) -> list[str]:

@@ -6,6 +6,7 @@ the serialized request. It counts HTTP statuses only (a gRPC error is a 200
 whose trailer says otherwise), so the bench probes every scenario with a real
 gRPC client first, and checks here that the DATA bytes per response match the
 probe's answer. Percentiles come from h2load's per-request `--log-file`.
+The HTTP rows (keysvc.bench.envoy) send HTTP/1.1 GETs instead (`--h1`).
 """
 
 from __future__ import annotations

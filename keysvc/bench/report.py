@@ -1,11 +1,11 @@
-"""The bench's report: the table, what each scenario means, the issue's targets, and JSON."""
+"""The bench's report: what ran where, the tables, what each scenario means, the issue's targets, JSON."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["finite", "format_report", "targets"]
+__all__ = ["finite", "format_report", "run_meta", "targets"]
 
 
 def _ratio(rows: dict[str, dict[str, Any]], a: str, b: str, figure: str) -> float | None:
@@ -127,6 +127,36 @@ def _http_table(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             _num(busy * 100, 0, "%") + (" SATURATED" if row["client_saturated"] else ""),
         ))
     return table
+
+
+def run_meta(options: Any, pinning: str, h2load: str) -> dict[str, Any]:
+    """What ran where: the command, pinning, load, machine and versions (`options`: BenchOptions)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    import grpc
+
+    from keysvc.bench.envoy import envoy_version
+
+    version = subprocess.run([h2load, "--version"], capture_output=True, text=True, check=False).stdout
+    return {
+        "command": "keysvc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "keysvc bench",
+        "pinning": pinning,
+        "load": (f"h2load -D {options.duration_s:g} -c {options.connections} -m {options.streams} -t 1 "
+                 f"(after a {options.warmup_s:g} s unmeasured warm-up), one key per scenario, "
+                 f"{options.connections * options.streams} calls in flight, {options.rounds} round(s) "
+                 "round-robin, a fresh server each time"),
+        "cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release(),
+        "python": platform.python_version(), "grpcio": grpc.__version__,
+        "h2load": version.strip().split("\n")[0],
+        "http_load": (f"HTTP rows: h2load --h1 -c {options.http_connections} -m 1 (GET, the key in "
+                      "x-api-key); Envoy --concurrency 1 pinned with h2load, its app a direct_response"),
+        "envoy": envoy_version(),
+        "options": {k: v for k, v in asdict(options).items() if k != "scenarios"},
+    }
 
 
 def finite(value: Any) -> Any:
