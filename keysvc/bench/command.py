@@ -10,6 +10,9 @@ h2load's per-request log), server CPU microseconds per call (/proc clocks of the
 server and its threads and workers), Redis commands per call, ratios to the
 floor, and h2load's own CPU use (to tell when the client was the bottleneck).
 
+The Envoy and forward-auth rows (keysvc.bench.envoy) send HTTP/1.1 through a
+real Envoy, or straight to keysvc's HTTP listener, and meter Envoy apart.
+
 Optional: RSS per cached key (`--memory`, see keysvc.bench.memory) and
 revocation propagation between two servers (`--propagation`).
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keysvc.bench.report import finite, format_report, targets
+from keysvc.bench.report import finite, format_report, run_meta, targets
 
 __all__ = ["BenchOptions", "Row", "format_report", "main", "options_from", "run"]
 
@@ -49,6 +51,7 @@ class BenchOptions:
     memory_keys: tuple[int, ...] = ()  # empty: no memory measurement
     revocations: int = 0  # 0: no propagation measurement
     stall_samples: int = 100  # misses timed with the store stopped, per stall row
+    http_connections: int = 16  # h2load --h1 connections of the Envoy and http rows, one request each
 
 
 @dataclass(slots=True)
@@ -72,6 +75,10 @@ class Row:
     miss_budget_p50_ms: float = math.nan  # stall rows: a miss with the store stopped
     miss_budget_p99_ms: float = math.nan
     miss_budget_max_ms: float = math.nan
+    via: str = ""  # the HTTP rows' path (envoy-grpc, ..., http); "" for gRPC straight to the server
+    proxy_cpu_us_per_call: float = math.nan  # Envoy's CPU per request
+    proxy_cpu: float = math.nan  # fraction of one core Envoy used
+    keysvc_cores_per_envoy_core: float = math.nan  # keysvc CPU per check / Envoy CPU per request
     calls: int = 0
     rounds: list[dict[str, float]] = field(default_factory=list)  # per round: qps, cpu_us_per_call, p99_ms
     notes: list[str] = field(default_factory=list)
@@ -95,12 +102,11 @@ def _run_scenario(name: str, ctx: _Context) -> Row:
     from keysvc.bench.procs import BenchError, start_floor, start_keysvc
 
     scenario = ctx.scenarios[name]
-    opts = ctx.options
-    if name == "inprocess":
-        from keysvc.bench import inprocess
+    if scenario.via or name == "inprocess":  # not gRPC frames from h2load: rows of their own
+        from keysvc.bench import envoy, inprocess
 
-        calls = max(10_000, int(inprocess.CALLS * min(1.0, opts.duration_s / 5)))  # --quick: fewer
-        return inprocess.row(ctx.fixture.store, ctx.fixture.hit_key, ctx.workdir, opts.server_cpu, calls)
+        return envoy.run_http_row(name, ctx) if scenario.via else inprocess.run_row(ctx)
+    opts = ctx.options
     row = Row(name, scenario.meaning)
     try:
         if scenario.floor:
@@ -206,6 +212,7 @@ class _Context:
     redis: Any
     fixture: Any
     scenarios: dict[str, Any]
+    envoy: str | None = None  # Envoy's binary; None: not installed (the Envoy rows are n/a)
 
 
 def _median(runs: list[Row]) -> Row:
@@ -214,7 +221,7 @@ def _median(runs: list[Row]) -> Row:
     if len(runs) == 1:
         first.rounds = [{"qps": first.qps, "cpu_us_per_call": first.cpu_us_per_call, "p99_ms": first.p99_ms}]
         return first
-    row = Row(first.name, first.meaning, notes=list(first.notes))
+    row = Row(first.name, first.meaning, via=first.via, notes=list(first.notes))
     row.errors = [e for run in runs for e in run.errors]
     row.rounds = [{"qps": r.qps, "cpu_us_per_call": r.cpu_us_per_call, "p99_ms": r.p99_ms} for r in runs]
     statuses = {run.status for run in runs}
@@ -224,7 +231,7 @@ def _median(runs: list[Row]) -> Row:
         return row
     for name in ("qps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_call", "store_round_trips_per_call",
                  "store_cmds_per_call", "client_cpu", "miss_budget_p50_ms", "miss_budget_p99_ms",
-                 "miss_budget_max_ms"):
+                 "miss_budget_max_ms", "proxy_cpu_us_per_call", "proxy_cpu"):
         setattr(row, name, statistics.median(getattr(run, name) for run in measured))
     row.client_saturated = any(run.client_saturated for run in measured)
     row.calls = sum(run.calls for run in measured)
@@ -242,6 +249,13 @@ def _ratios(rows: list[Row]) -> None:
     floors = {stack_of(row.name): row for row in by_name.values() if row.name.startswith("floor")}
     for row in rows:
         if row.status != "ok":
+            continue
+        if row.proxy_cpu_us_per_call > 0:
+            row.keysvc_cores_per_envoy_core = row.cpu_us_per_call / row.proxy_cpu_us_per_call
+        if row.client_saturated and row.via:
+            row.notes.append("h2load and Envoy used >= 90% of their core: the client side may be the "
+                             "bottleneck")
+        if row.via:
             continue
         floor = floors.get(stack_of(row.name))  # each stack is compared with its own floor
         if floor is not None:
@@ -264,6 +278,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     Raises:
         keysvc.bench.procs.BenchError: h2load or redis-server is missing, or set-up failed.
     """
+    from keysvc.bench.envoy import envoy_binary
     from keysvc.bench.load import h2load_binary
     from keysvc.bench.procs import BenchError, start_redis
     from keysvc.bench.scenarios import prepare, scenarios
@@ -275,19 +290,21 @@ def run(options: BenchOptions) -> dict[str, Any]:
         raise BenchError("taskset is not on PATH (apt-get install util-linux)")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="keysvc-bench-"))
-    report: dict[str, Any] = {"meta": _meta(options, h2load), "scenarios": []}
+    report: dict[str, Any] = {"meta": run_meta(options, _pinning(options), h2load), "scenarios": []}
     redis = start_redis(workdir, options.client_cpu)
     failed = False
     try:
         _say(f"== redis-server at {redis.url}; {_pinning(options)}")
         fixture = prepare(workdir, redis)
-        ctx = _Context(options, workdir, h2load, redis, fixture, scenarios(fixture))
+        ctx = _Context(options, workdir, h2load, redis, fixture, scenarios(fixture), envoy_binary())
         runs: dict[str, list[Row]] = {name: [] for name in options.scenarios}
         for round_number in range(1, options.rounds + 1):
             for name in options.scenarios:
                 _say(f"== {name} (round {round_number}/{options.rounds}): {ctx.scenarios[name].meaning}")
                 row = _run_scenario(name, ctx)
                 _say(f"   {row.status}: {row.qps:.0f} QPS, {row.cpu_us_per_call:.0f} us CPU/call"
+                     + (f", Envoy {row.proxy_cpu_us_per_call:.0f} us CPU/request"
+                        if row.via.startswith("envoy-") else "")
                      + "".join(f"\n   ! {e}" for e in row.errors))
                 runs[name].append(row)
         rows = [_median(runs[name]) for name in options.scenarios]
@@ -317,26 +334,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
     return report
 
 
-def _meta(options: BenchOptions, h2load: str) -> dict[str, Any]:
-    import subprocess
-
-    import grpc
-
-    version = subprocess.run([h2load, "--version"], capture_output=True, text=True, check=False).stdout
-    return {
-        "command": "keysvc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "keysvc bench",
-        "pinning": _pinning(options),
-        "load": (f"h2load -D {options.duration_s:g} -c {options.connections} -m {options.streams} -t 1 "
-                 f"(after a {options.warmup_s:g} s unmeasured warm-up), one key per scenario, "
-                 f"{options.connections * options.streams} calls in flight, {options.rounds} round(s) "
-                 "round-robin, a fresh server each time"),
-        "cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release(),
-        "python": platform.python_version(), "grpcio": grpc.__version__,
-        "h2load": version.strip().split("\n")[0],
-        "options": {k: v for k, v in asdict(options).items() if k != "scenarios"},
-    }
-
-
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -355,8 +352,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     if unknown:
         raise ConfigError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(NAMES)}")
     duration = args.duration if args.duration is not None else (1.5 if args.quick else 5.0)
-    if duration <= 0 or args.concurrency <= 0 or args.streams <= 0:
-        raise ConfigError("--duration, --concurrency and --streams must be > 0")
+    if duration <= 0 or args.concurrency <= 0 or args.streams <= 0 or args.http_concurrency <= 0:
+        raise ConfigError("--duration, --concurrency, --streams and --http-concurrency must be > 0")
     memory_keys = args.memory_keys or ("10000" if args.quick else "100000,1000000")
     try:
         memory = tuple(sorted(int(n) for n in _csv(memory_keys))) if args.memory else ()
@@ -375,7 +372,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         scenarios=names, duration_s=duration, warmup_s=0.3 if args.quick else 1.0,
         connections=args.concurrency, streams=args.streams, server_cpu=server_cpu, client_cpu=client_cpu,
         rounds=rounds, memory_keys=memory, revocations=revocations if args.propagation else 0,
-        stall_samples=20 if args.quick else 100,
+        stall_samples=20 if args.quick else 100, http_connections=args.http_concurrency,
     )
 
 

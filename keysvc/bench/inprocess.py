@@ -115,6 +115,13 @@ def row(store: str, key: str, workdir: Path, cpu: int | None, calls: int = CALLS
     return result
 
 
+def run_row(ctx: Any) -> Row:
+    """The `inprocess` row of a run (`ctx`: keysvc.bench.command's context); --quick makes fewer calls."""
+    opts = ctx.options
+    calls = max(10_000, int(CALLS * min(1.0, opts.duration_s / 5)))
+    return row(ctx.fixture.store, ctx.fixture.hit_key, ctx.workdir, opts.server_cpu, calls)
+
+
 def compare_with_hit(rows: dict[str, Any]) -> None:
     """Note how much cheaper an in-process call is than a sidecar hit (its server's CPU alone)."""
     inprocess, hit = rows.get("inprocess"), rows.get("hit")

@@ -6,10 +6,12 @@ the serialized request. It counts HTTP statuses only (a gRPC error is a 200
 whose trailer says otherwise), so the bench probes every scenario with a real
 gRPC client first, and checks here that the DATA bytes per response match the
 probe's answer. Percentiles come from h2load's per-request `--log-file`.
+The HTTP rows (keysvc.bench.envoy) send HTTP/1.1 GETs instead (`--h1`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -114,8 +116,8 @@ class LoadPlan:
     """One h2load run: where, what, how hard, how long, on which core."""
 
     port: int
-    path: str  # the gRPC method, e.g. /keysvc.v1.KeyService/Validate
-    body: Path  # file holding one gRPC frame
+    path: str  # the gRPC method, e.g. /keysvc.v1.KeyService/Validate (or the HTTP/1.1 GET's path)
+    body: Path | None  # file holding one gRPC frame (None: HTTP/1.1 GETs)
     duration_s: float
     connections: int
     streams: int
@@ -123,7 +125,9 @@ class LoadPlan:
     server_cpu: int | None
     server_pids: Sequence[int]
     log_file: Path
-    expected_response_bytes: int  # gRPC frame size of the probe's answer
+    expected_response_bytes: int  # gRPC frame size of the probe's answer (0: not checked)
+    headers: tuple[str, ...] = ()  # "name: value" each: HTTP/1.1 GETs (h2load --h1), not gRPC
+    proxy_pids: Sequence[int] = ()  # Envoy in front of the server: its CPU is metered apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,8 @@ class LoadResult:
     response_bytes: float  # DATA bytes per response, as h2load counted them
     server_core_steal: float  # fraction of the run the server's core was taken by the hypervisor
     errors: tuple[str, ...]
+    proxy_cpu_us_per_call: float = math.nan  # Envoy's CPU per request (plan.proxy_pids)
+    proxy_cpu: float = math.nan  # fraction of one core Envoy used
 
     @property
     def client_saturated(self) -> bool:
@@ -159,11 +165,12 @@ _DATA = re.compile(r"\((\d+)\) data")
 
 
 def _command(plan: LoadPlan, binary: str, duration_s: float, log: Path | None) -> list[str]:
-    cmd = [
-        binary, "-D", f"{round(duration_s * 1000)}ms", "-c", str(plan.connections),
-        "-m", str(plan.streams), "-t", "1", "-d", str(plan.body),
-        "-H", "content-type: application/grpc", "-H", "te: trailers",
-    ]
+    cmd = [binary, "-D", f"{round(duration_s * 1000)}ms", "-c", str(plan.connections),
+           "-m", str(plan.streams), "-t", "1"]
+    if plan.headers:
+        cmd += ["--h1", *(arg for header in plan.headers for arg in ("-H", header))]
+    else:
+        cmd += ["-d", str(plan.body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
     if log is not None:
         cmd.append(f"--log-file={log}")
     cmd.append(f"http://127.0.0.1:{plan.port}{plan.path}")
@@ -209,11 +216,18 @@ def run_h2load(plan: LoadPlan, binary: str) -> LoadResult:
     """
     errors: list[str] = []
     timeout = plan.duration_s + 30
+    plan.log_file.unlink(missing_ok=True)  # h2load appends: each round's percentiles are its own
     server_before, steal_before = cpu_seconds(plan.server_pids), steal_seconds(plan.server_cpu)
+    proxy_before = cpu_seconds(plan.proxy_pids)
     code, output, wall, client_cpu_s = _run(_command(plan, binary, plan.duration_s, plan.log_file), timeout)
     server_cpu_s = cpu_seconds(plan.server_pids) - server_before
+    proxy_cpu_s = cpu_seconds(plan.proxy_pids) - proxy_before
     steal = (steal_seconds(plan.server_cpu) - steal_before) / max(wall, 1e-9)
-    return _parse(plan, code, output, (wall, steal), client_cpu_s, server_cpu_s, errors)
+    result = _parse(plan, code, output, (wall, steal), client_cpu_s, server_cpu_s, errors)
+    if not plan.proxy_pids or not result.requests:
+        return result
+    return dataclasses.replace(result, proxy_cpu_us_per_call=proxy_cpu_s * 1e6 / result.requests,
+                               proxy_cpu=proxy_cpu_s / max(wall, 1e-9))
 
 
 def _parse(

@@ -170,8 +170,8 @@ class Server:
         except FileNotFoundError:
             return ""
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Return once a Validate call gets any answer.
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Return once a Validate call gets any answer (generous: a pinned start on a busy core is slow).
 
         Raises:
             BenchError: the process exited or did not answer in time.
@@ -189,7 +189,7 @@ class Server:
                 return
         raise BenchError(f"{self.name} did not answer within {timeout_s}s:\n{self.log_tail()}")
 
-    def pin_workers(self, cpus: Sequence[int], workers: int, timeout_s: float = 30.0) -> list[int]:
+    def pin_workers(self, cpus: Sequence[int], workers: int, timeout_s: float = 90.0) -> list[int]:
         """Wait until `workers` children serve, then pin child i, every thread, to cpus[i % len].
 
         Returns:

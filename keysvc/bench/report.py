@@ -1,11 +1,11 @@
-"""The bench's report: the table, what each scenario means, the issue's targets, and JSON."""
+"""The bench's report: what ran where, the tables, what each scenario means, the issue's targets, JSON."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["finite", "format_report", "targets"]
+__all__ = ["finite", "format_report", "run_meta", "targets"]
 
 
 def _ratio(rows: dict[str, dict[str, Any]], a: str, b: str, figure: str) -> float | None:
@@ -32,6 +32,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("hit CPU/call / inprocess CPU/call >= 50", _ratio(rows, "hit", "inprocess", "cpu_us_per_call"),
          50.0, True),
     ]
+    for name in ("envoy-http", "http"):  # a core's worth of checks: 1 s / CPU per check
+        cpu = rows[name]["cpu_us_per_call"] if rows.get(name, {}).get("status") == "ok" else None
+        per_core = 1e6 / float(cpu) if cpu else None
+        checks.append((f"{name} checks/s per keysvc core >= 20,000", per_core, 20_000.0, True))
+    checks.append(("envoy-grpc CPU/check / envoy-http CPU/check >= 4",
+                   _ratio(rows, "envoy-grpc", "envoy-http", "cpu_us_per_call"), 4.0, True))
     if report.get("propagation", {}).get("measured"):
         checks.append(("propagation p99 < 50 ms", report["propagation"]["p99_ms"], 50.0, False))
     for stage in report.get("memory", {}).get("stages", []):
@@ -57,8 +63,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"# {meta['command']}", f"# {meta['pinning']}", f"# load: {meta['load']}",
              f"# {meta['cpus']} CPUs, {meta['machine']}, Linux {meta['kernel']}, Python {meta['python']}, "
              f"grpcio {meta['grpcio']}, {meta['h2load']}", ""]
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for row in report["scenarios"]:
+        if row.get("via"):
+            continue  # the HTTP rows' table, below
         if row["status"] != "ok":
             table.append((row["name"], row["status"], *("" for _ in header[2:])))
             continue
@@ -69,12 +77,12 @@ def format_report(report: dict[str, Any]) -> str:
             _num(row["client_cpu"] and row["client_cpu"] * 100, 0, "%")
             + (" SATURATED" if row["client_saturated"] else ""),
         ))
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for cells in table:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
-        lines.append("  ".join(padded))
-    lines.append("")
+    if len(table) > 1:
+        lines += [*_aligned(table), ""]
+    http_rows = [row for row in report["scenarios"] if row.get("via")]
+    if http_rows:
+        lines += [f"# {meta.get('http_load', 'HTTP rows')}; Envoy {meta.get('envoy', '?')}",
+                  *_aligned(_http_table(http_rows)), ""]
     for row in report["scenarios"]:
         lines.append(f"{row['name']}: {row['meaning']}")
         lines += [f"    note: {n}" for n in row["notes"]] + [f"    ERROR: {e}" for e in row["errors"]]
@@ -92,6 +100,68 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"    {target['target']:<52} {_num(target['measured'], 2):>8}  {verdict}")
     lines.append(f"\n(bench took {meta['elapsed_s']} s)")
     return "\n".join(lines)
+
+
+def _aligned(table: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for cells in table:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(padded))
+    return lines
+
+
+def _http_table(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Envoy-side figures: QPS and latency at h2load, CPU per request on each side of the hop."""
+    header = ("scenario", "QPS", "p50 ms", "p99 ms", "keysvc CPU us/check", "checks/s per keysvc core",
+              "Envoy CPU us/req", "keysvc cores per Envoy core", "client core (h2load+Envoy)")
+    table: list[tuple[str, ...]] = [header]
+    for row in rows:
+        if row["status"] != "ok":
+            table.append((row["name"], row["status"], *("" for _ in header[2:])))
+            continue
+        cpu = row["cpu_us_per_call"]
+        per_core = None if cpu is None or math.isnan(cpu) or cpu <= 0 else 1e6 / cpu
+        envoy = row.get("proxy_cpu")
+        busy = row["client_cpu"] + (0.0 if envoy is None or math.isnan(envoy) else envoy)
+        table.append((
+            row["name"], _num(row["qps"]), _num(row["p50_ms"], 2), _num(row["p99_ms"], 2), _num(cpu),
+            _num(per_core), _num(row.get("proxy_cpu_us_per_call"), 1),
+            _num(row.get("keysvc_cores_per_envoy_core"), 1),
+            _num(busy * 100, 0, "%") + (" SATURATED" if row["client_saturated"] else ""),
+        ))
+    return table
+
+
+def run_meta(options: Any, pinning: str, h2load: str) -> dict[str, Any]:
+    """What ran where: the command, pinning, load, machine and versions (`options`: BenchOptions)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    import grpc
+
+    from keysvc.bench.envoy import envoy_version
+
+    version = subprocess.run([h2load, "--version"], capture_output=True, text=True, check=False).stdout
+    return {
+        "command": "keysvc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "keysvc bench",
+        "pinning": pinning,
+        "load": (f"h2load -D {options.duration_s:g} -c {options.connections} -m {options.streams} -t 1 "
+                 f"(after a {options.warmup_s:g} s unmeasured warm-up), one key per scenario, "
+                 f"{options.connections * options.streams} calls in flight, {options.rounds} round(s) "
+                 "round-robin, a fresh server each time"),
+        "cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release(),
+        "python": platform.python_version(), "grpcio": grpc.__version__,
+        "h2load": version.strip().split("\n")[0],
+        "http_load": (f"HTTP rows: h2load --h1 -c {options.http_connections} -m 1 (GET, the key in "
+                      "x-api-key); Envoy --concurrency 1 pinned with h2load, its app a direct_response"),
+        "envoy": envoy_version(),
+        "options": {k: v for k, v in asdict(options).items() if k != "scenarios"},
+    }
 
 
 def finite(value: Any) -> Any:

@@ -26,7 +26,9 @@ __all__ = [
 VALIDATE_METHOD = "/keysvc.v1.KeyService/Validate"
 EXTAUTHZ_METHOD = "/envoy.service.auth.v3.Authorization/Check"
 NAMES = ("floor", "hit", "miss", "limited", "malformed", "extauthz", "hit-workers2",
-         "floor-aio", "hit-aio", "miss-aio", "stall", "stall-aio", "inprocess")
+         "floor-aio", "hit-aio", "miss-aio", "stall", "stall-aio", "inprocess",
+         "envoy-none", "envoy-native", "envoy-grpc", "envoy-http", "http", "envoy-grpc-workers2",
+         "envoy-http-workers2")
 _FLOOR_SYNC = ("--stack", "sync", "--threads", "16")  # as keysvc's default KEYSVC_GRPC_THREADS
 # Stacks named, not left to `auto` (which follows the bench's pinning): each row says what it ran.
 _SYNC = ("--grpc-stack", "sync")
@@ -60,13 +62,15 @@ class Scenario:
 
     name: str
     meaning: str
-    method: str
+    method: str  # the gRPC method; for an HTTP row (`via`), the path of its GET
     request: bytes  # the serialized request (without the gRPC prefix)
     server_args: tuple[str, ...] = ()
-    expect: str = "VALID"  # what the probe must see: a Code name, or "allow"
+    expect: str = "VALID"  # what the probe must see: a Code name, "allow" (HTTP rows: a bad key's status)
     floor: bool = False
     workers: int = 1  # > 1: worker i is pinned to the server's core, then the client's
     stall: bool = False  # the store is SIGSTOPped and misses flood in during the load (_bench_stall)
+    via: str = ""  # an HTTP row (keysvc.bench.envoy): envoy-none|envoy-native|envoy-grpc|envoy-http|http
+    headers: tuple[tuple[str, str], ...] = ()  # an HTTP row's request headers
 
 
 def _validate(key: str) -> bytes:
@@ -121,7 +125,41 @@ def scenarios(fixture: Fixture) -> dict[str, Scenario]:
                               stall=True),
         # Not driven by h2load: keysvc.bench.inprocess times the library in a pinned process.
         "inprocess": Scenario("inprocess", inprocess.MEANING, VALIDATE_METHOD, hit),
+        **_http_rows(fixture.hit_key),
     }
+
+
+def _http_rows(key: str) -> dict[str, Scenario]:
+    """The rows through a real Envoy (deploy/envoy/ configs), and forward-auth straight to /authz."""
+    by_header = (("x-api-key", key),)
+    # What deploy/nginx/nginx.conf's auth_request sends keysvc for `GET /`.
+    nginx = (*by_header, ("x-original-uri", "/"), ("x-original-method", "GET"),
+             ("x-forwarded-for", "127.0.0.1"))
+    http_mode = ("--authz-proxy", "envoy", "--authz-trusted-proxy-depth", "1")
+    workers = ("--workers", "2")
+
+    def envoy(name: str, via: str, meaning: str, args: tuple[str, ...] = (), bad: str = "401",
+              n: int = 1) -> Scenario:
+        meaning = f"Envoy (shipped config, one worker), HTTP/1.1, app a direct_response: {meaning}"
+        return Scenario(name, meaning, "/", b"", args, expect=bad, workers=n, via=via, headers=by_header)
+
+    rows = (
+        envoy("envoy-none", "envoy-none", "no auth filter (Envoy's own ceiling)", bad="200"),
+        envoy("envoy-native", "envoy-native", "Envoy's api_key_auth filter, the key in its config "
+              "(no lifecycle)"),
+        envoy("envoy-grpc", "envoy-grpc", "ext_authz gRPC Check to keysvc, warm cache", _SYNC),
+        envoy("envoy-http", "envoy-http", "ext_authz http_service to keysvc's HTTP listener (/authz prefix), "
+              "warm cache", http_mode),
+        Scenario("http", "forward-auth GET /authz straight to keysvc's HTTP listener, nginx's headers, "
+                 "no Envoy",
+                 "/authz", b"", ("--authz-proxy", "nginx", "--authz-trusted-proxy-depth", "1"), expect="401",
+                 via="http", headers=nginx),
+        envoy("envoy-grpc-workers2", "envoy-grpc", "envoy-grpc on `serve --workers 2` (as hit-workers2)",
+              (*_SYNC, *workers), n=2),
+        envoy("envoy-http-workers2", "envoy-http", "envoy-http on `serve --workers 2` (as hit-workers2)",
+              (*http_mode, *workers), n=2),
+    )
+    return {row.name: row for row in rows}
 
 
 def stack_of(name: str) -> str:
@@ -183,7 +221,8 @@ def prepare(workdir: Path, redis: Redis) -> Fixture:
         BenchError: any step failed.
     """
     secret = bootstrap(redis.url)
-    setup = start_keysvc("setup", redis.url, workdir, None)
+    # Set-up is not measured: on a loaded machine, let a slow store answer rather than fail closed.
+    setup = start_keysvc("setup", redis.url, workdir, None, "--store-timeout-ms", "2000")
     try:
         stub = setup.stub()
         admin = [("authorization", f"Bearer {secret}")]

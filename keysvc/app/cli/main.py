@@ -161,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     p.add_argument("--duration", type=float, help="seconds of load per scenario (default 5; --quick 1.5)")
     p.add_argument("--concurrency", type=int, default=8, help="h2load connections")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
+    p.add_argument("--http-concurrency", type=int, default=16,
+                   help="h2load --h1 connections of the Envoy and http rows (one request in flight each)")
     p.add_argument("--rounds", type=int, help="runs of each scenario, medians shown (default 3; --quick 1)")
     p.add_argument("--memory", action="store_true", help="also measure RSS per cached key")
     p.add_argument("--memory-keys", help="cache sizes for --memory (default 100000,1000000; --quick 10000)")
