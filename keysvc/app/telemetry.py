@@ -1,7 +1,7 @@
 """Telemetry: structlog logging, OpenTelemetry tracing, audit spans, redaction.
 
 Code must never log or trace a key's plaintext; redaction is the last defence if it
-does. Every other library's stdlib `logging` (aiohttp, grpc, asyncio, redis...),
+does. Every other library's stdlib `logging` (granian, grpc, asyncio, redis...),
 `warnings`, and uncaught exceptions (main thread, other threads, unraisable)
 go through the same processors, redaction included, so every line keysvc's
 process writes is one JSON object (or one console line). `configure_*` may be
