@@ -237,10 +237,11 @@ def test_a_concurrency_refusal_is_retried_and_an_oversized_request_is_not(
     _, admin_secret = bootstrap(sqlite_url)
     server = start_server(sqlite_url, "--max-concurrent-rpcs", "1", "--max-request-bytes", "4096")
     holder = Client(server.addr, admin_key=admin_secret)
-    stream = holder.watch_events()  # one open stream: the server's only slot
+    streams = [holder.watch_events()]  # one open stream: the server's only slot
     client = make_client(kind, server.addr, admin_key=admin_secret, timeout=60,
                          retry=Retry(attempts=50, max_backoff=0.5))
-    watcher = _OnRetry(stream.cancel)  # free the slot (from whatever thread retries) once refused
+    # Free the slot (from whatever thread retries) once refused.
+    watcher = _OnRetry(lambda: streams[-1].cancel())  # noqa: PLW0108 - the stream open at that time
     logger = logging.getLogger("keysvc.client")
     logger.addHandler(watcher)
     logger.setLevel(logging.DEBUG)
@@ -254,6 +255,10 @@ def test_a_concurrency_refusal_is_retried_and_an_oversized_request_is_not(
                 break
             except ClientError:
                 pass  # e.g. a probe too slow on a loaded machine: ask again
+            else:  # the slot was free: the stream was itself refused (the server was still finishing
+                # the start-up health call when it came) or is still opening: open one more
+                streams[-1].cancel()
+                streams.append(holder.watch_events())
             assert time.monotonic() < deadline, "the stream never held the only slot"
             time.sleep(0.05)  # poll interval while the stream opens
         assert client.validate("ks_" + "a" * 49).code.name == "MALFORMED"
@@ -265,6 +270,7 @@ def test_a_concurrency_refusal_is_retried_and_an_oversized_request_is_not(
     finally:
         logger.removeHandler(watcher)
         logger.setLevel(logging.NOTSET)
-        stream.cancel()
+        for stream in streams:
+            stream.cancel()
         client.close()
         holder.close()
