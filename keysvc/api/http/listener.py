@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import socket
 import stat
 from dataclasses import dataclass
@@ -33,11 +34,26 @@ from granian.server.embed import Server
 
 from keysvc.api.http.forward_auth import ForwardAuth
 
-__all__ = ["HttpListener", "TlsPaths"]
+__all__ = ["HttpListener", "TlsPaths", "max_connections"]
 
 # granian's own lines are its start/stop chatter ("Embedded server is experimental!"); its errors stay.
 logging.getLogger("_granian").setLevel(logging.ERROR)
 _HEADER_READ_TIMEOUT_MS = 30_000  # a client that never finishes its headers is dropped (slowloris)
+_BACKLOG = 1024  # connections the kernel queues before granian accepts them (capped by somaxconn)
+_MAX_CONNECTIONS_CAP = 32_768
+
+
+def max_connections() -> int:
+    """Open connections granian serves at once: half the open-file limit, at most 32768.
+
+    granian's default (its backlog, 128, per worker) let 128 silent connections,
+    each held for the 30 s header timeout, lock every other client out. The
+    other half of the descriptors stays for gRPC, the store and the logs.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_CONNECTIONS_CAP
+    return max(128, min(_MAX_CONNECTIONS_CAP, soft // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +99,7 @@ class HttpListener:
                            ssl_ca=Path(tls.client_ca) if tls.client_ca else None,
                            ssl_client_verify=tls.client_ca is not None)
         server = Server(self._app, interface=Interfaces.ASGINL, http=HTTPModes.http1, websockets=False,
-                        log_enabled=False,
+                        log_enabled=False, backlog=_BACKLOG, backpressure=max_connections(),
                         http1_settings=HTTP1Settings(header_read_timeout=_HEADER_READ_TIMEOUT_MS), **options)
         server.workers_kill_timeout = self._grace_s  # type: ignore[assignment]  # granian times a join
         return server
