@@ -241,11 +241,12 @@ async def _start_http(app: App) -> int:
 
     handlers = ForwardAuth(app.authorizer, lambda: app.serving,
                            require_target=bool(app.authorizer.routes.rules), proxy=app.settings.authz_proxy)
-    if not app.reuse_port:  # granian binds with SO_REUSEPORT: only a worker set may share the port
+    if not app.reuse_port:  # a worker set's parent checked its ports; a lone process checks its own
         _startup.check_free("http_listen", app.settings.http_listen)
     files = TlsPaths(app.tls.cert_path, app.tls.key_path, app.tls.client_ca_path) if app.tls else None
     app.http = HttpListener(handlers, split_listen(app.settings.http_listen),
-                            shutdown_grace_s=app.settings.shutdown_grace_s, tls=files)
+                            shutdown_grace_s=app.settings.shutdown_grace_s, tls=files,
+                            reuse_port=app.reuse_port)
     try:
         return await app.http.start()
     except OSError as exc:
