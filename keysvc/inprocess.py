@@ -67,6 +67,7 @@ _new_request = tuple.__new__
 # A miss waits for the loop at most the store budget plus this (the loop's own scheduling).
 _LOOP_MARGIN_S = 1.0
 _START_TIMEOUT_S = 30.0
+_CLOSED = "this KeyValidator is closed or was inherited through fork(): open a new one"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,11 @@ class KeyValidator:
         self._forked = False
         self._closed = False
         self._unusable = False  # closed or forked: one flag for the hot path to read
+        # Work handed to the loop and not yet answered, so close() can let it finish
+        # and refuse what the stopped loop will never run (under `_pending_lock`).
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._pending_lock = threading.Lock()
+        self._loop_gone = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="keysvc-validator", daemon=True)
         self._thread.start()
@@ -295,12 +301,20 @@ class KeyValidator:
             self._loop.close()
 
     def _call(self, work: Coroutine[Any, Any, _T], timeout_s: float) -> _T:
-        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(work, self._loop)
+        with self._pending_lock:
+            if self._loop_gone:  # a call that passed the closed check as close() ran
+                work.close()
+                raise RuntimeError(_CLOSED)
+            future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(work, self._loop)
+            self._pending.add(future)
         try:
             return future.result(timeout_s)
         except TimeoutError:
             future.cancel()
             raise
+        finally:
+            with self._pending_lock:
+                self._pending.discard(future)
 
     def validate(self, key: str, scopes: Sequence[str] = (), client_ip: str = "", cost: int = 1) -> Decision:
         """Decide one call as a sidecar's Validate would; never raises for a bad key or a store outage.
@@ -316,7 +330,7 @@ class KeyValidator:
                 called from its own loop thread (that would wait on itself).
         """
         if self._unusable:
-            raise RuntimeError("this KeyValidator is closed or was inherited through fork(): open a new one")
+            raise RuntimeError(_CLOSED)
         request = _new_request(ValidationRequest, (key, scopes, client_ip, cost))
         decision = self._check_cached(request)
         if decision is not None:
@@ -340,6 +354,13 @@ class KeyValidator:
         if self._closed or self._forked:
             return
         self._closed = self._unusable = True
+        # Calls already on the loop finish first (each within its own bounded wait),
+        # before the store they use is closed and the loop stopped under them: one
+        # abandoned there waited its whole wait and was answered as shed
+        # (UNAVAILABLE, or VALID when failing open) although the store was up.
+        with self._pending_lock:
+            in_flight = list(self._pending)
+        concurrent.futures.wait(in_flight, min(timeout_s, self._wait_s))
         try:
             self._call(self._inner.aclose(), timeout_s)
         finally:
@@ -350,6 +371,14 @@ class KeyValidator:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10.0)
+        if self._thread.is_alive():  # still stuck: its callers time out on their own
+            return
+        with self._pending_lock:
+            self._loop_gone = True
+            abandoned, self._pending = self._pending, set()
+        for future in abandoned:  # handed over as close() ran: the loop never answers them
+            if not future.done() and future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError(_CLOSED))
 
     def __enter__(self) -> Self:
         return self

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -276,3 +277,58 @@ def test_a_quota_is_exact_across_a_sidecar_and_an_inprocess_validator_together(e
             t.join(120)
         assert not any(t.is_alive() for t in threads)
     assert answers == {"VALID": 200, "QUOTA_EXHAUSTED": 100}
+
+
+class _SlowReads:
+    """A real SQLite store whose key reads take a moment (well within the store budget)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reading = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get_key_by_hash(self, key_hash: str) -> Any:
+        self.reading.set()
+        await asyncio.sleep(0.1)
+        return await self.inner.get_key_by_hash(key_hash)
+
+    async def get_keys_by_hash(self, key_hashes: Any) -> Any:
+        self.reading.set()
+        await asyncio.sleep(0.1)
+        return await self.inner.get_keys_by_hash(key_hashes)
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_close_lets_calls_already_on_the_loop_finish(tmp_path: Path, fail_open: bool) -> None:
+    """close() while other threads' misses wait on the store: each gets the store's answer (or,
+    if it came too late, 'closed'), never the shed answer of a loop stopped under it
+    (UNAVAILABLE, or VALID for an unknown key when failing open)."""
+    from keysvc.app import settings as _settings
+    from keysvc.store.sqlite.store import SqliteStore
+
+    path = tmp_path / "keys.db"
+    settings = _settings.load(None, {"store": f"sqlite:///{path}", "fail_open": fail_open})
+    store = _SlowReads(SqliteStore(str(path), poll_interval_s=0.01))
+    keys = KeyValidator(settings, store=store)  # type: ignore[arg-type]
+    answers: list[str] = []
+    lock = threading.Lock()
+
+    def miss() -> None:
+        try:
+            answer = keys.validate(generate().secret).code.name
+        except RuntimeError as error:
+            answer = "closed" if "closed" in str(error) else f"error: {error}"
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=miss) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    assert store.reading.wait(60)
+    keys.close()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+    assert answers and set(answers) <= {"NOT_FOUND", "closed"}, Counter(answers)
