@@ -112,4 +112,22 @@ class Connection:
             return None
         if not self.admin_key:
             raise ClientConfigError("admin_key: admin calls need an admin key (KEYSVC_ADMIN_KEY)")
+        if grpc_traces_calls(os.environ.get("GRPC_TRACE", ""), os.environ.get("GRPC_VERBOSITY", "")):
+            raise ClientConfigError(
+                "GRPC_TRACE: gRPC's tracers print each call's metadata, the admin key among it, "
+                "outside Python's logging; unset GRPC_TRACE (or disable its tracers) for admin calls")
         return (("authorization", f"Bearer {self.admin_key}"),)
+
+
+def grpc_traces_calls(trace: str, verbosity: str) -> bool:
+    """True when `trace` (GRPC_TRACE) turns on a gRPC tracer that `verbosity` (GRPC_VERBOSITY) prints.
+
+    The C core reads both outside Python and its tracers (`api`, `all`, `http`, `tcp`, ...)
+    print call metadata or the bytes on the wire to stderr, where no redaction reaches,
+    so an admin key is never sent while one prints (also with GRPC_VERBOSITY unset).
+    Entries starting with `-` only turn tracers off; NONE and ERROR print no trace lines.
+    """
+    if verbosity.strip().upper() in ("NONE", "ERROR"):
+        return False
+    return any(name.strip() and not name.strip().startswith("-") and name.strip().lower() != "none"
+               for name in trace.split(","))

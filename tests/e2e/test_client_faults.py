@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -268,3 +269,40 @@ def test_a_concurrency_refusal_is_retried_and_an_oversized_request_is_not(
         stream.cancel()
         client.close()
         holder.close()
+
+
+_TRACED_CHILD = """
+import sys
+from keysvc.client import Client, ClientConfigError
+client = Client(sys.argv[1], admin_key=sys.argv[2], timeout=20)
+print("valid:", client.validate(sys.argv[3]).valid)
+try:
+    client.create_key("traced")
+    print("admin call made")
+except ClientConfigError as exc:
+    print("refused:", exc)
+client.close()
+"""
+
+
+@pytest.mark.parametrize(("trace", "verbosity"), [("all", "debug"), ("api", "info"), ("http,api", ""),
+                                                 ("-all,api", "DEBUG")])
+def test_the_admin_key_never_reaches_grpcs_own_tracing(served: tuple[ServerProcess, str], trace: str,
+                                                       verbosity: str) -> None:
+    """GRPC_TRACE makes gRPC's C core print each call's metadata to stderr, outside any
+    redaction: an admin call is refused then (naming the variable), so the admin key is never
+    printed; a Validate still works and its key is not printed either."""
+    server, admin_secret = served
+    with Client(server.addr, admin_key=admin_secret) as admin:
+        made = admin.create_key("someone")
+    env = {**os.environ, "GRPC_TRACE": trace, "GRPC_VERBOSITY": verbosity}
+    if not verbosity:  # unset: gRPC still prints its trace lines
+        del env["GRPC_VERBOSITY"]
+    out = subprocess.run([sys.executable, "-c", _TRACED_CHILD, server.addr, admin_secret, made.secret],
+                         check=False, env=env, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    for secret in (admin_secret, made.secret):
+        assert secret[3:20] not in text
+        assert secret[3:20].encode().hex(" ") not in text  # gRPC also prints values as hex bytes
+    assert "valid: True" in out.stdout, text[-2000:]
+    assert "refused: GRPC_TRACE:" in out.stdout, out.stdout

@@ -21,6 +21,7 @@ from keysvc.client import (
     ValidationResult,
     to_dict,
 )
+from keysvc.client._channel import grpc_traces_calls
 from keysvc.client.errors import error_from
 
 U = grpc.StatusCode
@@ -75,3 +76,12 @@ def test_to_dict_is_the_proto3_json_mapping_and_secrets_stay_out_of_repr() -> No
     assert to_dict(created)["secret"] == "ks_supersecretvalue"
     result = ValidationResult(False, Code.RATE_LIMITED, key_id="key_abc", expires_at=when + timedelta(days=1))
     assert to_dict(result)["code"] == "CODE_RATE_LIMITED" and "valid" not in to_dict(result)
+
+
+@pytest.mark.parametrize(("trace", "verbosity", "printed"), [
+    ("", "", False), ("", "DEBUG", False), ("api", "", True), ("api", "debug", True),
+    ("all", "INFO", True), (" http , tcp", "", True), ("-all", "", False), ("-api,-http", "debug", False),
+    ("none", "", False), ("api", "NONE", False), ("all", "error", False), ("-all,api", "", True),
+])
+def test_which_grpc_tracing_would_print_the_admin_key(trace: str, verbosity: str, printed: bool) -> None:
+    assert grpc_traces_calls(trace, verbosity) is printed
