@@ -125,6 +125,9 @@ class AsyncKeyValidator:
         self.validator = self._plane.validator
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # After aclose() no follower keeps the cache current (a revoked key would still be
+        # answered VALID from it): every call is refused, as KeyValidator's are.
+        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Self:
@@ -154,7 +157,7 @@ class AsyncKeyValidator:
             ConfigError: the store can never work (a SQLite file that is not a database).
             RuntimeError: already started.
         """
-        if self._loop is not None:
+        if self._loop is not None or self._closed:
             raise RuntimeError("this validator was already started")
         self._loop = asyncio.get_running_loop()
         plane = self._plane
@@ -164,7 +167,10 @@ class AsyncKeyValidator:
         self._tasks = dataplane.spawn_tasks(plane)
 
     async def aclose(self) -> None:
-        """Stop the background tasks, write the last uses not yet written, close the store."""
+        """Stop the background tasks, write the last uses not yet written, close the store (once)."""
+        if self._closed:
+            return
+        self._closed = True
         tasks, self._tasks = self._tasks, []
         await cancel_all(tasks)
         await dataplane.release(self._plane)
@@ -190,8 +196,10 @@ class AsyncKeyValidator:
             cost: units taken from the key's quota.
 
         Raises:
-            RuntimeError: called before `start`, or from another loop than `start`'s.
+            RuntimeError: called before `start`, after `aclose`, or from another loop than `start`'s.
         """
+        if self._closed:
+            raise RuntimeError("this AsyncKeyValidator is closed: open a new one")
         request = ValidationRequest(key, scopes, client_ip, cost)
         decision = self.validator.check_cached(request)
         if decision is not None:

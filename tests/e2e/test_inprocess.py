@@ -126,17 +126,27 @@ def test_many_threads_share_one_validator_and_every_use_is_written_behind(env: E
 
 
 def test_asyncio_validator_answers_on_its_loop_only(redis_url: str) -> None:
+    elsewhere: list[BaseException] = []
+
+    def on_another_loop(keys: AsyncKeyValidator) -> None:
+        try:
+            asyncio.run(keys.validate(generate().secret))  # a miss needs the loop it was started on
+        except RuntimeError as error:
+            elsewhere.append(error)
+
     async def main() -> AsyncKeyValidator:
         keys = AsyncKeyValidator.open(redis_url, store_timeout_ms=STORE_TIMEOUT_MS)
         async with keys:
             assert (await keys.validate("garbage")).code.name == "MALFORMED"
             assert (await keys.validate(generate().secret)).code.name == "NOT_FOUND"
             assert {t.name for t in keys.health().tasks} == TASKS
+            other = threading.Thread(target=on_another_loop, args=(keys,))
+            other.start()
+            other.join(60)
         return keys
 
-    keys = asyncio.run(main())
-    with pytest.raises(RuntimeError, match="loop"):
-        asyncio.run(keys.validate(generate().secret))  # a miss needs the loop it was started on
+    asyncio.run(main())
+    assert len(elsewhere) == 1 and "loop" in str(elsewhere[0])
 
 
 def test_a_closed_validator_refuses_calls(redis_url: str) -> None:
@@ -332,3 +342,78 @@ def test_close_lets_calls_already_on_the_loop_finish(tmp_path: Path, fail_open: 
         thread.join(60)
         assert not thread.is_alive()
     assert answers and set(answers) <= {"NOT_FOUND", "closed"}, Counter(answers)
+
+
+def test_threads_see_admin_changes_whole_and_never_go_back(env: Env) -> None:
+    """Many threads validate keys while a separate server's admin API updates scopes and
+    metadata together, rotates and revokes: every answer names the key asked about, carries
+    one version of it (never new metadata with old scopes), and once a thread has seen a
+    revocation it never sees the key valid again."""
+    from google.protobuf import field_mask_pb2
+
+    created = [env.create_key(scopes=["read"], metadata={"v": "1", "tenant": "t"}) for _ in range(4)]
+    secrets = {c.secret: c.key.key_id for c in created}
+    with KeyValidator.open(env.store, cache_ttl_s=3600, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+        wait_for(lambda: keys.health().ready, "ready")
+        stop = threading.Event()
+        problems: list[str] = []
+        revoked_seen: set[tuple[int, str]] = set()
+        seen_v2: set[str] = set()
+
+        def hammer(worker: int) -> None:
+            while not stop.is_set():
+                for secret, key_id in secrets.items():
+                    decision = keys.validate(secret, ["read"])
+                    record = decision.record
+                    if record is not None and record.key_id != key_id:
+                        problems.append(f"asked {key_id}, answered {record.key_id}")
+                    if decision.valid and record is not None:
+                        version = record.metadata.get("v")
+                        if (version == "2") != ("v2" in record.scopes):
+                            problems.append(f"mixed versions: {dict(record.metadata)} {record.scopes}")
+                        if version == "2":
+                            seen_v2.add(key_id)
+                        if (worker, key_id) in revoked_seen:
+                            problems.append(f"{key_id} valid again after its revocation")
+                    elif decision.code.name == "REVOKED":
+                        revoked_seen.add((worker, key_id))
+
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            for c in created:
+                env.call("UpdateKey", pb.UpdateKeyRequest(
+                    key_id=c.key.key_id, key=pb.Key(scopes=["read", "v2"], metadata={"v": "2", "tenant": "t"}),
+                    update_mask=field_mask_pb2.FieldMask(paths=["scopes", "metadata"])))
+            wait_for(lambda: seen_v2 == set(secrets.values()), "every thread's answers show the update")
+            rotated = env.call("RotateKey", pb.RotateKeyRequest(key_id=created[0].key.key_id))
+            assert keys.validate(rotated.secret, ["read"]).valid
+            for c in created[1:]:
+                env.call("RevokeKey", pb.RevokeKeyRequest(key_id=c.key.key_id))
+            want = {(n, c.key.key_id) for n in range(8) for c in created[1:]}
+            wait_for(lambda: want <= revoked_seen, "every thread sees every revocation")
+            time.sleep(0.5)  # keep hammering a while: nothing may come back
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert not problems, problems[:5]
+
+
+def test_a_closed_asyncio_validator_refuses_calls_and_never_answers_a_revoked_key(env: Env) -> None:
+    """After aclose() the follower is gone, so nothing cached is kept current: a key revoked
+    since must not be answered VALID from the cache; every call is refused, as KeyValidator's."""
+    created = env.create_key()
+
+    async def main() -> None:
+        keys = AsyncKeyValidator.open(env.store, cache_ttl_s=3600, store_timeout_ms=STORE_TIMEOUT_MS)
+        async with keys:
+            assert (await keys.validate(created.secret)).valid  # cached now
+        env.call("RevokeKey", pb.RevokeKeyRequest(key_id=created.key.key_id))
+        for key in (created.secret, generate().secret, "garbage"):
+            with pytest.raises(RuntimeError, match="closed"):
+                await keys.validate(key)
+        await keys.aclose()  # twice is fine
+
+    asyncio.run(main())
