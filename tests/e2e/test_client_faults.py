@@ -15,6 +15,7 @@ import pytest
 
 from keysvc.client import (
     Client,
+    ClientConfigError,
     ClientError,
     DeadlineExceeded,
     PermissionDenied,
@@ -306,3 +307,29 @@ def test_the_admin_key_never_reaches_grpcs_own_tracing(served: tuple[ServerProce
         assert secret[3:20].encode().hex(" ") not in text  # gRPC also prints values as hex bytes
     assert "valid: True" in out.stdout, text[-2000:]
     assert "refused: GRPC_TRACE:" in out.stdout, out.stdout
+
+
+def test_unusable_tls_material_is_a_config_error_naming_the_field(kind: str, tmp_path: Path) -> None:
+    """A CA that is no certificate, or a client certificate and key that are swapped or not a
+    pair, fail at construction naming the field, not at connect time as a retried
+    UNAVAILABLE outage ("Failed to create security handshaker"); no file's content is quoted."""
+    pki, other = make_pki(tmp_path), make_pki(tmp_path, "other")
+    garbage, empty = tmp_path / "garbage.pem", tmp_path / "empty.pem"
+    garbage.write_text("not a pem at all\n")
+    empty.write_text("")
+    cases = {
+        "tls.ca": [Tls(garbage), Tls(empty), Tls(pki.client_key_file, pki.client_cert_file, pki.client_key_file)],
+        "tls.cert, tls.key": [Tls(pki.ca_file, pki.client_key_file, pki.client_cert_file),  # swapped
+                              Tls(pki.ca_file, pki.client_cert_file, garbage),
+                              Tls(pki.ca_file, pki.client_cert_file, other.client_key_file)],  # not a pair
+    }
+    key_text = pki.client_key_file.read_text()
+    body = "".join(key_text.splitlines()[1:3])
+    for field, material in cases.items():
+        for tls in material:
+            with pytest.raises(ClientConfigError) as caught:
+                make_client(kind, "127.0.0.1:9", tls=tls, admin_key="", timeout=3)
+            assert str(caught.value).startswith(field + ":"), str(caught.value)
+            assert body not in str(caught.value)
+    fine = make_client(kind, "127.0.0.1:9", tls=Tls(pki.ca_file, pki.client_cert_file, pki.client_key_file))
+    fine.close()
