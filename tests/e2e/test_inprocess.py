@@ -417,3 +417,39 @@ def test_a_closed_asyncio_validator_refuses_calls_and_never_answers_a_revoked_ke
         await keys.aclose()  # twice is fine
 
     asyncio.run(main())
+
+
+def test_a_frozen_store_shows_in_health_and_revocations_flow_again_after_it_thaws(tmp_path: Path) -> None:
+    """redis-server SIGSTOPped (accepts, never answers): health says so, cached keys are still
+    answered; once it runs again the background tasks recover and a revocation reaches the cache."""
+    import signal
+
+    from tests.e2e.test_store_outage import RedisProcess
+
+    own = RedisProcess(tmp_path)
+    own.start()
+    try:
+        _, secret = bootstrap(own.url)
+        admin = launch(own.url, tmp_path, "--store-timeout-ms", str(STORE_TIMEOUT_MS))
+        try:
+            env = Env(own.url, admin, secret)
+            created = env.create_key()
+            with KeyValidator.open(own.url, cache_ttl_s=3600, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+                wait_for(lambda: keys.health().ready, "ready")
+                assert keys.validate(created.secret).valid
+                assert own.proc is not None
+                os.kill(own.proc.pid, signal.SIGSTOP)
+                try:
+                    wait_for(lambda: not keys.health().store_ok, "a frozen store shows in health")
+                    assert keys.validate(created.secret).valid  # within the stale window
+                    assert keys.validate(generate().secret).code.name == "UNAVAILABLE"
+                finally:
+                    os.kill(own.proc.pid, signal.SIGCONT)
+                wait_for(lambda: keys.health().ready and keys.health().follower.state == "following",
+                         "ready and following again")
+                env.call("RevokeKey", pb.RevokeKeyRequest(key_id=created.key.key_id))
+                wait_for(lambda: keys.validate(created.secret).code.name == "REVOKED", "the revocation arrived")
+        finally:
+            admin.stop()
+    finally:
+        own.stop()
