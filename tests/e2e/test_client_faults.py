@@ -15,6 +15,7 @@ import pytest
 
 from keysvc.client import (
     Client,
+    ClientClosed,
     ClientConfigError,
     ClientError,
     DeadlineExceeded,
@@ -333,3 +334,33 @@ def test_unusable_tls_material_is_a_config_error_naming_the_field(kind: str, tmp
             assert body not in str(caught.value)
     fine = make_client(kind, "127.0.0.1:9", tls=Tls(pki.ca_file, pki.client_cert_file, pki.client_key_file))
     fine.close()
+
+
+def test_a_closed_client_raises_client_closed(served: tuple[ServerProcess, str]) -> None:
+    """Every call after close() raises the typed ClientClosed, for both clients (grpc's own
+    errors differ: a ValueError for the sync channel, a UsageError for the asyncio one)."""
+    import asyncio
+
+    from keysvc.client import AsyncClient
+
+    server, admin_secret = served
+    client = Client(server.addr, admin_key=admin_secret)
+    made = client.create_key("closing")
+    client.close()
+    for call in (lambda: client.validate(made.secret), lambda: client.get_key(made.key.key_id),
+                 lambda: client.create_key("again"), client.watch_events):
+        with pytest.raises(ClientClosed) as caught:
+            call()
+        assert caught.value.method and made.secret not in repr(caught.value)
+
+    async def closed_async() -> None:
+        aio = AsyncClient(server.addr, admin_key=admin_secret)
+        await aio.get_key(made.key.key_id)
+        await aio.close()
+        for name in ("validate", "get_key"):
+            with pytest.raises(ClientClosed):
+                await getattr(aio, name)(made.secret if name == "validate" else made.key.key_id)
+        with pytest.raises(ClientClosed):
+            await aio.watch_events().__anext__()
+
+    asyncio.run(closed_async())
