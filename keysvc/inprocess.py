@@ -32,8 +32,9 @@ overridden by keyword arguments (`cache_size=...`).
 
 Fork safety: build validators after forking (e.g. in a pre-fork server's
 per-worker hook). A `KeyValidator` inherited through `fork()` has no loop
-thread in the child: every call there raises RuntimeError rather than
-answering from a cache nothing keeps current.
+thread in the child, and an `AsyncKeyValidator` no follower (its tasks are the
+parent's): every call there raises RuntimeError rather than answering from a
+cache nothing keeps current.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ _new_request = tuple.__new__
 # A miss waits for the loop at most the store budget plus this (the loop's own scheduling).
 _LOOP_MARGIN_S = 1.0
 _START_TIMEOUT_S = 30.0
+_ASYNC_CLOSED = "this AsyncKeyValidator is closed or was inherited through fork(): open a new one"
 _CLOSED = "this KeyValidator is closed or was inherited through fork(): open a new one"
 
 
@@ -85,6 +87,11 @@ class ValidatorHealth:
     tasks: tuple[TaskState, ...]
     loop_alive: bool = True
     """`KeyValidator` only: its loop thread is running (always True for the asyncio one)."""
+
+
+_LIVE: weakref.WeakSet[KeyValidator] = weakref.WeakSet()
+_LIVE_ASYNC: weakref.WeakSet[AsyncKeyValidator] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
 
 
 class _Statuses:
@@ -125,9 +132,12 @@ class AsyncKeyValidator:
         self.validator = self._plane.validator
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        # After aclose() no follower keeps the cache current (a revoked key would still be
-        # answered VALID from it): every call is refused, as KeyValidator's are.
+        # After aclose(), or in a child forked from this process, no follower keeps the cache
+        # current (a revoked key would still be answered VALID from it): every call is
+        # refused, as KeyValidator's are.
         self._closed = False
+        with _LIVE_LOCK:
+            _LIVE_ASYNC.add(self)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Self:
@@ -199,7 +209,7 @@ class AsyncKeyValidator:
             RuntimeError: called before `start`, after `aclose`, or from another loop than `start`'s.
         """
         if self._closed:
-            raise RuntimeError("this AsyncKeyValidator is closed: open a new one")
+            raise RuntimeError(_ASYNC_CLOSED)
         request = ValidationRequest(key, scopes, client_ip, cost)
         decision = self.validator.check_cached(request)
         if decision is not None:
@@ -216,14 +226,17 @@ class AsyncKeyValidator:
         return ValidatorHealth(ready, plane.status.store_ok, plane.follower.health(), tasks)
 
 
-_LIVE: weakref.WeakSet[KeyValidator] = weakref.WeakSet()
-_LIVE_LOCK = threading.Lock()
-
-
 def _forked() -> None:
-    """In a forked child: no inherited validator has its loop thread (threads do not survive fork)."""
+    """In a forked child: no inherited validator has its loop thread (threads do not survive fork).
+
+    An inherited AsyncKeyValidator has no follower either (its tasks belong to the
+    parent's loop) and shares the parent's store connections: it is closed, without
+    touching them (aclose() is then a no-op).
+    """
     for validator in list(_LIVE):
         validator._forked = validator._unusable = True  # the child's only thread writes them
+    for inherited in list(_LIVE_ASYNC):
+        inherited._closed = True
 
 
 os.register_at_fork(after_in_child=_forked)

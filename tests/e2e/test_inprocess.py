@@ -453,3 +453,32 @@ def test_a_frozen_store_shows_in_health_and_revocations_flow_again_after_it_thaw
             admin.stop()
     finally:
         own.stop()
+
+
+def test_an_asyncio_validator_inherited_through_fork_refuses_calls(env: Env) -> None:
+    """A child forked from a process with a running AsyncKeyValidator has no follower (its tasks
+    are the parent's) and shares the parent's store connections: nothing keeps its inherited
+    cache current (a key revoked after the fork would be answered VALID from it), so the child's
+    calls are refused, even for a cached key."""
+    created = env.create_key()
+
+    async def main() -> None:
+        async with AsyncKeyValidator.open(env.store, cache_ttl_s=3600, store_timeout_ms=STORE_TIMEOUT_MS) as keys:
+            assert (await keys.validate(created.secret)).valid  # cached now
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child, inside the inherited running loop
+                try:
+                    outcome = (await keys.validate(created.secret)).code.name
+                except RuntimeError as error:
+                    outcome = "refused" if "fork" in str(error) else "other error"
+                finally:
+                    os.write(write, outcome.encode() if "outcome" in locals() else b"crashed")
+                    os._exit(0)
+            os.close(write)
+            answer = os.read(read, 100)
+            await asyncio.to_thread(os.waitpid, pid, 0)
+            assert answer == b"refused"
+            assert (await keys.validate(created.secret)).valid  # the parent's still works
+
+    asyncio.run(main())
