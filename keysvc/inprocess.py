@@ -31,16 +31,16 @@ dropped. Settings come from the same KEYSVC_* variables as the sidecar's,
 overridden by keyword arguments (`cache_size=...`).
 
 Fork safety: build validators after forking (e.g. in a pre-fork server's
-per-worker hook). A `KeyValidator` inherited through `fork()` has no loop
-thread in the child, and an `AsyncKeyValidator` no follower (its tasks are the
-parent's): every call there raises RuntimeError rather than answering from a
-cache nothing keeps current.
+per-worker hook). A validator inherited through `fork()` has no loop thread or
+follower in the child: every call there raises RuntimeError rather than
+answering from a cache nothing keeps current.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 import threading
 import weakref
@@ -110,8 +110,6 @@ def _settings_of(settings: Settings | None, overrides: dict[str, Any]) -> Settin
 
 
 def _as_overrides(settings: Settings) -> dict[str, Any]:
-    import dataclasses
-
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
 
 
@@ -132,9 +130,7 @@ class AsyncKeyValidator:
         self.validator = self._plane.validator
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        # After aclose(), or in a child forked from this process, no follower keeps the cache
-        # current (a revoked key would still be answered VALID from it): every call is
-        # refused, as KeyValidator's are.
+        # Closed, or inherited through fork(): nothing keeps the cache current, so calls are refused.
         self._closed = False
         with _LIVE_LOCK:
             _LIVE_ASYNC.add(self)
@@ -227,11 +223,9 @@ class AsyncKeyValidator:
 
 
 def _forked() -> None:
-    """In a forked child: no inherited validator has its loop thread (threads do not survive fork).
+    """In a forked child: no inherited validator has its loop thread, or its follower (the parent's tasks).
 
-    An inherited AsyncKeyValidator has no follower either (its tasks belong to the
-    parent's loop) and shares the parent's store connections: it is closed, without
-    touching them (aclose() is then a no-op).
+    Inherited asyncio ones are closed without touching the parent's store connections.
     """
     for validator in list(_LIVE):
         validator._forked = validator._unusable = True  # the child's only thread writes them
@@ -264,8 +258,7 @@ class KeyValidator:
         self._forked = False
         self._closed = False
         self._unusable = False  # closed or forked: one flag for the hot path to read
-        # Work handed to the loop and not yet answered, so close() can let it finish
-        # and refuse what the stopped loop will never run (under `_pending_lock`).
+        # Work on the loop not yet answered: close() lets it finish, refuses what never ran.
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._pending_lock = threading.Lock()
         self._loop_gone = False
@@ -375,10 +368,8 @@ class KeyValidator:
         if self._closed or self._forked:
             return
         self._closed = self._unusable = True
-        # Calls already on the loop finish first (each within its own bounded wait),
-        # before the store they use is closed and the loop stopped under them: one
-        # abandoned there waited its whole wait and was answered as shed
-        # (UNAVAILABLE, or VALID when failing open) although the store was up.
+        # Calls on the loop finish first (bounded): one abandoned there was answered as
+        # shed (UNAVAILABLE, or VALID failing open) although the store was up.
         with self._pending_lock:
             in_flight = list(self._pending)
         concurrent.futures.wait(in_flight, min(timeout_s, self._wait_s))
@@ -392,13 +383,11 @@ class KeyValidator:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10.0)
-        if self._thread.is_alive():  # still stuck: its callers time out on their own
-            return
         with self._pending_lock:
             self._loop_gone = True
             abandoned, self._pending = self._pending, set()
         for future in abandoned:  # handed over as close() ran: the loop never answers them
-            if not future.done() and future.set_running_or_notify_cancel():
+            if not self._thread.is_alive() and not future.done() and future.set_running_or_notify_cancel():
                 future.set_exception(RuntimeError(_CLOSED))
 
     def __enter__(self) -> Self:
