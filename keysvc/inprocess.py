@@ -31,8 +31,8 @@ dropped. Settings come from the same KEYSVC_* variables as the sidecar's,
 overridden by keyword arguments (`cache_size=...`).
 
 Fork safety: build validators after forking (e.g. in a pre-fork server's
-per-worker hook). A `KeyValidator` inherited through `fork()` has no loop
-thread in the child: every call there raises RuntimeError rather than
+per-worker hook). A validator inherited through `fork()` has no loop thread or
+follower in the child: every call there raises RuntimeError rather than
 answering from a cache nothing keeps current.
 """
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 import threading
 import weakref
@@ -67,6 +68,8 @@ _new_request = tuple.__new__
 # A miss waits for the loop at most the store budget plus this (the loop's own scheduling).
 _LOOP_MARGIN_S = 1.0
 _START_TIMEOUT_S = 30.0
+_ASYNC_CLOSED = "this AsyncKeyValidator is closed or was inherited through fork(): open a new one"
+_CLOSED = "this KeyValidator is closed or was inherited through fork(): open a new one"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,11 @@ class ValidatorHealth:
     """`KeyValidator` only: its loop thread is running (always True for the asyncio one)."""
 
 
+_LIVE: weakref.WeakSet[KeyValidator] = weakref.WeakSet()
+_LIVE_ASYNC: weakref.WeakSet[AsyncKeyValidator] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
 class _Statuses:
     """The health servicer the data plane publishes to: in-process, `health()` reads the states instead."""
 
@@ -102,8 +110,6 @@ def _settings_of(settings: Settings | None, overrides: dict[str, Any]) -> Settin
 
 
 def _as_overrides(settings: Settings) -> dict[str, Any]:
-    import dataclasses
-
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
 
 
@@ -124,6 +130,10 @@ class AsyncKeyValidator:
         self.validator = self._plane.validator
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Closed, or inherited through fork(): nothing keeps the cache current, so calls are refused.
+        self._closed = False
+        with _LIVE_LOCK:
+            _LIVE_ASYNC.add(self)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Self:
@@ -153,7 +163,7 @@ class AsyncKeyValidator:
             ConfigError: the store can never work (a SQLite file that is not a database).
             RuntimeError: already started.
         """
-        if self._loop is not None:
+        if self._loop is not None or self._closed:
             raise RuntimeError("this validator was already started")
         self._loop = asyncio.get_running_loop()
         plane = self._plane
@@ -163,7 +173,10 @@ class AsyncKeyValidator:
         self._tasks = dataplane.spawn_tasks(plane)
 
     async def aclose(self) -> None:
-        """Stop the background tasks, write the last uses not yet written, close the store."""
+        """Stop the background tasks, write the last uses not yet written, close the store (once)."""
+        if self._closed:
+            return
+        self._closed = True
         tasks, self._tasks = self._tasks, []
         await cancel_all(tasks)
         await dataplane.release(self._plane)
@@ -189,8 +202,10 @@ class AsyncKeyValidator:
             cost: units taken from the key's quota.
 
         Raises:
-            RuntimeError: called before `start`, or from another loop than `start`'s.
+            RuntimeError: called before `start`, after `aclose`, or from another loop than `start`'s.
         """
+        if self._closed:
+            raise RuntimeError(_ASYNC_CLOSED)
         request = ValidationRequest(key, scopes, client_ip, cost)
         decision = self.validator.check_cached(request)
         if decision is not None:
@@ -207,14 +222,15 @@ class AsyncKeyValidator:
         return ValidatorHealth(ready, plane.status.store_ok, plane.follower.health(), tasks)
 
 
-_LIVE: weakref.WeakSet[KeyValidator] = weakref.WeakSet()
-_LIVE_LOCK = threading.Lock()
-
-
 def _forked() -> None:
-    """In a forked child: no inherited validator has its loop thread (threads do not survive fork)."""
+    """In a forked child: no inherited validator has its loop thread, or its follower (the parent's tasks).
+
+    Inherited asyncio ones are closed without touching the parent's store connections.
+    """
     for validator in list(_LIVE):
         validator._forked = validator._unusable = True  # the child's only thread writes them
+    for inherited in list(_LIVE_ASYNC):
+        inherited._closed = True
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -242,6 +258,10 @@ class KeyValidator:
         self._forked = False
         self._closed = False
         self._unusable = False  # closed or forked: one flag for the hot path to read
+        # Work on the loop not yet answered: close() lets it finish, refuses what never ran.
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._pending_lock = threading.Lock()
+        self._loop_gone = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="keysvc-validator", daemon=True)
         self._thread.start()
@@ -295,12 +315,20 @@ class KeyValidator:
             self._loop.close()
 
     def _call(self, work: Coroutine[Any, Any, _T], timeout_s: float) -> _T:
-        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(work, self._loop)
+        with self._pending_lock:
+            if self._loop_gone:  # a call that passed the closed check as close() ran
+                work.close()
+                raise RuntimeError(_CLOSED)
+            future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(work, self._loop)
+            self._pending.add(future)
         try:
             return future.result(timeout_s)
         except TimeoutError:
             future.cancel()
             raise
+        finally:
+            with self._pending_lock:
+                self._pending.discard(future)
 
     def validate(self, key: str, scopes: Sequence[str] = (), client_ip: str = "", cost: int = 1) -> Decision:
         """Decide one call as a sidecar's Validate would; never raises for a bad key or a store outage.
@@ -316,7 +344,7 @@ class KeyValidator:
                 called from its own loop thread (that would wait on itself).
         """
         if self._unusable:
-            raise RuntimeError("this KeyValidator is closed or was inherited through fork(): open a new one")
+            raise RuntimeError(_CLOSED)
         request = _new_request(ValidationRequest, (key, scopes, client_ip, cost))
         decision = self._check_cached(request)
         if decision is not None:
@@ -340,6 +368,11 @@ class KeyValidator:
         if self._closed or self._forked:
             return
         self._closed = self._unusable = True
+        # Calls on the loop finish first (bounded): one abandoned there was answered as
+        # shed (UNAVAILABLE, or VALID failing open) although the store was up.
+        with self._pending_lock:
+            in_flight = list(self._pending)
+        concurrent.futures.wait(in_flight, min(timeout_s, self._wait_s))
         try:
             self._call(self._inner.aclose(), timeout_s)
         finally:
@@ -350,6 +383,12 @@ class KeyValidator:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10.0)
+        with self._pending_lock:
+            self._loop_gone = True
+            abandoned, self._pending = self._pending, set()
+        for future in abandoned:  # handed over as close() ran: the loop never answers them
+            if not self._thread.is_alive() and not future.done() and future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError(_CLOSED))
 
     def __enter__(self) -> Self:
         return self

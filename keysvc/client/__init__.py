@@ -23,6 +23,7 @@ from keysvc.client.aio import AsyncClient
 from keysvc.client.errors import (
     Aborted,
     AlreadyExists,
+    ClientClosed,
     ClientConfigError,
     ClientError,
     Conflict,
@@ -59,6 +60,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "Client",
+    "ClientClosed",
     "ClientConfigError",
     "ClientError",
     "Code",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,32 @@ class Tls:
         """
         if bool(self.cert) != bool(self.key):
             raise ClientConfigError("tls: cert and key are given together (a client certificate and its key)")
-        return grpc.ssl_channel_credentials(_read("ca", self.ca), _read("key", self.key),
-                                            _read("cert", self.cert))
+        ca, key, cert = _read("ca", self.ca), _read("key", self.key), _read("cert", self.cert)
+        _check_pem(self, ca)
+        return grpc.ssl_channel_credentials(ca, key, cert)
+
+
+def _check_pem(tls: Tls, ca: bytes | None) -> None:
+    """Refuse TLS material gRPC cannot use, naming the field, before any call.
+
+    gRPC takes any bytes and fails only at connect time, as UNAVAILABLE "Failed to
+    create security handshaker": a garbage CA, or a certificate and key swapped or
+    not a pair, looked like a server outage (and was retried as one). The messages
+    never quote the files (a key file holds a secret).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii"))
+        except (ssl.SSLError, ValueError):  # UnicodeDecodeError is a ValueError
+            raise ClientConfigError(f"tls.ca: {tls.ca} holds no PEM certificate") from None
+    if tls.cert:
+        try:
+            context.load_cert_chain(tls.cert, tls.key, password=b"")
+        except (ssl.SSLError, OSError):
+            raise ClientConfigError(
+                f"tls.cert, tls.key: {tls.cert} and {tls.key} are not a PEM certificate and its "
+                "unencrypted private key") from None
 
 
 def _read(name: str, path: str | Path) -> bytes | None:
@@ -112,4 +137,22 @@ class Connection:
             return None
         if not self.admin_key:
             raise ClientConfigError("admin_key: admin calls need an admin key (KEYSVC_ADMIN_KEY)")
+        if grpc_traces_calls(os.environ.get("GRPC_TRACE", ""), os.environ.get("GRPC_VERBOSITY", "")):
+            raise ClientConfigError(
+                "GRPC_TRACE: gRPC's tracers print each call's metadata, the admin key among it, "
+                "outside Python's logging; unset GRPC_TRACE (or disable its tracers) for admin calls")
         return (("authorization", f"Bearer {self.admin_key}"),)
+
+
+def grpc_traces_calls(trace: str, verbosity: str) -> bool:
+    """True when `trace` (GRPC_TRACE) turns on a gRPC tracer that `verbosity` (GRPC_VERBOSITY) prints.
+
+    The C core reads both outside Python and its tracers (`api`, `all`, `http`, `tcp`, ...)
+    print call metadata or the bytes on the wire to stderr, where no redaction reaches,
+    so an admin key is never sent while one prints (also with GRPC_VERBOSITY unset).
+    Entries starting with `-` only turn tracers off; NONE and ERROR print no trace lines.
+    """
+    if verbosity.strip().upper() in ("NONE", "ERROR"):
+        return False
+    return any(name.strip() and not name.strip().startswith("-") and name.strip().lower() != "none"
+               for name in trace.split(","))

@@ -18,7 +18,7 @@ from keysvc.client import _calls as calls
 from keysvc.client import _convert as conv
 from keysvc.client._calls import Retry, Span
 from keysvc.client._channel import DEFAULT_TARGET, Connection, Tls
-from keysvc.client.errors import DeadlineExceeded, error_from
+from keysvc.client.errors import ClientClosed, DeadlineExceeded, error_from
 from keysvc.client.types import (
     CreatedKey,
     Event,
@@ -56,6 +56,7 @@ class AsyncClient:
                          else grpc.aio.insecure_channel(target, options))
         self._stub = keysvc_pb2_grpc.KeyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._stubs = {"keys": self._stub, "health": health_pb2_grpc.HealthStub(self._channel)}
+        self._closed = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, timeout: float = 10.0,
@@ -79,6 +80,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
+        self._closed = True  # later calls raise ClientClosed, not grpc's own usage error
         await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
@@ -99,8 +101,14 @@ class AsyncClient:
             if remaining <= 0:
                 raise DeadlineExceeded("deadline exceeded before an answer", method=call.method)
             per_attempt = min(remaining, self._retry.attempt_timeout or remaining)
+            if self._closed:  # also between two attempts
+                raise ClientClosed("client: closed; make a new one", method=call.method)
             try:
                 reply = await rpc(call.request, timeout=per_attempt, metadata=metadata)
+            except grpc.aio.UsageError:  # the channel was closed as the attempt began
+                if not self._closed:
+                    raise
+                raise ClientClosed("client: closed; make a new one", method=call.method) from None
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 wait = (self._retry.delay(code, details, attempt, deadline - time.monotonic())
@@ -258,6 +266,8 @@ class AsyncClient:
         `timeout` bounds the whole stream (None: no deadline). Closing the
         iterator cancels the stream.
         """
+        if self._closed:
+            raise ClientClosed("client: closed; make a new one", method="WatchEvents")
         stream = self._stub.WatchEvents(calls.watch_events(since, from_beginning), timeout=timeout,
                                         metadata=self._connection.metadata(admin=True))
         try:

@@ -13,6 +13,7 @@ import grpc
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "ClientClosed",
     "ClientConfigError",
     "ClientError",
     "Conflict",
@@ -122,6 +123,12 @@ class DeadlineExceeded(Unavailable, TimeoutError):
     """DEADLINE_EXCEEDED: no answer within the call's deadline (a write may have happened)."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ClientClosed(ClientError):
+    """The client was closed (`close()`): make a new one. Raised for every call after it, never retried."""
+
+    code = grpc.StatusCode.CANCELLED
 
 
 class ClientConfigError(ValueError):

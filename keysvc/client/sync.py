@@ -17,7 +17,7 @@ from keysvc.client import _calls as calls
 from keysvc.client import _convert as conv
 from keysvc.client._calls import Retry, Span
 from keysvc.client._channel import DEFAULT_TARGET, Connection, Tls
-from keysvc.client.errors import DeadlineExceeded, error_from
+from keysvc.client.errors import ClientClosed, DeadlineExceeded, error_from
 from keysvc.client.types import (
     CreatedKey,
     Event,
@@ -55,6 +55,7 @@ class Client:
                          else grpc.insecure_channel(target, options))
         self._stub = keysvc_pb2_grpc.KeyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._stubs = {"keys": self._stub, "health": health_pb2_grpc.HealthStub(self._channel)}
+        self._closed = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, timeout: float = 10.0,
@@ -78,6 +79,7 @@ class Client:
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
+        self._closed = True  # later calls raise ClientClosed, not grpc's own usage error
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -98,8 +100,14 @@ class Client:
             if remaining <= 0:
                 raise DeadlineExceeded("deadline exceeded before an answer", method=call.method)
             per_attempt = min(remaining, self._retry.attempt_timeout or remaining)
+            if self._closed:  # also between two attempts
+                raise ClientClosed("client: closed; make a new one", method=call.method)
             try:
                 reply = rpc(call.request, timeout=per_attempt, metadata=metadata)
+            except ValueError:  # the channel was closed as the attempt began
+                if not self._closed:
+                    raise
+                raise ClientClosed("client: closed; make a new one", method=call.method) from None
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 wait = (self._retry.delay(code, details, attempt, deadline - time.monotonic())
@@ -253,6 +261,8 @@ class Client:
         `timeout` bounds the whole stream (None: no deadline). `cancel()` on
         the stream ends it from any thread.
         """
+        if self._closed:
+            raise ClientClosed("client: closed; make a new one", method="WatchEvents")
         call = self._stub.WatchEvents(calls.watch_events(since, from_beginning), timeout=timeout,
                                       metadata=self._connection.metadata(admin=True))
         return EventStream(call)

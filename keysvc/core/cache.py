@@ -37,6 +37,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from keysvc.core.model import CachedRecord, KeyRecord, Policy
@@ -59,21 +60,27 @@ MIN_LAG_LIMIT_S = 1.0
 # costs ~55 bytes, a good part of what varied metadata adds per cached key.
 _METADATA: SharedValues[Mapping[str, str]] = SharedValues()
 _METADATA_VALUES: SharedValues[str] = SharedValues()
+# Read-only views: a Decision hands its record (and so this mapping) to the caller, and
+# one mapping is shared by every cached key with that metadata, so a caller writing to
+# its answer's metadata would change the cache and other keys' answers (and what is
+# sent upstream as identity). The empty one is shared too: writing to it must not
+# give the one key metadata either.
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 def _shared_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     if not metadata:
-        return metadata
+        return _NO_METADATA
     share = _METADATA_VALUES.share
     items = tuple((name, share(value, value)) for name, value in metadata.items())
-    return _METADATA.share(items, dict(items))
+    return _METADATA.share(items, MappingProxyType(dict(items)))
 
 
 def cached_record(record: KeyRecord) -> CachedRecord:
     """The part of `record` the cache keeps: what decides and identifies a call (`CachedRecord`).
 
-    Metadata equal to another cached key's is shared with it (records are
-    frozen; nothing mutates their metadata).
+    Metadata equal to another cached key's is shared with it, as a read-only
+    mapping (records are frozen, and so is what a caller is handed).
     """
     return CachedRecord(
         record.key_id, record.key_hash, record.owner_id, record.policy_id, record.scopes,

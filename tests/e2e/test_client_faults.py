@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from keysvc.client import (
     Client,
+    ClientClosed,
+    ClientConfigError,
     ClientError,
     DeadlineExceeded,
     PermissionDenied,
@@ -274,3 +277,96 @@ def test_a_concurrency_refusal_is_retried_and_an_oversized_request_is_not(
             stream.cancel()
         client.close()
         holder.close()
+
+
+_TRACED_CHILD = """
+import sys
+from keysvc.client import Client, ClientConfigError
+client = Client(sys.argv[1], admin_key=sys.argv[2], timeout=20)
+print("valid:", client.validate(sys.argv[3]).valid)
+try:
+    client.create_key("traced")
+    print("admin call made")
+except ClientConfigError as exc:
+    print("refused:", exc)
+client.close()
+"""
+
+
+@pytest.mark.parametrize(("trace", "verbosity"), [("all", "debug"), ("api", "info"), ("http,api", ""),
+                                                 ("-all,api", "DEBUG")])
+def test_the_admin_key_never_reaches_grpcs_own_tracing(served: tuple[ServerProcess, str], trace: str,
+                                                       verbosity: str) -> None:
+    """GRPC_TRACE makes gRPC's C core print each call's metadata to stderr, outside any
+    redaction: an admin call is refused then (naming the variable), so the admin key is never
+    printed; a Validate still works and its key is not printed either."""
+    server, admin_secret = served
+    with Client(server.addr, admin_key=admin_secret) as admin:
+        made = admin.create_key("someone")
+    env = {**os.environ, "GRPC_TRACE": trace, "GRPC_VERBOSITY": verbosity}
+    if not verbosity:  # unset: gRPC still prints its trace lines
+        del env["GRPC_VERBOSITY"]
+    out = subprocess.run([sys.executable, "-c", _TRACED_CHILD, server.addr, admin_secret, made.secret],
+                         check=False, env=env, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    for secret in (admin_secret, made.secret):
+        assert secret[3:20] not in text
+        assert secret[3:20].encode().hex(" ") not in text  # gRPC also prints values as hex bytes
+    assert "valid: True" in out.stdout, text[-2000:]
+    assert "refused: GRPC_TRACE:" in out.stdout, out.stdout
+
+
+def test_unusable_tls_material_is_a_config_error_naming_the_field(kind: str, tmp_path: Path) -> None:
+    """A CA that is no certificate, or a client certificate and key that are swapped or not a
+    pair, fail at construction naming the field, not at connect time as a retried
+    UNAVAILABLE outage ("Failed to create security handshaker"); no file's content is quoted."""
+    pki, other = make_pki(tmp_path), make_pki(tmp_path, "other")
+    garbage, empty = tmp_path / "garbage.pem", tmp_path / "empty.pem"
+    garbage.write_text("not a pem at all\n")
+    empty.write_text("")
+    cases = {
+        "tls.ca": [Tls(garbage), Tls(empty), Tls(pki.client_key_file, pki.client_cert_file, pki.client_key_file)],
+        "tls.cert, tls.key": [Tls(pki.ca_file, pki.client_key_file, pki.client_cert_file),  # swapped
+                              Tls(pki.ca_file, pki.client_cert_file, garbage),
+                              Tls(pki.ca_file, pki.client_cert_file, other.client_key_file)],  # not a pair
+    }
+    key_text = pki.client_key_file.read_text()
+    body = "".join(key_text.splitlines()[1:3])
+    for field, material in cases.items():
+        for tls in material:
+            with pytest.raises(ClientConfigError) as caught:
+                make_client(kind, "127.0.0.1:9", tls=tls, admin_key="", timeout=3)
+            assert str(caught.value).startswith(field + ":"), str(caught.value)
+            assert body not in str(caught.value)
+    fine = make_client(kind, "127.0.0.1:9", tls=Tls(pki.ca_file, pki.client_cert_file, pki.client_key_file))
+    fine.close()
+
+
+def test_a_closed_client_raises_client_closed(served: tuple[ServerProcess, str]) -> None:
+    """Every call after close() raises the typed ClientClosed, for both clients (grpc's own
+    errors differ: a ValueError for the sync channel, a UsageError for the asyncio one)."""
+    import asyncio
+
+    from keysvc.client import AsyncClient
+
+    server, admin_secret = served
+    client = Client(server.addr, admin_key=admin_secret)
+    made = client.create_key("closing")
+    client.close()
+    for call in (lambda: client.validate(made.secret), lambda: client.get_key(made.key.key_id),
+                 lambda: client.create_key("again"), client.watch_events):
+        with pytest.raises(ClientClosed) as caught:
+            call()
+        assert caught.value.method and made.secret not in repr(caught.value)
+
+    async def closed_async() -> None:
+        aio = AsyncClient(server.addr, admin_key=admin_secret)
+        await aio.get_key(made.key.key_id)
+        await aio.close()
+        for name in ("validate", "get_key"):
+            with pytest.raises(ClientClosed):
+                await getattr(aio, name)(made.secret if name == "validate" else made.key.key_id)
+        with pytest.raises(ClientClosed):
+            await aio.watch_events().__anext__()
+
+    asyncio.run(closed_async())

@@ -380,3 +380,48 @@ async def test_hits_on_pool_threads_change_shared_state_only_under_a_lock_or_as_
     assert counts.unlocked == 0
     validator.drain_last_used()  # the loop's drain drops the dead memo
     assert not memo
+
+
+async def _two_keys_same_metadata(store: CountingStore) -> tuple[Validator, str, str]:
+    admin = AdminService(store, auditor=AUDITOR)  # type: ignore[arg-type]
+    _, first = await admin.create_key("a", owner_id="o", scopes=["read"], metadata={"tenant": "t1"})
+    _, second = await admin.create_key("b", owner_id="o", scopes=["read"], metadata={"tenant": "t1"})
+    return Validator(store, make_cache()), first, second  # type: ignore[arg-type]
+
+
+async def test_a_caller_cannot_change_what_another_key_answers_through_a_decision(
+    store: CountingStore,
+) -> None:
+    """Cached records with equal metadata share one mapping: a caller writing to the
+    metadata of its Decision must not change the cache, nor another key's answer."""
+    validator, first, second = await _two_keys_same_metadata(store)
+    mine = await validator.validate(ValidationRequest(first, ["read"]))
+    theirs = await validator.validate(ValidationRequest(second, ["read"]))
+    assert mine.record is not None and theirs.record is not None
+    with pytest.raises(TypeError):
+        mine.record.metadata["tenant"] = "t2"  # type: ignore[index]
+    with pytest.raises((TypeError, AttributeError)):
+        mine.record.metadata.clear()  # type: ignore[attr-defined]
+    for secret in (first, second):
+        again = await validator.validate(ValidationRequest(secret, ["read"]))
+        assert again.record is not None and dict(again.record.metadata) == {"tenant": "t1"}
+
+
+async def test_strings_that_only_look_like_a_cached_key_never_hit_it(store: CountingStore) -> None:
+    """The hit path skips the shape check: a variant of a cached key (whitespace, case,
+    unicode lookalikes, NULs) must still be refused, never answered as the real key."""
+    validator, secret, _ = await _two_keys_same_metadata(store)
+    assert (await validator.validate(ValidationRequest(secret))).code is Code.VALID
+    body = secret.split("_", 1)[1]
+    variants = [
+        " " + secret, secret + " ", secret + "\n", secret + "\x00", "\t" + secret, secret.upper(),
+        secret.swapcase(), secret.replace("_", "\uff3f"), "\uff4b\uff53_" + body,  # fullwidth
+        secret.replace("s", "\u0455", 1),  # Cyrillic dze
+        secret[:-1] + chr(ord(secret[-1]) + 0xFEE0) if secret[-1].isascii() else secret + "x",
+        secret + "\u200b", "\u200b" + secret, "\ufeff" + secret, secret[:10] + "\ud800" + secret[11:],
+    ]
+    for variant in variants:
+        for _ in range(3):
+            decision = await validator.validate(ValidationRequest(variant))
+            assert decision.code is Code.MALFORMED, repr(variant)
+    assert validator.decisions[Code.VALID] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -21,7 +22,10 @@ from keysvc.client import (
     ValidationResult,
     to_dict,
 )
+from keysvc.client import _calls as calls
+from keysvc.client._channel import grpc_traces_calls
 from keysvc.client.errors import error_from
+from keysvc.core.keys import generate
 
 U = grpc.StatusCode
 
@@ -75,3 +79,41 @@ def test_to_dict_is_the_proto3_json_mapping_and_secrets_stay_out_of_repr() -> No
     assert to_dict(created)["secret"] == "ks_supersecretvalue"
     result = ValidationResult(False, Code.RATE_LIMITED, key_id="key_abc", expires_at=when + timedelta(days=1))
     assert to_dict(result)["code"] == "CODE_RATE_LIMITED" and "valid" not in to_dict(result)
+
+
+@pytest.mark.parametrize(("trace", "verbosity", "printed"), [
+    ("", "", False), ("", "DEBUG", False), ("api", "", True), ("api", "debug", True),
+    ("all", "INFO", True), (" http , tcp", "", True), ("-all", "", False), ("-api,-http", "debug", False),
+    ("none", "", False), ("api", "NONE", False), ("all", "error", False), ("-all,api", "", True),
+])
+def test_which_grpc_tracing_would_print_the_admin_key(trace: str, verbosity: str, printed: bool) -> None:
+    assert grpc_traces_calls(trace, verbosity) is printed
+
+
+def test_a_request_protobuf_refuses_is_an_invalid_argument_naming_the_field_never_quoting_it() -> None:
+    """Protobuf refuses a lone surrogate with a UnicodeEncodeError holding the whole string (the
+    key, in its repr and args) and an out-of-range number with a ValueError naming no field:
+    the client raises InvalidArgument naming the argument, with no such error as its context."""
+    secret = generate().secret
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("key", lambda: calls.validate(secret + "\ud800", (), "", 1)),
+        ("required_scopes", lambda: calls.validate(secret, ["\ud800" + secret], "", 1)),
+        ("client_ip", lambda: calls.validate(secret, (), secret + "\udfff", 1)),
+        ("cost", lambda: calls.validate(secret, (), "", -1)),
+        ("cost", lambda: calls.validate(secret, (), "", 2**40)),
+        ("keys", lambda: calls.batch_validate([secret, secret + "\ud800"], (), "", 1)),
+        ("owner_id", lambda: calls.create_key(secret + "\ud800", name="", policy_id="", scopes=(), metadata=None,
+                                              expires_at=None, ttl=None, prefix="", quota=None, request_id=None)),
+        ("metadata", lambda: calls.create_key("o", name="", policy_id="", scopes=(), metadata={"n": secret + "\ud800"},
+                                              expires_at=None, ttl=None, prefix="", quota=None, request_id=None)),
+        ("changes", lambda: calls.update_key("key_x", changes={"name": secret + "\ud800"}, expected_revision=0,
+                                             request_id=None)),
+    ]
+    for field, build in cases:
+        with pytest.raises(InvalidArgument) as caught:
+            build()
+        error = caught.value
+        assert str(error).startswith(f"INVALID_ARGUMENT: {field}: "), str(error)
+        assert error.__context__ is None and error.__cause__ is None
+        shown = str(error) + repr(error) + repr(error.args)
+        assert secret[3:20] not in shown

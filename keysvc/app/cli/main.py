@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from keysvc.app.cli.client import parse_duration, tls_flags
 from keysvc.app.cli.keys import cmd_keys, cmd_validate
@@ -18,6 +19,7 @@ from keysvc.app.cli.policies import cmd_policies
 from keysvc.app.cli.serve import add_settings_flags, cmd_bootstrap, cmd_health, cmd_serve
 from keysvc.app.cli.watch import cmd_watch
 from keysvc.core.errors import ConfigError, KeysvcError
+from keysvc.core.keys import KEY_PATTERN
 
 __all__ = ["main", "parse_duration"]
 
@@ -31,8 +33,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that its usage errors never show a key.
+
+    argparse quotes what it could not use ("invalid int value: '...'", "unrecognized
+    arguments: ..."): a key pasted after the wrong flag went to the terminal and to CI
+    logs. Subparsers are made of this class too (argparse's default).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print usage and the message, any key-shaped text in it redacted; exit 2."""
+        super().error(KEY_PATTERN.sub(r"\1_[REDACTED]", message))
+
+
+
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per flag
-    parser = argparse.ArgumentParser(prog="keysvc", description="API-key validation sidecar.")
+    parser = _Parser(prog="keysvc", description="API-key validation sidecar.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
