@@ -37,8 +37,16 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`keysvc serve`: run the server until SIGTERM or SIGINT."""
-    from keysvc.app import server, telemetry
+    import os
 
+    from keysvc.app import server, telemetry
+    from keysvc.client._channel import grpc_traces_calls
+    from keysvc.core.errors import ConfigError
+
+    if grpc_traces_calls(os.environ.get("GRPC_TRACE", ""), os.environ.get("GRPC_VERBOSITY", "")):
+        # The C core would print every admin call's metadata (its key) where no redaction reaches.
+        raise ConfigError("GRPC_TRACE: gRPC's tracers print each call's metadata, admin keys among it, "
+                          "outside keysvc's logging; unset GRPC_TRACE, or set GRPC_VERBOSITY=NONE, to serve")
     settings = _settings_from(args)
     telemetry.configure_logging(settings.log_format, settings.log_level)
     if settings.workers > 1:
