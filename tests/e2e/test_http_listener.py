@@ -143,6 +143,22 @@ def test_other_unreadable_requests_are_400_or_431(listener: Listener, raw: bytes
         assert headers["connection"] == "close" and "server" not in headers
 
 
+def test_an_http2_preface_is_closed_without_an_answer(listener: Listener) -> None:
+    """HTTP/2 prior knowledge on the HTTP/1.1 port: nothing comes back, the connection is closed."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as conn:
+        conn.sendall(preface + b"x-api-key: " + KEY.encode())
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer == b""
+    assert listener.server.proc.poll() is None
+    assert KEY not in listener.server.logs()
+
+
 def test_other_paths_are_a_json_404(listener: Listener) -> None:
     for target in (b"/nope", b"/" + KEY.encode(), b"/healthz/x"):
         json_answer(listener, request(b"X-Api-Key: " + KEY.encode(), target=target), 404, "not_found")
